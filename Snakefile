@@ -1,0 +1,34 @@
+# KETCHUP reproduction workflow: `snakemake --cores all` runs the study described by config.yaml.
+# Rules live in workflow/rules/, helpers in workflow/rules/common.smk, the code in src/ketchup.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# `--configfile X` replaces config.yaml instead of being merged into it (Snakemake merges by
+# default, which would mix the embedded task into the paper's study); `--config k=v` still overrides.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    task=one_of(STUDY.tasks),
+    split=one_of(SPLITS),
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,263 @@
+"""`ketchup <verb>`: one verb per workflow stage, each run by one Snakemake rule, paths explicit.
+
+Entry points stay thin: parse arguments, then import the stage lazily and run it, so `ketchup
+--help` and the Snakefile stay fast. A stage gets its config section as JSON (`--config-json`),
+exactly as the rule's `params:` pass it, and validates it against the schema before doing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class NotImplementedYet(RuntimeError):
+    """A verb whose stage is planned but not built."""
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    summary: str
+    description: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    # "module:function" taking the parsed args, or None while the stage is not built yet
+    target: str | None
+    planned_in: str = ""
+
+
+def _config_json(p: argparse.ArgumentParser, section: str) -> None:
+    p.add_argument(
+        "--config-json",
+        required=True,
+        help=f"the `{section}` config section as JSON (defaults filled from the schema)",
+    )
+
+
+def _prepare_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="the task's name (as under `tasks:`)")
+    _config_json(p, "tasks.<name>")
+    p.add_argument("--out-dir", required=True, help="directory for train/validation/test.jsonl")
+
+
+def _tokenizer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
+    _config_json(p, "tokenizer")
+    p.add_argument("--out-dir", required=True, help="directory for the saved tokenizer")
+
+
+def _teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory or hub id")
+    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _config_json(p, "teacher")
+    p.add_argument("--out-dir", required=True, help="directory for the model and its logs")
+
+
+def _teacher_outputs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher model directory or hub id")
+    p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
+    p.add_argument("--split", required=True, choices=["train", "validation", "test"])
+    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _config_json(p, "teacher")
+    p.add_argument("--out", required=True, help="JSONL file of greedy outputs, one per example")
+
+
+def _distill_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher model directory or hub id")
+    p.add_argument("--init", required=True, help="student to start from (the warm start for RL)")
+    p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
+    p.add_argument("--teacher-outputs", help="teacher outputs JSONL (seqkd, kl, warm start)")
+    p.add_argument("--method", required=True, help="sft, seqkd, kl, js, tvd, llmr, ..., ketchup")
+    p.add_argument("--k", type=int, default=1, help="KETCHUP's K (1 for every other method)")
+    p.add_argument("--seed", type=int, required=True)
+    _config_json(p, "distill")
+    p.add_argument("--out-dir", required=True, help="directory for the best checkpoint and logs")
+
+
+def _variance_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True, help="the fixed student checkpoint")
+    p.add_argument("--data-dir", required=True)
+    _config_json(p, "distill")
+    p.add_argument("--out", required=True, help="CSV: per K, gradient variance and bias vs K = 1")
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory to generate with")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--split", default="test", choices=["validation", "test"])
+    _config_json(p, "generation")
+    p.add_argument("--out", required=True, help="JSONL of outputs, one per example")
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--outputs", required=True, help="generate's JSONL")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--task-json", required=True)
+    p.add_argument("--out", required=True, help="per-example scores (CSV) and a summary beside it")
+
+
+def _tables_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scores", nargs="+", required=True, help="score files of every system")
+    p.add_argument("--out-dir", required=True, help="results/tables")
+
+
+def _figures_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scores", nargs="+", required=True)
+    p.add_argument("--logs", nargs="*", default=[], help="training logs (JSONL)")
+    p.add_argument("--out-dir", required=True, help="results/figures")
+
+
+def _judge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--outputs", nargs="+", required=True, help="generate's JSONL of each system")
+    _config_json(p, "judge")
+    p.add_argument("--out-dir", required=True)
+
+
+def _check_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("configfile", help="a study config (config.yaml or configs/*.yaml)")
+
+
+VERBS: tuple[Verb, ...] = (
+    Verb(
+        "check-config",
+        "validate a study config against the schema and the typed config",
+        "Reads CONFIGFILE, fills the schema's defaults and reports the first problem by key name.",
+        _check_config_args,
+        "ketchup.config:check_config_main",
+    ),
+    Verb(
+        "prepare-data",
+        "load or generate a task's splits",
+        "Writes OUT_DIR/{train,validation,test}.jsonl (id, source, target, references, meta) and "
+        "OUT_DIR/prepare-data.config.json.",
+        _prepare_data_args,
+        "ketchup.stages.data:prepare_data",
+    ),
+    Verb(
+        "train-tokenizer",
+        "train a BPE tokenizer on a task's training split",
+        "Reads DATA_DIR/train.jsonl; writes a transformers tokenizer to OUT_DIR "
+        "(AutoTokenizer.from_pretrained(OUT_DIR) loads it).",
+        _tokenizer_args,
+        "ketchup.stages.data:train_tokenizer_stage",
+    ),
+    Verb(
+        "train-teacher",
+        "fine-tune the teacher on the task (mode: finetune)",
+        "Reads DATA_DIR/{train,validation}.jsonl; writes the best checkpoint by validation metric "
+        "to OUT_DIR/model, the per-step log OUT_DIR/log.jsonl and checkpoints for resuming.",
+        _teacher_args,
+        None,
+        "issue 4 (tasks, models and the teacher)",
+    ),
+    Verb(
+        "teacher-outputs",
+        "greedy teacher outputs for one split",
+        "Reads DATA_DIR/SPLIT.jsonl; writes OUT (JSONL: id, output) from batched greedy decoding.",
+        _teacher_outputs_args,
+        None,
+        "issue 4 (tasks, models and the teacher)",
+    ),
+    Verb(
+        "distill",
+        "distil a student with one method (and one K)",
+        "Trains from INIT on DATA_DIR with METHOD; writes the best checkpoint by validation metric "
+        "to OUT_DIR/model and the per-step log OUT_DIR/log.jsonl.",
+        _distill_args,
+        None,
+        "issue 5 (distillation)",
+    ),
+    Verb(
+        "grad-variance",
+        "gradient variance and bias of the K-step estimator on shared rollouts",
+        "Draws rollouts from STUDENT, computes the policy gradient for every K on the same "
+        "rollouts, and writes OUT (CSV: k, variance, bias norm, cosine to K = 1).",
+        _variance_args,
+        None,
+        "issue 5 (distillation)",
+    ),
+    Verb(
+        "generate",
+        "generate outputs for a split",
+        "Writes OUT (JSONL: id, output) from MODEL on DATA_DIR/SPLIT.jsonl.",
+        _generate_args,
+        None,
+        "issue 6 (results)",
+    ),
+    Verb(
+        "score",
+        "score outputs with the task metric, per example",
+        "Writes OUT (CSV, one row per example) and a summary JSON beside it.",
+        _score_args,
+        None,
+        "issue 6 (results)",
+    ),
+    Verb(
+        "tables",
+        "the paper's tables",
+        "Writes Markdown, CSV and LaTeX tables under OUT_DIR.",
+        _tables_args,
+        None,
+        "issue 6 (results)",
+    ),
+    Verb(
+        "figures",
+        "the paper's figures",
+        "Writes PNG and SVG figures under OUT_DIR.",
+        _figures_args,
+        None,
+        "issue 6 (results)",
+    ),
+    Verb(
+        "judge",
+        "LLM-as-judge through an OpenAI-compatible endpoint",
+        "Rates outputs pointwise and pairwise; writes judgments and tables under OUT_DIR.",
+        _judge_args,
+        None,
+        "issue 7 (LLM-as-judge)",
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ketchup",
+        description="KETCHUP distillation workflow: one verb per Snakemake rule.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        summary = verb.summary + ("" if verb.target else " [not implemented yet]")
+        p = sub.add_parser(verb.name, help=summary, description=f"{summary}. {verb.description}")
+        verb.arguments(p)
+        p.set_defaults(_verb=verb)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verb: Verb = args._verb
+    if verb.target is None:
+        print(
+            f"ketchup {verb.name}: not implemented yet (planned in {verb.planned_in}).",
+            file=sys.stderr,
+        )
+        return 2
+    module, function = verb.target.split(":")
+    from ketchup.config import ConfigError
+
+    try:
+        result = getattr(importlib.import_module(module), function)(args)
+    except (ConfigError, FileNotFoundError) as e:
+        # Bad input, not a bug: one line naming the key or file, no traceback.
+        print(f"ketchup {verb.name}: error: {e}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""The study configuration: JSON-schema validation with defaults, then typed dataclasses.
+
+`config.schema.yaml` (beside this file; workflow/schemas/config.schema.yaml links to it) is the one
+place that holds defaults and allowed values. `load_config` validates a YAML file against it, fills
+the defaults, then builds the dataclasses below, which reject unknown and missing keys by name and
+check what a schema cannot say (cross-field rules). Each CLI verb gets only its stage's section
+(`parse_section`), so Snakemake reruns a stage only when that section changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+Method = Literal[
+    "sft",
+    "seqkd",
+    "kl",
+    "js",
+    "tvd",
+    "llmr",
+    "llmr_mean",
+    "llmr_minvar",
+    "ketchup",
+    "gkd",
+    "minillm",
+]
+Dataset = Literal["embedded", "xsum", "europarl_en_nl", "gsm8k", "dailydialog", "dart", "file"]
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+
+class ConfigError(ValueError):
+    """A configuration error; the message names the offending key."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed sections. Field names and types mirror the schema; defaults live in the schema only.
+
+
+@dataclass(frozen=True)
+class SplitLimits:
+    train: int | None
+    validation: int | None
+    test: int | None
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    train: str
+    validation: str
+    test: str
+
+
+@dataclass(frozen=True)
+class EmbeddedTaskConfig:
+    n_train: int
+    n_validation: int
+    n_test: int
+    n_references: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    dataset: Dataset
+    files: SplitFiles | None
+    source_field: str | None
+    target_field: str | None
+    prompt: str | None
+    metric: Literal["bleu", "rouge", "accuracy"] | None
+    max_examples: SplitLimits
+    embedded: EmbeddedTaskConfig
+
+    def check(self, where: str) -> None:
+        if self.dataset == "file":
+            for key in ("files", "source_field", "target_field"):
+                if getattr(self, key) is None:
+                    raise ConfigError(
+                        f"config key '{where}.{key}': required when dataset is 'file'"
+                    )
+        if self.prompt is not None and "{source}" not in self.prompt:
+            raise ConfigError(
+                f"config key '{where}.prompt': must contain the placeholder {{source}}"
+            )
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str | None
+    architecture: dict[str, Any] | None
+    precision: Literal["auto", "float32", "bfloat16", "float16"]
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.name_or_path is None
+
+    def check(self, where: str) -> None:
+        if (self.name_or_path is None) == (self.architecture is None):
+            raise ConfigError(
+                f"config key '{where}': set exactly one of name_or_path (a pretrained model) "
+                "and architecture (a model built from scratch)"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_steps: int
+    grad_clip: float
+    eval_every: int
+    patience: int
+    max_source_length: int
+    max_target_length: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int
+    batch_size: int
+    num_beams: int
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    mode: Literal["finetune", "prompted"]
+    model: ModelConfig
+    train: TrainConfig
+    generation: GenerationConfig
+
+    def check(self, where: str) -> None:
+        self.model.check(f"{where}.model")
+        if self.mode == "prompted" and self.model.from_scratch:
+            raise ConfigError(
+                f"config key '{where}.mode': 'prompted' needs a pretrained model "
+                f"(set {where}.model.name_or_path)"
+            )
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    model: ModelConfig
+    train: TrainConfig
+
+    def check(self, where: str) -> None:
+        self.model.check(f"{where}.model")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    methods: list[Method]
+    ks: list[int]
+    seeds: list[int]
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    threads: int
+    mem_mb: int
+    runtime: int
+    gpu: int
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    prepare_data: ResourceConfig
+    tokenizer: ResourceConfig
+    teacher: ResourceConfig
+    teacher_outputs: ResourceConfig
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    tasks: dict[str, TaskConfig]
+    tokenizer: TokenizerConfig
+    teacher: TeacherConfig
+    students: dict[str, StudentConfig]
+    distill: DistillConfig
+    resources: ResourcesConfig = field(repr=False)
+
+    def check(self, where: str = "config") -> None:
+        for name, task in self.tasks.items():
+            task.check(f"tasks.{name}")
+        self.teacher.check("teacher")
+        for name, student in self.students.items():
+            student.check(f"students.{name}")
+
+    @property
+    def needs_tokenizer(self) -> bool:
+        """A tokenizer is trained when any model is built from scratch."""
+        models = [self.teacher.model, *(s.model for s in self.students.values())]
+        return any(m.from_scratch for m in models)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema validation with defaults (the same extension snakemake.utils.validate applies).
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open() as f:
+        return yaml.safe_load(f)
+
+
+def _default_filling_validator(schema: dict[str, Any]):
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for key, prop in properties.items():
+                if "default" in prop:
+                    # deepcopy: a mutable default must not be shared between instances
+                    instance.setdefault(key, copy.deepcopy(prop["default"]))
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+
+
+def error_path(error, prefix: str = "") -> str:
+    """'teacher.train.learning_rate' for a jsonschema error at that location below `prefix`."""
+    parts = [prefix] if prefix else []
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else ("." if parts else "") + str(p))
+    return "".join(parts) or "<top level>"
+
+
+def describe_error(error, prefix: str = "") -> str:
+    """One line naming the key and what is allowed there."""
+    path = error_path(error, prefix)
+    join = "" if path == "<top level>" else f"{path}."
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        key = f"{join}{unknown[0]}" if unknown else path
+        return f"config key '{key}': unknown key; allowed keys: {allowed}"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return f"config key '{join}{missing[0]}': missing (required)"
+    message = error.message
+    if error.validator == "enum":
+        allowed = ", ".join("null" if v is None else str(v) for v in error.validator_value)
+        message = f"{error.instance!r} is not allowed; allowed values: {allowed}"
+    elif error.validator in ("oneOf", "anyOf") and error.context:
+        best = min(error.context, key=lambda e: len(e.message))
+        message = best.message
+    return f"config key '{path}': {message}"
+
+
+def validate_with_defaults(
+    data: dict[str, Any], schema: dict[str, Any] | None = None, prefix: str = ""
+) -> dict[str, Any]:
+    """Fill schema defaults into `data` (in place) and raise ConfigError on the first problem."""
+    import jsonschema
+
+    schema = load_schema() if schema is None else schema
+    validator = _default_filling_validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        raise ConfigError(describe_error(error, prefix))
+    return data
+
+
+def section_schema(name: str) -> dict[str, Any]:
+    """The schema of one `$defs` entry, with the definitions it refers to."""
+    schema = load_schema()
+    if name not in schema["$defs"]:
+        raise KeyError(f"no schema section {name!r}; known: {sorted(schema['$defs'])}")
+    return {"$defs": schema["$defs"], **schema["$defs"][name]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Dicts -> dataclasses, rejecting unknown and missing keys by name.
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _build(option, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"config key '{where}': {value!r} does not fit {tp}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"config key '{where}': {value!r} is not allowed; allowed values: "
+                + ", ".join(map(str, allowed))
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{where}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}': expected a mapping, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {k: _build(item, v, f"{where}.{k}") for k, v in value.items()}
+    if not _type_ok(value, tp):
+        raise ConfigError(
+            f"config key '{where}': expected {getattr(tp, '__name__', tp)}, got {value!r}"
+        )
+    return float(value) if tp is float else value
+
+
+def from_dict(cls: type, data: Any, where: str):
+    """Build dataclass `cls` from `data`; unknown or missing keys raise ConfigError naming them."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{where}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"config key '{prefix}{unknown[0]}': unknown key; allowed keys: {', '.join(names)}"
+        )
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"config key '{prefix}{missing[0]}': missing")
+    return cls(**{n: _build(hints[n], data[n], f"{prefix}{n}") for n in names})
+
+
+def parse_section(cls: type, data: dict[str, Any] | str, section: str, where: str = ""):
+    """A stage's config: JSON text or a dict -> schema defaults and checks -> dataclass `cls`."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"stage config is not valid JSON: {e}") from None
+    data = copy.deepcopy(data)
+    validate_with_defaults(data, section_schema(section), where)
+    built = from_dict(cls, data, where)
+    if hasattr(built, "check"):
+        built.check(where)
+    return built
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclasses back to plain data (what the stages write beside their outputs)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def parse_config(data: dict[str, Any]) -> StudyConfig:
+    """Validate a whole config mapping (in place: defaults are filled) and type it."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    validate_with_defaults(data)
+    study = from_dict(StudyConfig, data, "")
+    study.check()
+    return study
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with path.open() as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return parse_config(data if data is not None else {})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def check_config_main(args) -> int:
+    """`ketchup check-config FILE`: validate a study config and summarise it."""
+    study = load_config(args.configfile)
+    print(
+        f"{args.configfile}: valid; tasks: {', '.join(study.tasks)}; students: "
+        f"{', '.join(study.students)}; methods: {', '.join(study.distill.methods)}; "
+        f"K grid: {study.distill.ks}; seeds: {study.distill.seeds}"
+    )
+    return 0

@@ -1,0 +1,168 @@
+"""The config: schema defaults, typed sections, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ketchup import config as cfg
+from ketchup.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    study = cfg.load_config(path)
+    assert study.tasks and study.students
+    assert all(k >= 1 for k in study.distill.ks)
+
+
+def test_defaults_are_filled_from_the_schema():
+    study = cfg.parse_config(
+        {
+            "tasks": {"t": {"dataset": "embedded"}},
+            "teacher": {"model": {"architecture": {"model_type": "t5"}}},
+            "students": {"s": {"model": {"architecture": {"model_type": "t5"}}}},
+        }
+    )
+    schema = cfg.load_schema()["$defs"]
+    assert study.teacher.train.steps == schema["train"]["properties"]["steps"]["default"]
+    assert study.distill.ks == [2, 4, 8, 16]
+    assert study.tasks["t"].embedded.n_train == 6000
+    assert study.resources.teacher.gpu == 0
+    assert study.tokenizer.vocab_size == 1000
+
+
+# (mutation of the default config, the key the message must name, a word the message must contain)
+BAD_CONFIGS = [
+    (
+        lambda c: c["teacher"]["train"].update(lerning_rate=1e-3),
+        "teacher.train.lerning_rate",
+        "learning_rate",
+    ),
+    (lambda c: c.update(studnets={}), "studnets", "students"),
+    (
+        lambda c: c["distill"].update(methods=["ketchup", "ketchupp"]),
+        "distill.methods[1]",
+        "llmr_minvar",
+    ),
+    (lambda c: c["distill"].update(ks=[0, 2]), "distill.ks[0]", "minimum of 1"),
+    (lambda c: c["distill"].update(ks=[]), "distill.ks", "non-empty"),
+    (lambda c: c["distill"].update(seeds=[1, 1]), "distill.seeds", "non-unique"),
+    (lambda c: c.pop("teacher"), "teacher", "missing"),
+    (lambda c: c["teacher"].pop("model"), "teacher.model", "missing"),
+    (lambda c: c["teacher"]["train"].update(steps="many"), "teacher.train.steps", "integer"),
+    (lambda c: c["teacher"]["train"].update(learning_rate=0), "teacher.train.learning_rate", "0"),
+    (lambda c: c["teacher"].update(mode="frozen"), "teacher.mode", "finetune, prompted"),
+    (
+        lambda c: c["tasks"]["restaurants"].update(dataset="cnn"),
+        "tasks.restaurants.dataset",
+        "xsum",
+    ),
+    (lambda c: c["tasks"]["restaurants"].update(metric="blue"), "tasks.restaurants.metric", "bleu"),
+    (
+        lambda c: c["tasks"]["restaurants"].update(dataset="file"),
+        "tasks.restaurants.files",
+        "required",
+    ),
+    (
+        lambda c: c["tasks"]["restaurants"].update(prompt="Summarise"),
+        "tasks.restaurants.prompt",
+        "{source}",
+    ),
+    (lambda c: c["tasks"].update({"bad/name": {"dataset": "embedded"}}), "tasks", "bad/name"),
+    (
+        lambda c: c["teacher"]["model"].update(name_or_path="t5-small"),
+        "teacher.model",
+        "exactly one",
+    ),
+    (
+        lambda c: c["teacher"]["model"].update(architecture={"d_model": 8}),
+        "teacher.model.architecture",
+        "model_type",
+    ),
+    (lambda c: c["resources"]["teacher"].update(gpu=-1), "resources.teacher.gpu", "minimum"),
+]
+
+
+@pytest.mark.parametrize("mutate,key,hint", BAD_CONFIGS, ids=[b[1] for b in BAD_CONFIGS])
+def test_bad_config_names_the_key(mutate, key, hint):
+    data = default_config()
+    mutate(data)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse_config(data)
+    message = str(err.value)
+    assert f"'{key}" in message, message
+    assert hint in message, message
+    assert "\n" not in message
+
+
+def _dataclass_tree(cls) -> dict:
+    """Field names of a dataclass, nested dataclasses expanded."""
+    tree = {}
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        inner = [t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t)]
+        tree[f.name] = _dataclass_tree(inner[0]) if inner else None
+    return tree
+
+
+def _schema_tree(schema: dict, defs: dict) -> dict | None:
+    if "$ref" in schema:
+        return _schema_tree(defs[schema["$ref"].split("/")[-1]], defs)
+    if "oneOf" in schema:
+        refs = [s for s in schema["oneOf"] if "$ref" in s]
+        return _schema_tree(refs[0], defs) if refs else None
+    if "properties" in schema and schema.get("additionalProperties") is False:
+        return {k: _schema_tree(v, defs) for k, v in schema["properties"].items()}
+    if isinstance(schema.get("additionalProperties"), dict):
+        return _schema_tree(schema["additionalProperties"], defs)
+    return None
+
+
+def test_dataclasses_mirror_the_schema():
+    """The typed config and the schema describe the same keys at every level."""
+    schema = cfg.load_schema()
+    assert _dataclass_tree(cfg.StudyConfig) == _schema_tree(schema, schema["$defs"])
+
+
+def test_parse_section_fills_defaults_and_rejects_unknown_keys():
+    train = cfg.parse_section(cfg.TrainConfig, '{"steps": 3}', "train", "teacher.train")
+    assert train.steps == 3 and train.batch_size == 32
+    with pytest.raises(cfg.ConfigError, match=r"'teacher\.train\.stepz': unknown key"):
+        cfg.parse_section(cfg.TrainConfig, '{"stepz": 3}', "train", "teacher.train")
+    with pytest.raises(cfg.ConfigError, match="not valid JSON"):
+        cfg.parse_section(cfg.TrainConfig, "{steps: 3", "train", "teacher.train")
+
+
+def test_from_dict_rejects_unknown_and_missing_keys():
+    with pytest.raises(cfg.ConfigError, match="'x.extra': unknown key"):
+        cfg.from_dict(cfg.TokenizerConfig, {"vocab_size": 10, "extra": 1}, "x")
+    with pytest.raises(cfg.ConfigError, match="'x.vocab_size': missing"):
+        cfg.from_dict(cfg.TokenizerConfig, {}, "x")
+    with pytest.raises(cfg.ConfigError, match="expected int"):
+        cfg.from_dict(cfg.TokenizerConfig, {"vocab_size": True}, "x")
+
+
+def test_check_config_verb(tmp_path, capsys):
+    assert main(["check-config", str(ROOT / "config.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out
+    bad = copy.deepcopy(default_config())
+    bad["distill"]["ks"] = [0]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["check-config", str(path)]) == 1
+    assert "distill.ks[0]" in capsys.readouterr().err
+    assert main(["check-config", str(tmp_path / "missing.yaml")]) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,57 @@
+"""Atomic outputs: an interrupted write never leaves a file that looks finished."""
+
+from __future__ import annotations
+
+import pytest
+
+from ketchup.files import atomic_path, read_jsonl, write_jsonl, write_text
+
+
+def test_write_then_read_jsonl(tmp_path):
+    rows = [{"id": "1", "text": "ä"}, {"id": "2", "text": "b"}]
+    assert write_jsonl(tmp_path / "a.jsonl", rows) == 2
+    assert read_jsonl(tmp_path / "a.jsonl") == rows
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out.jsonl"
+
+    def rows():
+        yield {"id": 1}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(target, rows())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_rewrite_keeps_the_old_file(tmp_path):
+    target = tmp_path / "out.txt"
+    write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_directory(tmp_path):
+    target = tmp_path / "model"
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "weights.bin").write_text("w")
+        assert not target.exists()
+    assert (target / "weights.bin").read_text() == "w"
+    with pytest.raises(RuntimeError), atomic_path(target, directory=True) as tmp:
+        (tmp / "weights.bin").write_text("partial")
+        raise RuntimeError
+    assert (target / "weights.bin").read_text() == "w"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2"):
+        read_jsonl(path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_jsonl(tmp_path / "missing.jsonl")

@@ -1,0 +1,85 @@
+"""Packaging: the conda environment matches pyproject.toml, and the CLI lists every stage."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+import yaml
+
+from ketchup.cli import VERBS, main
+
+ROOT = Path(__file__).resolve().parents[2]
+# conda-forge names that differ from PyPI's
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~\[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_conda_env_lists_the_same_packages_as_pyproject():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pypi = {_name(r) for r in pyproject["project"]["dependencies"]}
+    env = yaml.safe_load((ROOT / "envs" / "ketchup.yaml").read_text())
+    conda = {
+        CONDA_TO_PYPI.get(_name(d), _name(d)) for d in env["dependencies"] if isinstance(d, str)
+    }
+    assert conda - {"python"} == pypi
+
+
+def test_torch_range_admits_the_local_cpu_build():
+    """A range that excludes 2.13.0 makes pip pull a multi-GB CUDA build on this machine."""
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (torch,) = [Requirement(r) for r in pyproject["project"]["dependencies"] if _name(r) == "torch"]
+    assert torch.specifier.contains("2.13.0")
+
+
+def test_help_lists_every_verb():
+    out = subprocess.run(
+        [sys.executable, "-m", "ketchup", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for verb in VERBS:
+        assert verb.name in out
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=lambda v: v.name)
+def test_each_verb_documents_its_inputs_and_outputs(verb, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([verb.name, "--help"])
+    assert exit_.value.code == 0
+    assert verb.description.split()[0] in capsys.readouterr().out
+
+
+def test_unbuilt_verbs_fail_clearly_and_write_nothing(tmp_path, capsys):
+    pending = [v for v in VERBS if v.target is None]
+    for verb in pending:
+        parser_args = {
+            "distill": [
+                "--teacher",
+                "t",
+                "--init",
+                "i",
+                "--data-dir",
+                "d",
+                "--method",
+                "kl",
+                "--seed",
+                "0",
+                "--config-json",
+                "{}",
+                "--out-dir",
+                str(tmp_path / "o"),
+            ],
+        }.get(verb.name)
+        if parser_args is None:
+            continue
+        assert main([verb.name, *parser_args]) == 2
+        assert "not implemented yet" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,111 @@
+"""The workflow through Snakemake itself: lint, dry runs of every shipped config, bad configs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("configfile", [None, "configs/smoke.yaml", "configs/paper.yaml"])
+def test_dry_run_resolves_the_dag(configfile, tmp_path):
+    extra = ["--configfile", str(ROOT / configfile)] if configfile else []
+    if configfile is None:
+        shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    out = snakemake("-n", "--cores", "all", "--directory", str(tmp_path), *extra).stdout
+    assert "prepare_data" in out
+    tasks = yaml.safe_load((ROOT / (configfile or "config.yaml")).read_text())["tasks"]
+    for task in tasks:
+        assert f"results/{task}/data/train.jsonl" in out
+    if configfile == "configs/paper.yaml":
+        # the pretrained teacher brings its own vocabulary: no tokenizer is trained
+        assert "rule tokenizer" not in out
+    else:
+        assert "rule tokenizer" in out
+
+
+def test_configfile_replaces_the_default_config(tmp_path):
+    """--configfile must not merge the embedded task into the paper's study."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    out = snakemake(
+        "-n",
+        "--cores",
+        "all",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "configs" / "paper.yaml"),
+    ).stdout
+    assert "results/restaurants" not in out
+
+
+@pytest.mark.parametrize(
+    "edit,key",
+    [
+        (lambda c: c["teacher"]["train"].update(lerning_rate=1e-3), "teacher.train.lerning_rate"),
+        (lambda c: c["distill"].update(methods=["ketchupp"]), "distill.methods[0]"),
+        (lambda c: c["distill"].update(ks=[0]), "distill.ks[0]"),
+        (lambda c: c["students"]["t5-tiny"].pop("model"), "students.t5-tiny.model"),
+    ],
+)
+def test_bad_config_fails_before_any_job(edit, key, tmp_path):
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    edit(data)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    result = snakemake("--cores", "1", "--directory", str(tmp_path), check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"invalid config: config key '{key}'" in output, output
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_smoke_study_runs_end_to_end(tmp_path):
+    snakemake(
+        "--cores",
+        "2",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "configs" / "smoke.yaml"),
+    )
+    data = tmp_path / "results" / "restaurants" / "data"
+    assert all((data / f"{s}.jsonl").stat().st_size > 0 for s in ("train", "validation", "test"))
+    assert (tmp_path / "results" / "restaurants" / "tokenizer" / "tokenizer.json").is_file()
+    # a finished study reruns nothing
+    again = snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "configs" / "smoke.yaml"),
+    )
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,101 @@
+# Validation and every helper of the workflow. Rules call only these functions.
+import json
+import re
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from ketchup.config import SPLITS, ConfigError, parse_config
+from ketchup.workflow_env import detect_gpus, run_this_checkout
+
+RESULTS = "results"
+
+
+run_this_checkout(workflow.basedir)
+
+
+def load_study(config):
+    """Validate the config (schema defaults filled in place) and type it, before any job runs."""
+    try:
+        validate(config, "../schemas/config.schema.yaml")
+    except WorkflowError as schema_error:
+        # Snakemake's message is the whole schema dump; ours names the key on one line.
+        try:
+            parse_config(config)
+        except ConfigError as e:
+            raise WorkflowError(f"invalid config: {e}") from None
+        raise schema_error
+    try:
+        return parse_config(config)
+    except ConfigError as e:
+        raise WorkflowError(f"invalid config: {e}") from None
+
+
+STUDY = load_study(config)
+
+
+def one_of(names):
+    """A wildcard constraint that matches exactly these names."""
+    return "|".join(re.escape(str(n)) for n in names)
+
+
+def global_resource(name):
+    """The value of a global resource (--resources or the profile), or None."""
+    return (
+        workflow.global_resources[name].value
+        if name in workflow.global_resources
+        else None
+    )
+
+
+# workflow/profiles/default sets `gpu=auto`: local runs then never start more GPU jobs than there
+# are GPUs (Snakemake ignores a resource that has no global limit). Other profiles leave it alone.
+if global_resource("gpu") == "auto":
+    workflow.register_resource("gpu", detect_gpus())
+
+
+def section_json(section):
+    """A config section as canonical JSON: what a rule passes to its verb, and its params trigger."""
+    return json.dumps(section, sort_keys=True, separators=(",", ":"))
+
+
+def rule_resources(rule_name):
+    """Scheduler resources of a rule, from the config's `resources:` section."""
+    res = config["resources"][rule_name]
+    return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"]}
+
+
+def rule_threads(rule_name):
+    return config["resources"][rule_name]["threads"]
+
+
+def task_dir(task):
+    return f"{RESULTS}/{task}"
+
+
+def tokenizer_path(task):
+    """The vocabulary every model of a task shares: the trained one, or the pretrained teacher's."""
+    if STUDY.teacher.model.from_scratch:
+        return f"{task_dir(task)}/tokenizer"
+    return STUDY.teacher.model.name_or_path
+
+
+def tokenizer_inputs(wildcards):
+    """The tokenizer directory as a rule input when the workflow trains it, else nothing."""
+    return [tokenizer_path(wildcards.task)] if STUDY.teacher.model.from_scratch else []
+
+
+def teacher_model(task):
+    """The teacher: the fine-tuned checkpoint, or the pretrained model as it is (prompted)."""
+    if STUDY.teacher.mode == "finetune":
+        return f"{task_dir(task)}/teacher/model"
+    return STUDY.teacher.model.name_or_path
+
+
+def all_targets():
+    """The targets of the default run: every stage the workflow has so far, for every task."""
+    targets = []
+    for task in STUDY.tasks:
+        targets += [f"{task_dir(task)}/data/{split}.jsonl" for split in SPLITS]
+        targets += tokenizer_inputs(type("W", (), {"task": task}))
+    return targets
