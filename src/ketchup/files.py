@@ -29,6 +29,10 @@ def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp / mkdtemp create private (0600 / 0700) entries; give the result the usual mode
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod((0o777 if directory else 0o666) & ~umask)
         if directory and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from ketchup.files import atomic_path, read_jsonl, write_jsonl, write_text
@@ -55,3 +58,15 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
         read_jsonl(path)
     with pytest.raises(FileNotFoundError, match="missing"):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        with atomic_path(tmp_path / "d", directory=True):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
