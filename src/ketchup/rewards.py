@@ -1,0 +1,586 @@
+"""Induced rewards, K-step returns and the policy-gradient loss of KETCHUP.
+
+Pure tensor math, vectorised over batch and time (no Python loop over time steps).
+
+Notation (KETCHUP, Fan et al. 2025; LLMR, Li, Hao, Mou 2024): source ``x``, student rollout
+``y = (y_0 .. y_{L-1})`` ending in EOS, state ``s_t = (x, y_<t)``, teacher logits ``f_T(a|s_t)``
+from one teacher-forced pass over ``(prompt(x), y)``.
+
+* Q-values (LLMR): ``q(s_t, a) = f_T(a|s_t) - mean_a f_T(a|s_t)``.
+* State value: hard ``V(s) = max_a q(s, a)`` ("max", KETCHUP's default) or soft
+  ``V(s) = sum_a softmax(q(s, .))_a q(s, a)`` ("soft"); ``V(s_L) = 0`` (after EOS is terminal).
+* One-step reward (Bellman optimality, gamma = 1): ``r_t = q(s_t, y_t) - V(s_{t+1})``.
+* K-step reward (KETCHUP): ``R^K_t = q(s_t, y_t) - V(s_{min(t+K, L)})``.
+* K-step return (KETCHUP): ``G^K_t = sum_{j >= 0, t + jK < L} R^K_{t+jK}``; K = 1 is LLMR's
+  reward-to-go, K >= L gives ``q(s_t, y_t)``.
+
+Conventions shared by every function: ``B`` batch, ``T`` padded time, ``V`` vocabulary; ``mask``
+is 1 for real tokens up to and including EOS and 0 for padding (bool, int or float 0/1); every
+per-token output is float32 and exactly 0 at padding; nothing returned here (except the loss of
+:func:`policy_gradient_loss`) carries gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "gradient_norm_weights",
+    "kstep_returns",
+    "kstep_returns_from_values",
+    "kstep_rewards",
+    "mean_baseline",
+    "min_variance_baseline",
+    "one_step_rewards",
+    "policy_gradient_loss",
+    "q_values",
+    "reward_to_go",
+    "state_values",
+    "taken_q_and_values",
+]
+
+ValueMode = Literal["max", "soft"]
+_VALUE_MODES = ("max", "soft")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checking
+# --------------------------------------------------------------------------------------------
+
+
+def _check_logits(logits: Tensor, name: str) -> None:
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 3:
+        raise ValueError(f"{name} must have shape (B, T, V), got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {logits.dtype}")
+    if logits.shape[-1] < 1:
+        raise ValueError(f"{name} must have a non-empty vocabulary dimension")
+
+
+def _check_bt(x: Tensor, shape: tuple[int, ...], name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+
+
+def _check_2d(x: Tensor, name: str) -> tuple[int, ...]:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, T), got {tuple(x.shape)}")
+    return tuple(x.shape)
+
+
+def _mask_bool(mask: Tensor, shape: tuple[int, ...], *, prefix: bool = False) -> Tensor:
+    """Validate a 0/1 mask of ``shape`` and return it as bool.
+
+    ``prefix=True`` additionally requires each row to be ones followed by zeros, because the
+    K-step returns read the row length ``L = mask.sum(1)`` off the mask.
+    """
+    _check_bt(mask, shape, "mask")
+    if mask.dtype == torch.bool:
+        m = mask
+    else:
+        if mask.is_complex():
+            raise ValueError(f"mask must be bool, int or float 0/1, got {mask.dtype}")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("mask must contain only 0 and 1")
+        m = mask != 0
+    if prefix and m.shape[-1] > 1 and bool((m[:, 1:] & ~m[:, :-1]).any()):
+        raise ValueError("mask must be a prefix of ones in every row (right padding only)")
+    return m
+
+
+def _check_actions(actions: Tensor, shape: tuple[int, ...], vocab: int, m: Tensor) -> Tensor:
+    """Validate token ids and return int64 ids that are safe to ``gather`` everywhere.
+
+    Padding positions often hold -100 or a pad id outside the vocabulary; they are replaced by
+    0 so the gather is always legal, and their outputs are zeroed by the callers.
+    """
+    _check_bt(actions, shape, "actions")
+    if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
+        raise ValueError(f"actions must be an integer tensor, got {actions.dtype}")
+    a = torch.where(m, actions.long(), 0)
+    if a.numel() and bool(((a < 0) | (a >= vocab)).any()):
+        raise ValueError(f"actions at valid positions must lie in [0, {vocab})")
+    return a
+
+
+def _check_k(k: int) -> int:
+    # bool is an int subclass, but k=True is almost surely a bug.
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k}")
+    return k
+
+
+def _check_value(value: str) -> None:
+    if value not in _VALUE_MODES:
+        raise ValueError(f"value must be one of {_VALUE_MODES}, got {value!r}")
+
+
+def _check_positive(x: float | Tensor, name: str) -> float:
+    if isinstance(x, Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{name} must be a positive scalar, got shape {tuple(x.shape)}")
+        x = float(x.item())
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"{name} must be a positive number, got {x!r}")
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {x!r}")
+    return float(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Q-values and state values
+# --------------------------------------------------------------------------------------------
+
+
+def _finite_mean(logits: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Mean over the finite vocabulary entries.
+
+    (B, T, V) -> (mean (B, T) float32, count of finite entries (B, T), all entries finite).
+
+    Masked vocabularies carry -inf logits; including them would make the mean -inf and every q
+    NaN (-inf - -inf), so the centring uses the finite entries only. The sum accumulates in
+    float32 without materialising a float32 copy of bf16/fp16 logits.
+    """
+    vocab = logits.shape[-1]
+    total = logits.sum(-1, dtype=torch.float32)
+    count = torch.full(total.shape, vocab, dtype=torch.long, device=logits.device)
+    # A finite sum means every logit of that position is finite (a float32 sum of real logits
+    # does not overflow), so the (B, T, V) isfinite/where temporaries are only built for the
+    # positions that need them: no extra full-size memory in the usual unmasked case.
+    bad = ~torch.isfinite(total)
+    all_finite = not bool(bad.any())
+    if not all_finite:
+        sub = logits[bad]
+        finite = torch.isfinite(sub)
+        total[bad] = torch.where(finite, sub, 0).sum(-1, dtype=torch.float32)
+        count[bad] = finite.sum(-1)
+    # A position with no finite logit (count 0) gets mean 0 instead of 0/0.
+    return total / count.clamp_min(1), count, all_finite
+
+
+def q_values(teacher_logits: Tensor) -> Tensor:
+    """Teacher Q-values: logits centred by their mean over the vocabulary.
+
+    Eq. (LLMR, Li, Hao, Mou 2024; KETCHUP, Fan et al. 2025):
+    ``q(s_t, a) = f_T(a | s_t) - (1/|A_t|) sum_{a' in A_t} f_T(a' | s_t)`` with ``A_t`` the
+    tokens whose logit is finite.
+
+    Args:
+        teacher_logits: (B, T, V) raw teacher logits, any float dtype; -inf marks masked tokens.
+
+    Returns:
+        (B, T, V) float32 q; -inf entries stay -inf, never NaN.
+    """
+    _check_logits(teacher_logits, "teacher_logits")
+    logits = teacher_logits.detach()
+    mean, _, _ = _finite_mean(logits)
+    return logits.float() - mean.unsqueeze(-1)
+
+
+def state_values(q: Tensor, value: ValueMode = "max") -> Tensor:
+    """State values ``V(s_t)`` from Q-values.
+
+    Eq. (KETCHUP, Fan et al. 2025; LLMR): hard ``V(s) = max_a q(s, a)`` (``value="max"``) or
+    soft ``V(s) = sum_a softmax(q(s, .))_a q(s, a)`` (``value="soft"``).
+
+    Args:
+        q: (B, T, V) Q-values (e.g. from :func:`q_values`); may contain -inf.
+        value: "max" or "soft".
+
+    Returns:
+        (B, T) float32 values. A position with no finite q (every token masked) gets 0: it has
+        no action to value, and 0 keeps the returns finite.
+    """
+    _check_logits(q, "q")
+    _check_value(value)
+    q = q.detach().float()
+    finite = torch.isfinite(q)
+    has_action = finite.any(-1)
+    if value == "max":
+        v = q.amax(-1)
+    else:
+        p = torch.softmax(q, dim=-1)
+        # p = 0 where q = -inf; zero q there first so 0 * -inf does not make NaN.
+        v = (p * torch.where(finite, q, 0)).sum(-1)
+    return torch.where(has_action, v, 0)
+
+
+def taken_q_and_values(
+    teacher_logits: Tensor, actions: Tensor, mask: Tensor, value: ValueMode = "max"
+) -> tuple[Tensor, Tensor]:
+    """Q-value of the taken token and the state value at every position.
+
+    Eq. (LLMR / KETCHUP): ``q_taken_t = q(s_t, y_t)`` and ``values_t = V(s_t)`` (see
+    :func:`q_values`, :func:`state_values`). This is the only pass over the vocabulary; the
+    returns for any number of K can then be computed from its output with
+    :func:`kstep_returns_from_values`.
+
+    The (B, T, V) q tensor is never built for ``value="max"``: since the mean is a per-position
+    constant, ``max_a q = max_a f_T - mean`` and ``q(s, y) = f_T(y|s) - mean``.
+    For ``value="soft"``, softmax is shift invariant and sums to 1, so
+    ``sum_a softmax(q)_a q_a = sum_a softmax(f_T)_a f_T(a) - mean``.
+
+    Args:
+        teacher_logits: (B, T, V) teacher logits; position t scores ``y_t`` given ``y_<t``.
+        actions: (B, T) integer tokens ``y_t``; ids at padding are ignored (may be -100).
+        mask: (B, T) 0/1 mask, a prefix of ones per row.
+        value: "max" or "soft".
+
+    Returns:
+        ``(q_taken, values)``, both (B, T) float32 and 0 at padding. ``q_taken`` is -inf where the
+        teacher gave the taken token a -inf logit (an action the teacher forbids).
+    """
+    m, a = _check_rollout(teacher_logits, actions, mask, value)
+    return _taken_q_and_values(teacher_logits, a, m, value)
+
+
+def _check_rollout(
+    teacher_logits: Tensor, actions: Tensor, mask: Tensor, value: str
+) -> tuple[Tensor, Tensor]:
+    """Validate a (teacher_logits, actions, mask, value) quadruple; return (bool mask, ids)."""
+    _check_logits(teacher_logits, "teacher_logits")
+    shape = tuple(teacher_logits.shape[:2])
+    m = _mask_bool(mask, shape, prefix=True)
+    a = _check_actions(actions, shape, teacher_logits.shape[-1], m)
+    _check_value(value)
+    return m, a
+
+
+def _taken_q_and_values(
+    teacher_logits: Tensor, a: Tensor, m: Tensor, value: str
+) -> tuple[Tensor, Tensor]:
+    """Unchecked body of :func:`taken_q_and_values`; ``a`` safe ids, ``m`` bool mask."""
+    logits = teacher_logits.detach()
+    mean, count, all_finite = _finite_mean(logits)
+    q_taken = logits.gather(-1, a.unsqueeze(-1)).squeeze(-1).float() - mean
+    if value == "max":
+        v = logits.amax(-1).float() - mean
+    else:
+        x = logits.float()
+        p = torch.softmax(x, dim=-1)
+        if not all_finite:
+            # Zero the -inf logits first: their probability is 0 and 0 * -inf would be NaN.
+            x = torch.where(torch.isfinite(x), x, 0)
+        # In place: p is a fresh temporary outside autograd; saves one (B, T, V) buffer.
+        v = p.mul_(x).sum(-1) - mean
+    # Every token masked: no action to value; 0 keeps the returns finite (see state_values).
+    v = torch.where(count > 0, v, 0)
+    # where (not multiply) so NaN/inf garbage at padding cannot leak through 0 * inf.
+    return torch.where(m, q_taken, 0), torch.where(m, v, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Rewards and returns
+# --------------------------------------------------------------------------------------------
+
+
+def _reverse_cumsum(x: Tensor, dim: int) -> Tensor:
+    # flip/cumsum/flip rather than total - cumsum: no catastrophic cancellation.
+    return x.flip(dim).cumsum(dim).flip(dim)
+
+
+def _kstep_rewards_from_values(q_taken: Tensor, values: Tensor, m: Tensor, k: int) -> Tensor:
+    """(B, T) R^K_t = q_taken_t - V(s_{t+K}) with V = 0 at and beyond each row's length L.
+
+    Relies on ``values`` being 0 at padding and the mask being a prefix: then reading
+    ``values[:, t + K]`` (zero-filled past T) gives V(s_{min(t+K, L)}) with V(s_L) = 0.
+    """
+    values = torch.where(m, values, 0)
+    # Zero fill past T: V(s_L) = 0 and beyond (K >= T leaves nothing to shift in).
+    v_next = torch.nn.functional.pad(values[:, k:], (0, min(k, values.shape[1])))
+    return torch.where(m, q_taken - v_next, 0)
+
+
+def _kstep_returns_from_rewards(rewards: Tensor, k: int) -> Tensor:
+    """(B, T) G^K_t = sum_{j >= 0} R^K_{t + jK}, rewards already 0 at padding.
+
+    Positions t and t + jK share the residue t mod K, so after padding T to a multiple of K and
+    viewing time as (T/K, K) the sum is a reversed cumulative sum over the first of the two axes.
+    """
+    b, t = rewards.shape
+    # K >= T gives one group per residue, the same as K = T; capping avoids huge zero padding.
+    k = min(k, max(t, 1))
+    groups = -(-t // k)
+    r = torch.nn.functional.pad(rewards, (0, groups * k - t))
+    g = _reverse_cumsum(r.view(b, groups, k), dim=1)
+    return g.reshape(b, groups * k)[:, :t]
+
+
+def kstep_rewards(
+    teacher_logits: Tensor, actions: Tensor, mask: Tensor, k: int, value: ValueMode = "max"
+) -> Tensor:
+    """K-step induced rewards.
+
+    Eq. (KETCHUP, Fan et al. 2025): ``R^K_t = q(s_t, y_t) - V(s_{min(t+K, L)})``, ``V(s_L) = 0``.
+
+    Args:
+        teacher_logits: (B, T, V) teacher logits; position t scores ``y_t`` given ``y_<t``.
+        actions: (B, T) integer tokens ``y_t``.
+        mask: (B, T) 0/1 mask, a prefix of ones per row (row length L = mask.sum(1)).
+        k: step size K >= 1.
+        value: "max" or "soft".
+
+    Returns:
+        (B, T) float32 ``R^K``, 0 at padding, no gradient.
+    """
+    k = _check_k(k)
+    m, a = _check_rollout(teacher_logits, actions, mask, value)
+    q_taken, values = _taken_q_and_values(teacher_logits, a, m, value)
+    return _kstep_rewards_from_values(q_taken, values, m, k)
+
+
+def one_step_rewards(
+    teacher_logits: Tensor, actions: Tensor, mask: Tensor, value: ValueMode = "max"
+) -> Tensor:
+    """One-step rewards induced by the teacher through the Bellman optimality equation.
+
+    Eq. (LLMR, Li, Hao, Mou 2024, gamma = 1): ``r_t = q(s_t, y_t) - V(s_{t+1})``, ``V(s_L) = 0``.
+    Same as :func:`kstep_rewards` with K = 1.
+
+    Args:
+        teacher_logits: (B, T, V); actions: (B, T) int; mask: (B, T) prefix 0/1 mask;
+        value: "max" or "soft".
+
+    Returns:
+        (B, T) float32 ``r``, 0 at padding, no gradient.
+    """
+    return kstep_rewards(teacher_logits, actions, mask, 1, value)
+
+
+def kstep_returns_from_values(q_taken: Tensor, values: Tensor, mask: Tensor, k: int) -> Tensor:
+    """K-step returns from precomputed ``(q_taken, values)`` (see :func:`taken_q_and_values`).
+
+    Eq. (KETCHUP, Fan et al. 2025): ``G^K_t = sum_{j >= 0, t + jK < L} R^K_{t+jK}`` with
+    ``R^K_t = q_taken_t - V(s_{min(t+K, L)})`` and ``V(s_L) = 0``.
+
+    Args:
+        q_taken: (B, T) ``q(s_t, y_t)``.
+        values: (B, T) ``V(s_t)``; entries at padding are ignored.
+        mask: (B, T) 0/1 mask, a prefix of ones per row.
+        k: step size K >= 1.
+
+    Returns:
+        (B, T) float32 ``G^K``, 0 at padding, no gradient.
+    """
+    k = _check_k(k)
+    shape = _check_2d(q_taken, "q_taken")
+    _check_bt(values, shape, "values")
+    m = _mask_bool(mask, shape, prefix=True)
+    q_taken = torch.where(m, q_taken.detach().float(), 0)
+    rewards = _kstep_rewards_from_values(q_taken, values.detach().float(), m, k)
+    return torch.where(m, _kstep_returns_from_rewards(rewards, k), 0)
+
+
+def kstep_returns(
+    teacher_logits: Tensor, actions: Tensor, mask: Tensor, k: int, value: ValueMode = "max"
+) -> Tensor:
+    """K-step returns, KETCHUP's policy-gradient signal.
+
+    Eq. (KETCHUP, Fan et al. 2025): ``G^K_t = sum_{j >= 0, t + jK < L} R^K_{t+jK}`` with
+    ``R^K_t = q(s_t, y_t) - V(s_{min(t+K, L)})``, ``V(s_L) = 0``. K = 1 is LLMR's reward-to-go
+    ``sum_{i >= t} r_i``; K >= L gives ``q(s_t, y_t)``.
+
+    Args:
+        teacher_logits: (B, T, V) raw teacher logits (any float dtype, upcast to float32) where
+            position t scores token ``y_t`` given the prefix ``y_<t``.
+        actions: (B, T) integer tokens ``y_t``; ids at padding are ignored.
+        mask: (B, T) 1 for real tokens up to and including EOS, 0 for padding (bool, int or
+            float); a prefix of ones per row, any mix of lengths including 0 and 1.
+        k: step size K >= 1.
+        value: "max" (hard, KETCHUP's default) or "soft".
+
+    Returns:
+        (B, T) float32 ``G^K``, 0 at padding, no gradient. -inf where a taken token has a -inf
+        teacher logit at or after t in its residue class (the teacher forbids that action).
+    """
+    k = _check_k(k)
+    m, a = _check_rollout(teacher_logits, actions, mask, value)
+    q_taken, values = _taken_q_and_values(teacher_logits, a, m, value)
+    rewards = _kstep_rewards_from_values(q_taken, values, m, k)
+    return torch.where(m, _kstep_returns_from_rewards(rewards, k), 0)
+
+
+def reward_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Undiscounted reward-to-go.
+
+    Eq. (LLMR; MiniLLM, Gu et al. 2024, gamma = 1): ``G_t = sum_{i >= t, mask_i = 1} r_i``.
+
+    Args:
+        rewards: (B, T) per-token rewards.
+        mask: (B, T) 0/1 mask (need not be a prefix; padding rewards are ignored).
+
+    Returns:
+        (B, T) float32, 0 at padding, no gradient.
+    """
+    m = _mask_bool(mask, _check_2d(rewards, "rewards"))
+    r = torch.where(m, rewards.detach().float(), 0)
+    return torch.where(m, _reverse_cumsum(r, dim=1), 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------------------------
+
+
+def _check_returns_mask(returns: Tensor, mask: Tensor) -> Tensor:
+    return _mask_bool(mask, _check_2d(returns, "returns"))
+
+
+def mean_baseline(returns: Tensor, mask: Tensor) -> Tensor:
+    """Batch-mean baseline ("LLMR + mean baseline").
+
+    Eq.: ``b = sum_t mask_t G_t / max(1, sum_t mask_t)`` over all valid tokens of the batch.
+
+    Args:
+        returns: (B, T) returns ``G``; mask: (B, T) 0/1 mask.
+
+    Returns:
+        0-d float32 tensor, no gradient; 0 for an all-padding batch.
+    """
+    m = _check_returns_mask(returns, mask)
+    g = torch.where(m, returns.detach().float(), 0)
+    return g.sum() / m.sum().clamp_min(1)
+
+
+def gradient_norm_weights(
+    student_logits: Tensor, actions: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Squared norm of the score function w.r.t. the logits, in closed form.
+
+    Eq.: ``d log softmax(z)_y / dz = e_y - pi``, hence
+    ``g_t = ||e_y - pi||^2 = 1 - 2 pi(y_t) + sum_a pi(a)^2``.
+
+    Args:
+        student_logits: (B, T, V) student logits (any float dtype; computed in float32 under
+            no grad).
+        actions: (B, T) integer tokens ``y_t``.
+        mask: optional (B, T) 0/1 mask; when given, ids at padding are ignored (may be -100) and
+            the weights there are 0.
+
+    Returns:
+        (B, T) float32 weights in [0, 2], no gradient. A position whose logits are all -inf
+        has no distribution and gets weight 0.
+    """
+    _check_logits(student_logits, "student_logits")
+    shape = tuple(student_logits.shape[:2])
+    m = (
+        torch.ones(shape, dtype=torch.bool, device=student_logits.device)
+        if mask is None
+        else _mask_bool(mask, shape)
+    )
+    a = _check_actions(actions, shape, student_logits.shape[-1], m)
+    with torch.no_grad():
+        z = student_logits.detach().float()
+        p = torch.softmax(z, dim=-1)
+        p_taken = p.gather(-1, a.unsqueeze(-1)).squeeze(-1)
+        g = 1.0 - 2.0 * p_taken + (p * p).sum(-1)
+        # All -inf logits give NaN probabilities; rounding can also dip just below 0.
+        g = torch.nan_to_num(g, nan=0.0).clamp_min(0.0)
+        return torch.where(m, g, 0)
+
+
+def min_variance_baseline(
+    returns: Tensor, mask: Tensor, student_logits: Tensor, actions: Tensor
+) -> Tensor:
+    """Minimum-variance (gradient-norm weighted) baseline.
+
+    Eq.: ``b = sum_t g_t G_t / sum_t g_t`` over the valid tokens of the batch, with ``g_t`` from
+    :func:`gradient_norm_weights` (``1 - 2 pi(y_t) + sum_a pi(a)^2``), the baseline minimising
+    the variance of ``(G - b) d log pi / d logits``.
+
+    Args:
+        returns: (B, T) returns; mask: (B, T) 0/1 mask; student_logits: (B, T, V);
+        actions: (B, T) integer tokens.
+
+    Returns:
+        0-d float32 tensor, no gradient. 0 when ``sum g = 0`` (all padding, or a deterministic
+        policy): then every score function is 0 and the baseline cannot change the gradient.
+    """
+    m = _check_returns_mask(returns, mask)
+    _check_logits(student_logits, "student_logits")
+    if tuple(student_logits.shape[:2]) != tuple(returns.shape):
+        raise ValueError(
+            f"student_logits must have shape (B, T, V) with (B, T) = {tuple(returns.shape)}"
+        )
+    g = gradient_norm_weights(student_logits, actions, m)
+    ret = torch.where(m, returns.detach().float(), 0)
+    num = (g * ret).sum()
+    den = g.sum()
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------
+
+
+def policy_gradient_loss(
+    logprobs: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    *,
+    baseline: Tensor | float | None = None,
+    weight: Tensor | None = None,
+    denom: float = 1.0,
+    clip: float | None = None,
+) -> Tensor:
+    """REINFORCE loss with baseline, stop-gradient weight, scaling and clipping.
+
+    Eq. (KETCHUP, Fan et al. 2025; LLMR, Li, Hao, Mou 2024):
+    ``loss = -(1/N) sum_t mask_t clip(w_t (G_t - b_t) / denom, -c, c) log pi_theta(y_t|s_t)``,
+    ``N = max(1, sum_t mask_t)``. ``w_t`` is ``pi_theta(y_t|s_t)`` in the released KETCHUP code and
+    ``pi_theta / pi_behaviour`` in LLMR; it is detached here.
+
+    Args:
+        logprobs: (B, T) ``log pi_theta(y_t|s_t)`` with grad (the only input that gets one).
+        returns: (B, T) returns ``G``.
+        mask: (B, T) 0/1 mask.
+        baseline: None, a 0-d tensor / float, or a (B, T) tensor ``b``.
+        weight: None or (B, T) weight ``w`` (detached).
+        denom: scale > 0 dividing the advantage.
+        clip: None or c > 0; the scaled advantage is clamped to [-c, c].
+
+    Returns:
+        0-d float32 loss; 0 (not NaN) for an all-padding batch.
+    """
+    shape = _check_2d(logprobs, "logprobs")
+    _check_bt(returns, shape, "returns")
+    m = _mask_bool(mask, shape)
+    denom = _check_positive(denom, "denom")
+    if clip is not None:
+        clip = _check_positive(clip, "clip")
+
+    adv = returns.detach().float()
+    if baseline is not None:
+        if isinstance(baseline, Tensor):
+            if baseline.dim() != 0 and tuple(baseline.shape) != shape:
+                raise ValueError(
+                    f"baseline must be None, 0-d or of shape {shape}, got {tuple(baseline.shape)}"
+                )
+            adv = adv - baseline.detach().float()
+        elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+            adv = adv - float(baseline)
+        else:
+            raise ValueError(f"baseline must be None, a number or a tensor, got {baseline!r}")
+    if weight is not None:
+        _check_bt(weight, shape, "weight")
+        adv = weight.detach().float() * adv
+    adv = adv / denom
+    if clip is not None:
+        adv = adv.clamp(-clip, clip)
+    # Zero both factors at padding so garbage there (inf/NaN) reaches neither loss nor gradient.
+    adv = torch.where(m, adv, 0)
+    lp = torch.where(m, logprobs.float(), 0)
+    return -(adv * lp).sum() / m.sum().clamp_min(1)
