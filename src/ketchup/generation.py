@@ -1,0 +1,289 @@
+"""Batched generation: text for evaluation and teacher outputs, token ids for student rollouts.
+
+Prompts are sorted by length so batches hold similar lengths (less padding), and results come back
+in the original order. Decoding is exactly what is asked for: transformers 5 fills every unset
+generation option from the checkpoint's ``generation_config.json`` (an instruct model's top-p or
+repetition penalty, say), so every option that changes the distribution is set explicitly here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ketchup.batching import decoder_start_id, encode_prompt_ids, pad_batch, pad_token_id
+from ketchup.config import GenerationConfig
+from ketchup.models import is_seq2seq
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["Rollout", "eos_token_ids", "generate", "generate_ids", "rollout_mask"]
+
+
+class Rollout(NamedTuple):
+    """Generated token ids, on the model's device.
+
+    ``tokens`` (B, T) long: the new tokens only (no prompt, no decoder start), pad after EOS;
+    ``mask`` (B, T) long: 1 up to and including the first EOS, 0 after;
+    ``finished`` (B,) bool: the row produced EOS within ``max_new_tokens``.
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    finished: Tensor
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends generation: the tokenizer's EOS and the model's (may be several)."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
+        if value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if int(item) not in ids:
+                ids.append(int(item))
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation config has an EOS token")
+    return ids
+
+
+def rollout_mask(tokens: Tensor, eos_ids: Sequence[int], valid: Tensor | None = None) -> Tensor:
+    """(B, T) long mask: 1 up to and including each row's first EOS, 0 after.
+
+    ``valid`` (B, T), optional: positions that hold generated tokens at all (0 beyond a row's end).
+    """
+    import torch
+
+    is_eos = torch.isin(tokens, torch.as_tensor(list(eos_ids), device=tokens.device))
+    if valid is not None:
+        is_eos = is_eos & valid.bool()
+    # EOS strictly before t: cumulative count minus the token itself.
+    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()
+    mask = eos_before == 0
+    if valid is not None:
+        mask = mask & valid.bool()
+    return mask.long()
+
+
+def _decoding_config(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: GenerationConfig,
+    *,
+    do_sample: bool,
+    top_k: int | None,
+    temperature: float,
+) -> Any:
+    import transformers
+
+    if cfg.max_new_tokens < 1 or cfg.num_beams < 1 or cfg.batch_size < 1:
+        raise ValueError(f"generation config needs positive values, got {cfg}")
+    if not do_sample and (top_k is not None or temperature != 1.0):
+        raise ValueError("top_k and temperature apply to sampling only; pass do_sample=True")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (or None for the full distribution), got {top_k}")
+    pad = pad_token_id(tokenizer)
+    options: dict[str, Any] = {
+        "max_new_tokens": cfg.max_new_tokens,
+        "min_length": 0,
+        "num_beams": cfg.num_beams,
+        "num_return_sequences": 1,
+        "do_sample": do_sample,
+        "use_cache": True,
+        "eos_token_id": eos_token_ids(model, tokenizer),
+        "pad_token_id": pad,
+        # Neutral values, so that nothing is inherited from the checkpoint (see module docstring).
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+        "length_penalty": 1.0,
+        "early_stopping": False,
+        "return_dict_in_generate": False,
+        "output_scores": False,
+    }
+    if do_sample:
+        # top_k=0 turns top-k filtering off: samples come from the model's full distribution.
+        options.update(
+            temperature=temperature,
+            top_k=0 if top_k is None else top_k,
+            top_p=1.0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+        )
+    if is_seq2seq(model):
+        options["decoder_start_token_id"] = decoder_start_id(model)
+    return transformers.GenerationConfig(**options)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: PreTrainedModel) -> Iterator[None]:
+    """Generate without dropout, then restore train mode if it was on (student rollouts)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Fix the sampling RNG for this call only, leaving the global RNG state as it was."""
+    import torch
+
+    if seed is None:
+        yield
+        return
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _generate_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    max_source_length: int,
+    do_sample: bool,
+    top_k: int | None,
+    temperature: float,
+    seed: int | None,
+    progress: bool,
+) -> tuple[list[list[int]], list[bool]]:
+    """New token ids per prompt (cut after the first EOS, which is kept) and whether EOS came."""
+    import torch
+    from tqdm.auto import tqdm
+
+    generation_config = _decoding_config(
+        model, tokenizer, cfg, do_sample=do_sample, top_k=top_k, temperature=temperature
+    )
+    eos_ids = set(generation_config.eos_token_id)
+    seq2seq = is_seq2seq(model)
+    pad = pad_token_id(tokenizer)
+    encoded = encode_prompt_ids(tokenizer, prompts, max_source_length)
+    # Longest first: similar lengths share a batch, and an out-of-memory error shows up at once.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    rows: list[list[int]] = [[] for _ in encoded]
+    finished = [False] * len(encoded)
+    device = model.device
+
+    bar = tqdm(total=len(encoded), desc="generate", unit="prompt", disable=not progress)
+    with _eval_mode(model), _seeded(seed, device), torch.inference_mode(), bar:
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = order[start : start + cfg.batch_size]
+            # Left padding for decoder-only models: new tokens must follow every prompt directly.
+            input_ids, attention_mask = pad_batch(
+                [encoded[i] for i in chunk], pad, padding_side="right" if seq2seq else "left"
+            )
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=generation_config,
+            )
+            # seq2seq output starts with the decoder start token; decoder-only repeats the prompt.
+            new = out[:, 1:] if seq2seq else out[:, input_ids.shape[1] :]
+            for row, i in zip(new.tolist(), chunk, strict=True):
+                for t, token in enumerate(row):
+                    if token in eos_ids:
+                        rows[i], finished[i] = row[: t + 1], True
+                        break
+                else:
+                    rows[i] = row
+            bar.update(len(chunk))
+    return rows, finished
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    max_source_length: int,
+    do_sample: bool = False,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Generate one text per prompt, in the prompts' order.
+
+    Greedy by default (beam search when ``cfg.num_beams > 1``); ``do_sample=True`` samples with
+    ``temperature`` from the full distribution, or the ``top_k`` most likely tokens. ``seed``
+    fixes sampling for this call without touching the global RNG. Prompts are cut to
+    ``max_source_length`` tokens; special tokens are left out of the text. Runs in eval mode
+    (restored afterwards) under ``torch.inference_mode`` with the KV cache.
+    """
+    if not prompts:
+        return []
+    rows, _ = _generate_rows(
+        model,
+        tokenizer,
+        prompts,
+        cfg,
+        max_source_length=max_source_length,
+        do_sample=do_sample,
+        top_k=top_k,
+        temperature=temperature,
+        seed=seed,
+        progress=progress,
+    )
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def generate_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    max_source_length: int,
+    do_sample: bool = False,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    progress: bool = False,
+) -> Rollout:
+    """Like :func:`generate`, but return the new token ids as a :class:`Rollout`.
+
+    ``tokens`` (B, T) with T the longest output, ``mask`` and ``finished`` as described there;
+    ordinary tensors (not inference tensors), so they can feed a forward pass with gradients,
+    e.g. :func:`ketchup.batching.token_logits` over ``encode_sources`` of the same prompts.
+    """
+    import torch
+
+    if not prompts:
+        raise ValueError("generate_ids: no prompts")
+    rows, finished = _generate_rows(
+        model,
+        tokenizer,
+        prompts,
+        cfg,
+        max_source_length=max_source_length,
+        do_sample=do_sample,
+        top_k=top_k,
+        temperature=temperature,
+        seed=seed,
+        progress=progress,
+    )
+    # Built outside inference_mode on purpose: inference tensors cannot be saved for backward.
+    tokens, mask = pad_batch(rows, pad_token_id(tokenizer), padding_side="right")
+    device = model.device
+    return Rollout(
+        tokens=tokens.to(device),
+        mask=mask.to(device),
+        finished=torch.tensor(finished, dtype=torch.bool, device=device),
+    )

@@ -1,0 +1,384 @@
+"""Building, loading and saving teacher and student models (transformers 5).
+
+Encoder-decoder models (T5, the default) load through ``AutoModelForSeq2SeqLM``, everything else
+through ``AutoModelForCausalLM``; the choice follows ``config.is_encoder_decoder``. Distillation
+compares the teacher's logit of the student's token, so teacher and students must share one
+vocabulary: :func:`check_same_vocabulary` says so early and clearly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ketchup.config import ConfigError, ModelConfig
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "build_model",
+    "check_same_vocabulary",
+    "count_parameters",
+    "is_seq2seq",
+    "load_model",
+    "load_tokenizer",
+    "resolve_dtype",
+    "save_model",
+]
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+# Hub ids are "name" or "org/name"; anything else with a path separator is a filesystem path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+# Config keys every PreTrainedConfig accepts beyond its own fields (handled by the base class or by
+# the model code through getattr), so they are not "unknown" even where no field declares them.
+_GENERIC_CONFIG_KEYS = frozenset(
+    {
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "tie_word_embeddings",
+        "is_decoder",
+        "add_cross_attention",
+        "use_cache",
+        "output_attentions",
+        "num_labels",
+        "attn_implementation",
+    }
+)
+
+# Set from the tokenizer (vocabulary) or by build_model itself; see _tokenizer_config_values.
+_TOKENIZER_KEYS = ("vocab_size", "pad_token_id", "eos_token_id", "bos_token_id")
+_KNOWN_EXAMPLES = ("t5", "bart", "gpt2", "llama", "qwen2")
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes and devices
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_dtype(precision: str, device: Any = None) -> torch.dtype:
+    """The torch dtype for a ``precision`` setting on ``device`` (default: the CPU).
+
+    ``auto`` is bfloat16 on a CUDA device that supports it, float16 on other CUDA devices and
+    float32 elsewhere; ``float32``, ``bfloat16`` and ``float16`` are taken as named.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: unknown value {precision!r}; choose one of {PRECISIONS}")
+    if precision != "auto":
+        return getattr(torch, precision)
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        with torch.cuda.device(index):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _as_dtype(dtype: Any, device: Any) -> Any:
+    """Accept a torch.dtype, a precision name (resolved for ``device``) or None (unchanged)."""
+    if isinstance(dtype, str):
+        return resolve_dtype(dtype, device)
+    return dtype
+
+
+def _place(model: PreTrainedModel, device: Any) -> PreTrainedModel:
+    return model.to(device) if device is not None else model
+
+
+# --------------------------------------------------------------------------------------------
+# Building from scratch
+# --------------------------------------------------------------------------------------------
+
+
+def _known_config_keys(config_cls: type) -> set[str]:
+    """Keyword arguments ``config_cls`` understands (transformers accepts and keeps any others)."""
+    keys: set[str] = set(_GENERIC_CONFIG_KEYS)
+    if dataclasses.is_dataclass(config_cls):  # transformers 5: configs are dataclasses
+        keys.update(f.name for f in dataclasses.fields(config_cls))
+    keys.update(
+        name
+        for name, p in inspect.signature(config_cls.__init__).parameters.items()
+        if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    )
+    keys.update(getattr(config_cls, "attribute_map", {}) or {})
+    # transformers 4: the default instance's attributes (composite configs may fail to build).
+    with contextlib.suppress(Exception):
+        keys.update(config_cls().to_dict())
+    return keys
+
+
+def _tokenizer_config_values(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token; "
+            "a model built from scratch needs one to end its outputs"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    return {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": pad,
+        "eos_token_id": eos,
+        "bos_token_id": bos,
+    }
+
+
+def build_model(
+    model: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+    where: str = "model",
+) -> PreTrainedModel:
+    """A randomly initialised model from ``model.architecture`` (seed torch first to fix it).
+
+    ``architecture`` holds ``model_type`` and keyword arguments of that model's transformers config;
+    vocabulary size and pad / EOS / BOS ids come from ``tokenizer`` (and the decoder start id is
+    the pad id for encoder-decoders, as in T5). ``where`` prefixes the config key in errors
+    (e.g. ``students.small.model``). Raises :class:`ConfigError` for an unknown ``model_type``
+    or a key the config class does not know.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model.architecture is None:
+        raise ConfigError(
+            f"config key '{where}.architecture': needed to build a model from scratch"
+        )
+    arch = dict(model.architecture)
+    model_type = arch.pop("model_type", None)
+    if not isinstance(model_type, str) or not model_type:
+        raise ConfigError(f"config key '{where}.architecture.model_type': required (e.g. t5, gpt2)")
+    if model_type not in CONFIG_MAPPING:
+        raise ConfigError(
+            f"config key '{where}.architecture.model_type': unknown model type {model_type!r} in "
+            f"this transformers version; known ones include {', '.join(_KNOWN_EXAMPLES)}"
+        )
+    config_cls = CONFIG_MAPPING[model_type]
+    unknown = sorted(set(arch) - _known_config_keys(config_cls))
+    if unknown:
+        raise ConfigError(
+            f"config key '{where}.architecture': {config_cls.__name__} does not know "
+            f"{', '.join(repr(k) for k in unknown)} (check the spelling against the transformers "
+            f"docs for model_type {model_type!r})"
+        )
+
+    from_tokenizer = _tokenizer_config_values(tokenizer)
+    for key in _TOKENIZER_KEYS:
+        # Allowed when it agrees (e.g. copied from a pretrained config), never silently overridden.
+        if key in arch and arch[key] != from_tokenizer[key]:
+            raise ConfigError(
+                f"config key '{where}.architecture.{key}': {arch[key]!r} disagrees with the "
+                f"tokenizer ({from_tokenizer[key]!r}); leave it out, it comes from the tokenizer"
+            )
+    arch.update(from_tokenizer)
+    try:
+        config = AutoConfig.for_model(model_type, **arch)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key '{where}.architecture': {err}") from err
+    if config.is_encoder_decoder:
+        # T5 starts decoding from the pad token; generation and token_logits read this id.
+        config.decoder_start_token_id = from_tokenizer["pad_token_id"]
+
+    auto_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    try:
+        built = auto_cls.from_config(config, dtype=_as_dtype(dtype, device))
+    except ValueError as err:  # e.g. a config type with no LM head ("bert" as a causal LM)
+        raise ConfigError(
+            f"config key '{where}.architecture.model_type': {model_type!r} has no "
+            f"{'sequence-to-sequence' if config.is_encoder_decoder else 'causal'} "
+            f"language-model class ({err})"
+        ) from err
+    if config.is_encoder_decoder:
+        built.generation_config.decoder_start_token_id = config.decoder_start_token_id
+    return _place(built, device)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and saving
+# --------------------------------------------------------------------------------------------
+
+
+def _looks_like_path(name: str) -> bool:
+    if os.path.isabs(name) or name in (".", "..") or name.startswith(("~", "./", "../")):
+        return True
+    if os.sep in name or (os.altsep and os.altsep in name):
+        return not _HUB_ID.match(name)
+    return False
+
+
+def _resolve_source(name_or_path: str, what: str) -> tuple[str, bool]:
+    """(where to load from, local_files_only) for a hub id or a local directory."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"{what}: expected a path or hub id, got {type(name_or_path).__name__}")
+    name = os.path.expanduser(os.fspath(name_or_path))
+    if os.path.isdir(name):
+        return name, True
+    if os.path.exists(name):
+        raise NotADirectoryError(f"{what} {name!r} is a file; expected a model directory")
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"{what} directory {name!r} does not exist")
+    return name, False
+
+
+def _hub_error(what: str, name: str, err: Exception) -> OSError:
+    return OSError(
+        f"could not load {what} {name!r}: it is not a local directory, so it was looked up as a "
+        f"Hugging Face Hub id, which failed ({err})"
+    )
+
+
+def load_model(name_or_path: str, *, dtype: Any = None, device: Any = None) -> PreTrainedModel:
+    """Load a pretrained model from a local directory or a hub id.
+
+    ``dtype`` is a torch dtype, a precision name (see :func:`resolve_dtype`) or None (the dtype
+    the checkpoint was saved in); ``device`` is where to put it. A missing local directory raises
+    FileNotFoundError naming it. The model is returned in eval mode.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    source, local = _resolve_source(name_or_path, "model")
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+    except OSError as err:
+        if local:
+            raise
+        raise _hub_error("model", source, err) from err
+    auto_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"config": config, "local_files_only": local}
+    resolved = _as_dtype(dtype, device)
+    if resolved is not None:
+        kwargs["dtype"] = resolved  # transformers 5 name (was torch_dtype)
+    model = auto_cls.from_pretrained(source, **kwargs)
+    return _place(model, device).eval()
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory or a hub id.
+
+    Decoder-only tokenizers without a pad token (GPT-2, Llama) get the EOS token as pad token,
+    since batching needs one; attention masks keep the two apart.
+    """
+    from transformers import AutoTokenizer
+
+    source, local = _resolve_source(name_or_path, "tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except OSError as err:
+        if local:
+            raise
+        raise _hub_error("tokenizer", source, err) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
+) -> Path:
+    """Save model and tokenizer to ``out_dir`` atomically and return the path.
+
+    Both are written into a temporary sibling directory that is renamed into place at the end,
+    so an interrupted save never leaves a directory that looks finished. An existing ``out_dir``
+    is replaced (moved aside, then deleted after the rename).
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); a model directory is not secret
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Inspection
+# --------------------------------------------------------------------------------------------
+
+
+def is_seq2seq(model: PreTrainedModel) -> bool:
+    """Whether ``model`` is an encoder-decoder (T5, BART) rather than decoder-only."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def count_parameters(model: Any) -> int:
+    """Number of parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _tokenizer_label(tokenizer: Any, name: str) -> str:
+    path = getattr(tokenizer, "name_or_path", "") or ""
+    return f"{name} ({path})" if path else name
+
+
+def check_same_vocabulary(
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_name: str = "teacher",
+    student_name: str = "student",
+) -> None:
+    """Raise ValueError unless both tokenizers map the same tokens to the same ids.
+
+    The distillation reward is the teacher's logit of the student's token id, so a student with
+    another vocabulary (even one token shifted) would be trained on nonsense. The message names
+    both, the sizes and the first id whose token differs.
+    """
+    t_label = _tokenizer_label(teacher_tokenizer, teacher_name)
+    s_label = _tokenizer_label(student_tokenizer, student_name)
+    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    problem = None
+    if t_vocab != s_vocab or len(teacher_tokenizer) != len(student_tokenizer):
+        t_by_id = {i: tok for tok, i in t_vocab.items()}
+        s_by_id = {i: tok for tok, i in s_vocab.items()}
+        for i in sorted(set(t_by_id) | set(s_by_id)):
+            t_tok, s_tok = t_by_id.get(i), s_by_id.get(i)
+            if t_tok != s_tok:
+                problem = (
+                    f"sizes {len(teacher_tokenizer)} vs {len(student_tokenizer)}; first difference "
+                    f"at id {i}: {teacher_name} has {t_tok!r}, {student_name} has {s_tok!r}"
+                )
+                break
+        else:
+            problem = f"sizes {len(teacher_tokenizer)} vs {len(student_tokenizer)}"
+    elif teacher_tokenizer.eos_token_id != student_tokenizer.eos_token_id:
+        problem = (
+            f"EOS ids differ: {teacher_name} {teacher_tokenizer.eos_token_id}, "
+            f"{student_name} {student_tokenizer.eos_token_id}"
+        )
+    if problem is not None:
+        raise ValueError(
+            f"{t_label} and {s_label} do not share a vocabulary ({problem}). Distillation scores "
+            f"the {student_name}'s tokens with the {teacher_name}'s logits, so both must use the "
+            f"same tokenizer: build the {student_name} from scratch with the {teacher_name}'s "
+            f"tokenizer, or pick a pretrained {student_name} from the {teacher_name}'s model "
+            "family."
+        )

@@ -1,0 +1,216 @@
+"""Batched generation and rollouts on tiny T5 and GPT-2 models trained for a few steps (CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from ketchup.batching import encode_pairs, encode_sources, token_logits
+from ketchup.config import GenerationConfig, ModelConfig
+from ketchup.generation import Rollout, eos_token_ids, generate, generate_ids, rollout_mask
+from ketchup.models import build_model, is_seq2seq, load_model, load_tokenizer, save_model
+from ketchup.tokenizer import train_tokenizer
+
+NAMES = ["The Golden Fork", "Blue Spice", "The Mill", "Cotto", "Zizzi"]
+FOODS = ["Italian", "French", "Chinese", "English", "Indian"]
+AREAS = ["riverside", "city centre"]
+PAIRS = [
+    (f"name[{n}] | food[{f}] | area[{a}]", f"{n} serves {f} food in the {a} area.")
+    for n, f, a in itertools.product(NAMES, FOODS, AREAS)
+]
+# Mixed lengths, so batches need padding (left padding for GPT-2).
+PROMPTS = [PAIRS[0][0], "name[Cotto]", PAIRS[17][0], "name[Zizzi] | food[French]", PAIRS[41][0]]
+
+ARCHS = {
+    "t5": {
+        "model_type": "t5",
+        "d_model": 32,
+        "d_ff": 64,
+        "num_layers": 1,
+        "num_decoder_layers": 1,
+        "num_heads": 2,
+        "d_kv": 16,
+        "dropout_rate": 0.0,
+    },
+    "gpt2": {
+        "model_type": "gpt2",
+        "n_embd": 32,
+        "n_layer": 1,
+        "n_head": 2,
+        "n_positions": 128,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    },
+}
+GREEDY = GenerationConfig(max_new_tokens=24, batch_size=4, num_beams=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a busy machine with few cores the
+    # waiting threads make these tests several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([text for pair in PAIRS for text in pair], vocab_size=300)
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def model(request, tokenizer):
+    """A tiny model trained briefly on PAIRS, so greedy outputs are real sentences ending in EOS."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(None, ARCHS[request.param], "float32"), tokenizer)
+    optimiser = torch.optim.Adam(m.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    m.train()
+    for _ in range(60):
+        idx = torch.randint(len(PAIRS), (16,), generator=generator).tolist()
+        batch = encode_pairs(
+            tokenizer, [PAIRS[i][0] for i in idx], [PAIRS[i][1] for i in idx], 64, 32, is_seq2seq(m)
+        )
+        loss = m(**batch).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return m.eval()
+
+
+def test_greedy_is_deterministic_and_batch_size_invariant(model, tokenizer):
+    batched = generate(model, tokenizer, PROMPTS, GREEDY, max_source_length=64)
+    again = generate(model, tokenizer, PROMPTS, GREEDY, max_source_length=64)
+    one_by_one = generate(
+        model, tokenizer, PROMPTS, dataclasses.replace(GREEDY, batch_size=1), max_source_length=64
+    )
+    assert batched == again == one_by_one
+    assert len(batched) == len(PROMPTS) and all(batched)
+    assert all("<pad>" not in text and "</s>" not in text for text in batched)
+    # Training worked: the first prompt's output is a sentence about its restaurant.
+    assert "Golden" in batched[0] or "Fork" in batched[0]
+
+
+def test_generate_keeps_prompt_order(model, tokenizer):
+    single = [generate(model, tokenizer, [p], GREEDY, max_source_length=64)[0] for p in PROMPTS]
+    reversed_batch = generate(model, tokenizer, PROMPTS[::-1], GREEDY, max_source_length=64)
+    assert reversed_batch == single[::-1]
+
+
+def test_generate_empty_and_progress(model, tokenizer, capsys):
+    assert generate(model, tokenizer, [], GREEDY, max_source_length=64) == []
+    texts = generate(model, tokenizer, PROMPTS[:2], GREEDY, max_source_length=64, progress=True)
+    assert len(texts) == 2
+    assert "generate" in capsys.readouterr().err
+
+
+def test_save_load_same_generations(model, tokenizer, tmp_path):
+    save_model(model, tokenizer, tmp_path / "m")
+    loaded, loaded_tok = load_model(str(tmp_path / "m")), load_tokenizer(str(tmp_path / "m"))
+    assert generate(loaded, loaded_tok, PROMPTS, GREEDY, max_source_length=64) == generate(
+        model, tokenizer, PROMPTS, GREEDY, max_source_length=64
+    )
+
+
+def test_beam_search_runs(model, tokenizer):
+    beams = dataclasses.replace(GREEDY, num_beams=3, batch_size=2)
+    texts = generate(model, tokenizer, PROMPTS, beams, max_source_length=64)
+    assert len(texts) == len(PROMPTS) and all(texts)
+
+
+def _check_rollout(rollout: Rollout, tokenizer, max_new_tokens: int):
+    tokens, mask, finished = rollout
+    assert tokens.dtype == torch.long and mask.dtype == torch.long and finished.dtype == torch.bool
+    assert tokens.shape == mask.shape and tokens.shape[1] <= max_new_tokens
+    assert tokens.shape[0] == finished.shape[0]
+    lengths = mask.sum(dim=1)
+    eos = tokenizer.eos_token_id
+    for i in range(tokens.shape[0]):
+        n = int(lengths[i])
+        assert n >= 1 and mask[i, :n].all() and not mask[i, n:].any()  # a prefix of ones
+        assert (tokens[i, n:] == tokenizer.pad_token_id).all()
+        row = tokens[i, :n].tolist()
+        assert eos not in row[:-1]
+        assert bool(finished[i]) == (row[-1] == eos)
+        if not finished[i]:
+            assert n == max_new_tokens
+    assert torch.equal(rollout_mask(tokens, [eos], valid=mask), mask)
+
+
+def test_generate_ids_consistent_with_text(model, tokenizer):
+    rollout = generate_ids(model, tokenizer, PROMPTS, GREEDY, max_source_length=64)
+    _check_rollout(rollout, tokenizer, GREEDY.max_new_tokens)
+    assert rollout.finished.all()  # the trained model ends its sentences
+    texts = generate(model, tokenizer, PROMPTS, GREEDY, max_source_length=64)
+    decoded = tokenizer.batch_decode(rollout.tokens, skip_special_tokens=True)
+    assert [d.strip() for d in decoded] == texts
+
+
+def test_generate_ids_unfinished(model, tokenizer):
+    short = dataclasses.replace(GREEDY, max_new_tokens=3)
+    rollout = generate_ids(model, tokenizer, PROMPTS, short, max_source_length=64)
+    _check_rollout(rollout, tokenizer, 3)
+    # The long prompts' sentences cannot end in 3 tokens (a short one may: a mixed batch).
+    assert not rollout.finished[[0, 2, 4]].any()
+    assert rollout.tokens.shape == (len(PROMPTS), 3)
+    assert rollout.mask[~rollout.finished].all()
+
+
+def test_sampling_seed(model, tokenizer):
+    sample = dataclasses.replace(GREEDY, max_new_tokens=8)
+    kwargs = {"max_source_length": 64, "do_sample": True, "temperature": 1.5}
+    state = torch.random.get_rng_state()
+    first = generate_ids(model, tokenizer, PROMPTS * 4, sample, seed=3, **kwargs)
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    second = generate_ids(model, tokenizer, PROMPTS * 4, sample, seed=3, **kwargs)
+    other = generate_ids(model, tokenizer, PROMPTS * 4, sample, seed=4, **kwargs)
+    assert torch.equal(first.tokens, second.tokens)
+    assert not torch.equal(first.tokens, other.tokens)
+    _check_rollout(other, tokenizer, 8)
+    top1 = generate_ids(model, tokenizer, PROMPTS, sample, seed=5, top_k=1, **kwargs)
+    greedy = generate_ids(model, tokenizer, PROMPTS, sample, max_source_length=64)
+    assert torch.equal(top1.tokens, greedy.tokens)
+
+
+def test_sampling_options_need_do_sample(model, tokenizer):
+    with pytest.raises(ValueError, match="do_sample"):
+        generate(model, tokenizer, PROMPTS, GREEDY, max_source_length=64, temperature=0.5)
+
+
+def test_rollout_feeds_a_training_pass(model, tokenizer):
+    """Student rollout -> teacher-forced log-probs with gradients; train mode is restored."""
+    model.train()
+    try:
+        rollout = generate_ids(
+            model, tokenizer, PROMPTS, GREEDY, max_source_length=64, do_sample=True, seed=0
+        )
+        assert model.training
+        sources = encode_sources(tokenizer, PROMPTS, 64, padding_side="left")
+        logits = token_logits(model, sources, rollout.tokens, rollout.mask)  # (B, T, V)
+        log_probs = logits.log_softmax(-1).gather(-1, rollout.tokens[..., None])[..., 0]
+        loss = -(log_probs * rollout.mask).sum() / rollout.mask.sum()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def test_greedy_rollout_is_argmax_of_token_logits(model, tokenizer):
+    """Generation (KV cache, padding) and token_logits (one pass) agree on the greedy path."""
+    rollout = generate_ids(model, tokenizer, PROMPTS, GREEDY, max_source_length=64)
+    sources = encode_sources(tokenizer, PROMPTS, 64, padding_side="right")
+    with torch.no_grad():
+        logits = token_logits(model, sources, rollout.tokens, rollout.mask)
+    argmax = logits.argmax(-1)
+    assert torch.equal(argmax[rollout.mask.bool()], rollout.tokens[rollout.mask.bool()])
+
+
+def test_eos_token_ids(model, tokenizer):
+    assert eos_token_ids(model, tokenizer) == [tokenizer.eos_token_id]

@@ -1,0 +1,407 @@
+"""Tokenizer, model building, loading and saving, and the batching glue, on tiny models (CPU)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from ketchup.batching import IGNORE_INDEX, encode_pairs, encode_sources, token_logits
+from ketchup.config import ConfigError, ModelConfig
+from ketchup.models import (
+    build_model,
+    check_same_vocabulary,
+    count_parameters,
+    is_seq2seq,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    save_model,
+)
+from ketchup.tokenizer import train_tokenizer
+
+NAMES = ["The Golden Fork", "Blue Spice", "The Mill", "Cotto", "Zizzi"]
+FOODS = ["Italian", "French", "Chinese", "English", "Indian"]
+AREAS = ["riverside", "city centre"]
+PAIRS = [
+    (f"name[{n}] | food[{f}] | area[{a}]", f"{n} serves {f} food in the {a} area.")
+    for n, f, a in itertools.product(NAMES, FOODS, AREAS)
+]
+TEXTS = [text for pair in PAIRS for text in pair]
+
+T5_ARCH = {
+    "model_type": "t5",
+    "d_model": 32,
+    "d_ff": 64,
+    "num_layers": 1,
+    "num_decoder_layers": 1,
+    "num_heads": 2,
+    "d_kv": 16,
+    "dropout_rate": 0.0,
+}
+GPT2_ARCH = {
+    "model_type": "gpt2",
+    "n_embd": 32,
+    "n_layer": 1,
+    "n_head": 2,
+    "n_positions": 128,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+}
+ARCHS = {"t5": T5_ARCH, "gpt2": GPT2_ARCH}
+
+
+def model_config(arch: dict) -> ModelConfig:
+    return ModelConfig(name_or_path=None, architecture=arch, precision="float32")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a busy machine with few cores the
+    # waiting threads make these tests several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXTS, vocab_size=300)
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def model(request, tokenizer):
+    torch.manual_seed(0)
+    return build_model(model_config(ARCHS[request.param]), tokenizer).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def test_tokenizer_special_tokens_and_eos(tokenizer):
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "</s>", "<unk>"]
+    for text in TEXTS[:5]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.eos_token_id not in ids[:-1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PAIRS[0][0],
+        PAIRS[7][1],
+        "  Cotto   serves\tItalian food.  ",
+        "Blue Spice | food[French]",
+    ],
+)
+def test_tokenizer_round_trip(tokenizer, text):
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    assert " ".join(decoded.split()) == " ".join(text.split())
+
+
+def test_tokenizer_ascii_alphabet_when_room():
+    # With room for it, printable ASCII is in the alphabet, so unseen characters round-trip.
+    tok = train_tokenizer(TEXTS, vocab_size=1000)
+    text = "Quux & Co. {42} ~ 100% #1 @home"
+    ids = tok(text)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_tokenizer_deterministic(tokenizer):
+    again = train_tokenizer(TEXTS, vocab_size=300)
+    assert again.get_vocab() == tokenizer.get_vocab()
+    assert again(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+
+
+def test_tokenizer_save_load_same_ids(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "tok")
+    for loaded in (
+        AutoTokenizer.from_pretrained(tmp_path / "tok"),
+        load_tokenizer(str(tmp_path / "tok")),
+    ):
+        assert loaded(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+        assert loaded.get_vocab() == tokenizer.get_vocab()
+        assert (loaded.pad_token_id, loaded.eos_token_id, loaded.unk_token_id) == (0, 1, 2)
+
+
+def test_train_tokenizer_rejects_empty():
+    with pytest.raises(ValueError, match="no"):
+        train_tokenizer([], vocab_size=100)
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+
+def test_build_model_kinds(tokenizer):
+    torch.manual_seed(0)
+    t5 = build_model(model_config(T5_ARCH), tokenizer)
+    gpt2 = build_model(model_config(GPT2_ARCH), tokenizer)
+    assert is_seq2seq(t5) and not is_seq2seq(gpt2)
+    for m in (t5, gpt2):
+        assert m.config.vocab_size == len(tokenizer)
+        assert m.get_input_embeddings().weight.shape[0] == len(tokenizer)
+        assert (m.config.pad_token_id, m.config.eos_token_id) == (0, 1)
+        assert m.dtype == torch.float32
+        unique = {id(p): p.numel() for p in m.parameters()}
+        assert count_parameters(m) == sum(unique.values()) > 0
+    assert t5.config.decoder_start_token_id == 0
+    assert t5.generation_config.decoder_start_token_id == 0
+    assert t5.config.d_model == 32 and gpt2.config.n_embd == 32
+
+
+def test_build_model_dtype(tokenizer):
+    m = build_model(model_config(GPT2_ARCH), tokenizer, dtype="bfloat16")
+    assert m.dtype == torch.bfloat16
+
+
+def test_build_model_unknown_key(tokenizer):
+    arch = {**T5_ARCH, "d_modle": 64, "n_layers": 2}
+    with pytest.raises(ConfigError) as err:
+        build_model(model_config(arch), tokenizer, where="students.small.model")
+    message = str(err.value)
+    assert "'d_modle'" in message and "'n_layers'" in message
+    assert "students.small.model.architecture" in message
+
+
+def test_build_model_attribute_map_alias_accepted(tokenizer):
+    # GPT-2 maps the standard names (hidden_size, num_hidden_layers) onto its own.
+    arch = {"model_type": "gpt2", "hidden_size": 32, "num_hidden_layers": 1, "n_head": 2}
+    m = build_model(model_config(arch), tokenizer)
+    assert m.config.n_embd == 32 and m.config.n_layer == 1
+
+
+def test_build_model_unknown_model_type(tokenizer):
+    with pytest.raises(ConfigError) as err:
+        build_model(model_config({"model_type": "t6", "d_model": 32}), tokenizer)
+    assert "'t6'" in str(err.value) and "t5" in str(err.value) and "gpt2" in str(err.value)
+
+
+def test_build_model_vocab_size_from_tokenizer(tokenizer):
+    with pytest.raises(ConfigError, match="vocab_size"):
+        build_model(model_config({**GPT2_ARCH, "vocab_size": 32000}), tokenizer)
+    # An agreeing value is fine.
+    build_model(model_config({**GPT2_ARCH, "vocab_size": len(tokenizer)}), tokenizer)
+
+
+def test_build_model_needs_architecture(tokenizer):
+    with pytest.raises(ConfigError, match="architecture"):
+        build_model(ModelConfig("some/model", None, "auto"), tokenizer)
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes
+
+
+def test_resolve_dtype():
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    assert resolve_dtype("auto", None) is torch.float32
+    assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
+    assert resolve_dtype("float16", torch.device("cpu")) is torch.float16
+    assert resolve_dtype("float32", "cpu") is torch.float32
+    with pytest.raises(ConfigError, match="fp8"):
+        resolve_dtype("fp8", "cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+def _logits(m, tokenizer):
+    batch = encode_sources(tokenizer, [p for p, _ in PAIRS[:3]], 64, padding_side="right")
+    prompts, targets = [p for p, _ in PAIRS[:3]], [t for _, t in PAIRS[:3]]
+    labels = encode_pairs(tokenizer, prompts, targets, 64, 32, True)["labels"]
+    mask = (labels != IGNORE_INDEX).long()
+    with torch.no_grad():
+        return token_logits(m, batch, labels, mask) * mask[..., None]
+
+
+def test_save_load_same_outputs(model, tokenizer, tmp_path):
+    out = save_model(model, tokenizer, tmp_path / "models" / "m")
+    assert out == tmp_path / "models" / "m"
+    assert sorted(os.listdir(tmp_path / "models")) == ["m"]  # no temporary directories left
+    assert {"config.json", "tokenizer.json"} <= set(os.listdir(out))
+    loaded = load_model(str(out))
+    assert type(loaded) is type(model) and not loaded.training
+    assert torch.equal(_logits(loaded, tokenizer), _logits(model, tokenizer))
+    reloaded_tok = load_tokenizer(str(out))
+    assert reloaded_tok(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+
+
+def test_load_model_dtype(tokenizer, tmp_path):
+    m = build_model(model_config(GPT2_ARCH), tokenizer)
+    save_model(m, tokenizer, tmp_path / "m")
+    assert load_model(str(tmp_path / "m"), dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert load_model(str(tmp_path / "m"), dtype="float16").dtype == torch.float16
+    assert load_model(str(tmp_path / "m"), device="cpu").dtype == torch.float32
+
+
+def test_save_model_replaces_existing(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    first = build_model(model_config(GPT2_ARCH), tokenizer)
+    torch.manual_seed(1)
+    second = build_model(model_config(GPT2_ARCH), tokenizer)
+    save_model(first, tokenizer, tmp_path / "m")
+    save_model(second, tokenizer, tmp_path / "m")
+    assert os.listdir(tmp_path) == ["m"]
+    loaded = load_model(str(tmp_path / "m"))
+    assert torch.equal(_logits(loaded, tokenizer), _logits(second.eval(), tokenizer))
+
+
+def test_save_model_interrupted_leaves_nothing(tokenizer, tmp_path, monkeypatch):
+    m = build_model(model_config(GPT2_ARCH), tokenizer)
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", fail)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(m, tokenizer, tmp_path / "m")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_load_missing_path_names_it(tmp_path, monkeypatch, relative):
+    monkeypatch.chdir(tmp_path)
+    missing = "./no/such/model" if relative else str(tmp_path / "no" / "such" / "model")
+    with pytest.raises(FileNotFoundError, match="no/such/model"):
+        load_model(missing)
+    with pytest.raises(FileNotFoundError, match="no/such/model"):
+        load_tokenizer(missing)
+
+
+def test_load_model_from_file_path(tmp_path):
+    (tmp_path / "weights.bin").write_text("x")
+    with pytest.raises(NotADirectoryError, match="weights.bin"):
+        load_model(str(tmp_path / "weights.bin"))
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary check
+
+
+def test_check_same_vocabulary(tokenizer, tmp_path):
+    check_same_vocabulary(tokenizer, tokenizer)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    check_same_vocabulary(tokenizer, load_tokenizer(str(tmp_path / "tok")))
+
+
+def test_check_same_vocabulary_mismatch(tokenizer):
+    other = train_tokenizer(["A completely different corpus of words."] * 3, vocab_size=80)
+    with pytest.raises(ValueError) as err:
+        check_same_vocabulary(tokenizer, other, teacher_name="teacher", student_name="small")
+    message = str(err.value)
+    assert "teacher" in message and "small" in message
+    assert f"{len(tokenizer)} vs {len(other)}" in message
+    assert "first difference at id" in message
+    assert "same tokenizer" in message
+
+
+# --------------------------------------------------------------------------------------------
+# Batching
+
+
+def test_encode_pairs_seq2seq(tokenizer):
+    prompts, targets = [PAIRS[0][0], "short"], [PAIRS[0][1], "ok"]
+    batch = encode_pairs(tokenizer, prompts, targets, 64, 32, seq2seq=True)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert ids.shape == mask.shape and ids.shape[0] == labels.shape[0] == 2
+    assert mask[0].all() and not mask[1].all() and mask[1, 0] == 1  # right padding
+    assert ids[1, mask[1].sum() - 1] == tokenizer.eos_token_id  # prompts end in EOS (T5)
+    for row, target in zip(labels, targets, strict=True):
+        real = row[row != IGNORE_INDEX]
+        assert real[-1] == tokenizer.eos_token_id
+        assert (row[len(real) :] == IGNORE_INDEX).all()
+        assert tokenizer.decode(real, skip_special_tokens=True) == target
+
+
+def test_encode_pairs_truncation_keeps_eos(tokenizer):
+    batch = encode_pairs(tokenizer, [PAIRS[0][0]], [PAIRS[0][1]], 4, 3, seq2seq=True)
+    assert batch["input_ids"].shape == (1, 4) and batch["input_ids"][0, -1] == 1
+    assert batch["labels"].shape == (1, 3) and batch["labels"][0, -1] == 1
+    causal = encode_pairs(tokenizer, [PAIRS[0][0]], [PAIRS[0][1]], 4, 3, seq2seq=False)
+    assert causal["input_ids"].shape == (1, 7) and causal["input_ids"][0, -1] == 1
+
+
+def test_encode_pairs_causal(tokenizer):
+    prompts, targets = [PAIRS[0][0], "short"], [PAIRS[0][1], "ok"]
+    batch = encode_pairs(tokenizer, prompts, targets, 64, 32, seq2seq=False)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert ids.shape == mask.shape == labels.shape
+    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        n_prompt = len(tokenizer(prompt)["input_ids"])
+        n_real = int(mask[i].sum())
+        assert mask[i, :n_real].all() and not mask[i, n_real:].any()  # right padding
+        assert torch.equal(ids[i, :n_prompt], torch.tensor(tokenizer(prompt)["input_ids"]))
+        assert (labels[i, :n_prompt] == IGNORE_INDEX).all()
+        assert (labels[i, n_real:] == IGNORE_INDEX).all()
+        assert torch.equal(labels[i, n_prompt:n_real], ids[i, n_prompt:n_real])
+        assert ids[i, n_real - 1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[i, n_prompt:n_real], skip_special_tokens=True) == target
+
+
+def test_encode_pairs_loss(model, tokenizer):
+    batch = encode_pairs(
+        tokenizer, [p for p, _ in PAIRS[:4]], [t for _, t in PAIRS[:4]], 64, 32, is_seq2seq(model)
+    )
+    loss = model(**batch).loss
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+def _manual_logits(model, prompt_ids, target_ids):
+    """Per-token loop: logits scoring target_ids[t] given the prompt and target_ids[:t]."""
+    rows = []
+    for t in range(len(target_ids)):
+        if is_seq2seq(model):
+            decoder = [model.config.decoder_start_token_id] + target_ids[:t]
+            out = model(
+                input_ids=torch.tensor([prompt_ids]), decoder_input_ids=torch.tensor([decoder])
+            )
+        else:
+            out = model(input_ids=torch.tensor([prompt_ids + target_ids[:t]]))
+        rows.append(out.logits[0, -1])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_token_logits_matches_per_token_loop(model, tokenizer, padding_side):
+    # Mixed prompt and target lengths, so both kinds of padding occur inside the batch.
+    prompts = [PAIRS[3][0], "Cotto", "name[Zizzi] | area[riverside]"]
+    targets = [PAIRS[3][1], "Cotto serves English food.", "Zizzi"]
+    batch = encode_sources(tokenizer, prompts, 64, padding_side=padding_side)
+    target_rows = [tokenizer(t)["input_ids"] for t in targets]
+    width = max(map(len, target_rows))
+    tokens = torch.full((3, width), IGNORE_INDEX)  # padding values must not matter
+    target_mask = torch.zeros((3, width), dtype=torch.bool)
+    for i, row in enumerate(target_rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+        target_mask[i, : len(row)] = True
+    with torch.no_grad():
+        logits = token_logits(model, batch, tokens, target_mask)
+        assert logits.shape == (3, width, model.config.vocab_size)
+        for i, prompt in enumerate(prompts):
+            expected = _manual_logits(model, tokenizer(prompt)["input_ids"], target_rows[i])
+            actual = logits[i, : len(target_rows[i])]
+            torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_token_logits_gradients(model, tokenizer):
+    batch = encode_pairs(tokenizer, [PAIRS[0][0]], [PAIRS[0][1]], 64, 32, True)
+    sources = encode_sources(tokenizer, [PAIRS[0][0]], 64, padding_side="right")
+    labels = batch["labels"]
+    logits = token_logits(model, sources, labels, labels != IGNORE_INDEX)
+    logits.logsumexp(-1).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.zero_grad(set_to_none=True)
