@@ -152,16 +152,14 @@ VERBS: tuple[Verb, ...] = (
         "Reads DATA_DIR/{train,validation}.jsonl; writes the best checkpoint by validation metric "
         "to OUT_DIR/model, the per-step log OUT_DIR/log.jsonl and checkpoints for resuming.",
         _teacher_args,
-        None,
-        "issue 4 (tasks, models and the teacher)",
+        "ketchup.stages.teacher:train_teacher",
     ),
     Verb(
         "teacher-outputs",
         "greedy teacher outputs for one split",
         "Reads DATA_DIR/SPLIT.jsonl; writes OUT (JSONL: id, output) from batched greedy decoding.",
         _teacher_outputs_args,
-        None,
-        "issue 4 (tasks, models and the teacher)",
+        "ketchup.stages.teacher:teacher_outputs",
     ),
     Verb(
         "distill",
@@ -249,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, function = verb.target.split(":")
     from ketchup.config import ConfigError
+    from ketchup.tasks import TaskDataError
 
     try:
         result = getattr(importlib.import_module(module), function)(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, TaskDataError, FileNotFoundError) as e:
         # Bad input, not a bug: one line naming the key or file, no traceback.
         print(f"ketchup {verb.name}: error: {e}", file=sys.stderr)
         return 1

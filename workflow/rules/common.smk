@@ -97,5 +97,8 @@ def all_targets():
     targets = []
     for task in STUDY.tasks:
         targets += [f"{task_dir(task)}/data/{split}.jsonl" for split in SPLITS]
-        targets += tokenizer_inputs(type("W", (), {"task": task}))
+        # the teacher's outputs on train feed SeqKD / KL; on test, the results tables
+        targets += [
+            f"{task_dir(task)}/teacher/outputs/{s}.jsonl" for s in ("train", "test")
+        ]
     return targets

@@ -1,0 +1,235 @@
+"""The supervised training loop: teacher fine-tuning now, SFT and word-level distillation later.
+
+What it guarantees:
+- batches are a function of (seed, step) only, and the checkpoint holds model, optimizer, scheduler
+  and every RNG state, so a run killed and resumed ends exactly where an uninterrupted run ends;
+- the best model by validation metric (the paper's protocol) is kept in `<out>/best` and published
+  to `<out>/model` only at the end, atomically;
+- a NaN or infinite loss stops the run naming the step, before any checkpoint is overwritten;
+- one log line per update (loss, learning rate, gradient norm, tokens/s) and per evaluation in
+  `<out>/log.jsonl`, which a resumed run truncates to its checkpoint's step first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ketchup.config import TrainConfig
+from ketchup.files import atomic_path
+
+STATE_FILE = "trainer_state.pt"
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_score: float = -math.inf
+    best_step: int = -1
+    evals_since_best: int = 0
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of update `step`'s batch: epoch-wise permutations seeded by (seed, epoch).
+
+    A pure function of its arguments, so a resumed run sees the batches an uninterrupted one does.
+    """
+    if n <= 0:
+        raise ValueError("training set is empty")
+    start = step * batch_size
+    indices = []
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), n)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+        take = min(batch_size - len(indices), n - offset)
+        indices += order[offset : offset + take].tolist()
+    return indices
+
+
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up to the configured rate, then linear decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoint:
+    """`<out>/checkpoint`: what a resumed run needs, written atomically; tied to its config."""
+
+    def __init__(self, out_dir: Path, fingerprint: dict[str, Any]):
+        self.dir = out_dir / "checkpoint"
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+
+    def save(self, model, optimizer, scheduler, state: TrainState) -> None:
+        with atomic_path(self.dir, directory=True) as tmp:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "state": asdict(state),
+                    "fingerprint": self.fingerprint,
+                },
+                tmp / STATE_FILE,
+            )
+
+    def load(self, model, optimizer, scheduler) -> TrainState | None:
+        """Restore a checkpoint written under the same config; None if there is none."""
+        path = self.dir / STATE_FILE
+        if not path.is_file():
+            return None
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated file: name it and what to delete
+            raise RuntimeError(
+                f"{path}: cannot be read ({e}); delete {self.dir} to train from the start"
+            ) from e
+        if saved.get("fingerprint") != self.fingerprint:
+            print(f"{self.dir}: written under another config; training from the start")
+            return None
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        return TrainState(**saved["state"])
+
+
+class StepLog:
+    """`<out>/log.jsonl`, one JSON object per update or evaluation."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        kept = []
+        if resume_step > 0 and path.is_file():
+            # drop what was logged after the checkpoint: those updates are redone
+            for line in path.read_text().splitlines():
+                if line.strip() and json.loads(line)["step"] <= resume_step:
+                    kept.append(line + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(kept))
+
+    def write(self, **row: Any) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def fit(
+    model,
+    tokenizer,
+    *,
+    train_rows: Sequence[dict[str, Any]],
+    loss_fn: Callable[[Any, Sequence[dict[str, Any]]], tuple[torch.Tensor, int]],
+    evaluate: Callable[[Any], float],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    fingerprint: dict[str, Any],
+    progress: bool = True,
+) -> TrainState:
+    """Train `model` with AdamW on `loss_fn` and keep the best checkpoint by `evaluate`.
+
+    loss_fn(model, rows) -> (mean loss over the batch's target tokens, number of target tokens).
+    evaluate(model) -> validation score, higher is better; run every `cfg.eval_every` updates and
+    after the last one.
+    """
+    from tqdm.auto import tqdm
+
+    from ketchup.models import save_model
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
+    checkpoint = Checkpoint(out_dir, fingerprint)
+    state = checkpoint.load(model, optimizer, scheduler) or TrainState()
+    log = StepLog(out_dir / "log.jsonl", state.step)
+    best_dir = out_dir / "best"
+
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc="train")
+    model.train()
+    while state.step < cfg.steps:
+        started = time.perf_counter()
+        rows = [
+            train_rows[i]
+            for i in batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
+        ]
+        loss, n_tokens = loss_fn(model, rows)
+        if not torch.isfinite(loss):
+            raise DivergedError(
+                f"loss is {loss.item()} at step {state.step + 1}; the last good checkpoint "
+                f"(step {state.step}) is kept in {checkpoint.dir}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        state.step += 1
+        elapsed = time.perf_counter() - started
+        log.write(
+            kind="train",
+            step=state.step,
+            loss=loss.item(),
+            lr=scheduler.get_last_lr()[0],
+            grad_norm=float(grad_norm),
+            tokens_per_s=n_tokens / max(elapsed, 1e-9),
+        )
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            model.eval()
+            score = float(evaluate(model))
+            model.train()
+            improved = score > state.best_score
+            if improved:
+                state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
+                save_model(model, tokenizer, best_dir)
+            else:
+                state.evals_since_best += 1
+            log.write(kind="eval", step=state.step, score=score, best=improved)
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{score:.2f}")
+            checkpoint.save(model, optimizer, scheduler, state)
+            if cfg.patience and state.evals_since_best >= cfg.patience:
+                print(f"early stop at step {state.step}: no improvement in {cfg.patience} evals")
+                break
+    bar.close()
+
+    with atomic_path(out_dir / "model", directory=True) as tmp:
+        shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
+    return state
