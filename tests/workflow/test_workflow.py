@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ketchup.files import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -97,7 +99,15 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     )
     data = tmp_path / "results" / "restaurants" / "data"
     assert all((data / f"{s}.jsonl").stat().st_size > 0 for s in ("train", "validation", "test"))
-    assert (tmp_path / "results" / "restaurants" / "tokenizer" / "tokenizer.json").is_file()
+    task = tmp_path / "results" / "restaurants"
+    assert (task / "tokenizer" / "tokenizer.json").is_file()
+    assert (task / "teacher" / "model" / "train-teacher.config.json").is_file()
+    for split in ("train", "test"):
+        rows = read_jsonl(task / "teacher" / "outputs" / f"{split}.jsonl")
+        source_ids = [row["id"] for row in read_jsonl(data / f"{split}.jsonl")]
+        assert [row["id"] for row in rows] == source_ids
+    evals = [row for row in read_jsonl(task / "teacher" / "log.jsonl") if row["kind"] == "eval"]
+    assert evals, "the teacher was never validated"
     # a finished study reruns nothing
     again = snakemake(
         "-n",

@@ -1,0 +1,216 @@
+"""The data and teacher verbs end to end on tiny data: causal teacher, prompted local model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ketchup.cli import main
+from ketchup.files import read_jsonl
+
+TASK = {
+    "dataset": "embedded",
+    "embedded": {"n_train": 40, "n_validation": 4, "n_test": 4, "n_references": 2, "seed": 1},
+}
+TRAIN = {
+    "steps": 4,
+    "batch_size": 8,
+    "warmup_steps": 1,
+    "eval_every": 2,
+    "max_source_length": 48,
+    "max_target_length": 48,
+}
+GENERATION = {"max_new_tokens": 8, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    task = json.dumps(TASK)
+    assert (
+        main(
+            ["prepare-data", "--task", "t", "--config-json", task, "--out-dir", str(root / "data")]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train-tokenizer",
+                "--data-dir",
+                str(root / "data"),
+                "--config-json",
+                '{"vocab_size": 150}',
+                "--out-dir",
+                str(root / "tok"),
+            ]
+        )
+        == 0
+    )
+    return root
+
+
+def test_splits_and_tokenizer(prepared):
+    from transformers import AutoTokenizer
+
+    sizes = {
+        s: len(read_jsonl(prepared / "data" / f"{s}.jsonl"))
+        for s in ("train", "validation", "test")
+    }
+    assert sizes == {"train": 40, "validation": 4, "test": 4}
+    resolved = json.loads((prepared / "data" / "prepare-data.config.json").read_text())
+    assert resolved["config"]["embedded"]["n_train"] == 40
+    assert len(AutoTokenizer.from_pretrained(prepared / "tok")) == 150
+
+
+def test_causal_teacher_trains_and_writes_outputs(prepared, tmp_path):
+    teacher = {
+        "model": {
+            "architecture": {
+                "model_type": "gpt2",
+                "n_embd": 16,
+                "n_layer": 1,
+                "n_head": 2,
+                "n_positions": 128,
+            }
+        },
+        "train": TRAIN,
+        "generation": GENERATION,
+    }
+    args = [
+        "--data-dir",
+        str(prepared / "data"),
+        "--task-json",
+        json.dumps(TASK),
+        "--config-json",
+        json.dumps(teacher),
+    ]
+    assert (
+        main(
+            [
+                "train-teacher",
+                "--tokenizer",
+                str(prepared / "tok"),
+                *args,
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    resolved = json.loads((tmp_path / "model" / "train-teacher.config.json").read_text())
+    assert resolved["best_step"] in (2, 4)
+    out = tmp_path / "outputs" / "test.jsonl"
+    assert (
+        main(
+            [
+                "teacher-outputs",
+                "--teacher",
+                str(tmp_path / "model"),
+                "--split",
+                "test",
+                *args,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(prepared / "data/test.jsonl")]
+
+
+def test_prompted_teacher_is_used_as_it_is(prepared, tmp_path):
+    """mode: prompted loads a saved model by path (as the paper loads flan-t5-xl by hub id)."""
+    from ketchup.config import ModelConfig
+    from ketchup.models import build_model, load_tokenizer, save_model
+
+    tokenizer = load_tokenizer(str(prepared / "tok"))
+    arch = {
+        "model_type": "t5",
+        "d_model": 16,
+        "d_kv": 4,
+        "d_ff": 32,
+        "num_layers": 1,
+        "num_decoder_layers": 1,
+        "num_heads": 2,
+    }
+    save_model(
+        build_model(ModelConfig(None, arch, "float32"), tokenizer),
+        tokenizer,
+        tmp_path / "pretrained",
+    )
+    teacher = {
+        "mode": "prompted",
+        "model": {"name_or_path": str(tmp_path / "pretrained")},
+        "generation": GENERATION,
+    }
+    task = dict(TASK, prompt="describe: {source}")
+    out = tmp_path / "train.jsonl"
+    assert (
+        main(
+            [
+                "teacher-outputs",
+                "--teacher",
+                str(tmp_path / "pretrained"),
+                "--split",
+                "train",
+                "--data-dir",
+                str(prepared / "data"),
+                "--task-json",
+                json.dumps(task),
+                "--config-json",
+                json.dumps(teacher),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert len(read_jsonl(out)) == 40
+    # training a prompted teacher is a config error, not a silent no-op
+    assert (
+        main(
+            [
+                "train-teacher",
+                "--tokenizer",
+                str(prepared / "tok"),
+                "--data-dir",
+                str(prepared / "data"),
+                "--task-json",
+                json.dumps(task),
+                "--config-json",
+                json.dumps(teacher),
+                "--out-dir",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 1
+    )
+
+
+def test_missing_model_path_is_named(prepared, tmp_path, capsys):
+    teacher = {"mode": "prompted", "model": {"name_or_path": str(tmp_path / "nowhere")}}
+    assert (
+        main(
+            [
+                "teacher-outputs",
+                "--teacher",
+                str(tmp_path / "nowhere"),
+                "--split",
+                "test",
+                "--data-dir",
+                str(prepared / "data"),
+                "--task-json",
+                json.dumps(TASK),
+                "--config-json",
+                json.dumps(teacher),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 1
+    )
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -1,0 +1,125 @@
+"""The training loop on a tiny T5: an interrupted run resumes to the same model; NaN stops it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ketchup.batching import encode_pairs
+from ketchup.config import ModelConfig, TrainConfig
+from ketchup.models import build_model
+from ketchup.tokenizer import train_tokenizer
+from ketchup.training import DivergedError, fit
+
+ROWS = [
+    {"source": f"name[Place {i}] | food[{food}]", "target": f"Place {i} serves {food} food."}
+    for i in range(12)
+    for food in ("Thai", "French", "Greek")
+]
+CFG = TrainConfig(
+    steps=6,
+    batch_size=4,
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    warmup_steps=2,
+    grad_clip=1.0,
+    eval_every=3,
+    patience=0,
+    max_source_length=16,
+    max_target_length=16,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([t for r in ROWS for t in (r["source"], r["target"])], vocab_size=120)
+
+
+def new_model(tokenizer):
+    torch.manual_seed(0)
+    arch = {
+        "model_type": "t5",
+        "d_model": 16,
+        "d_kv": 4,
+        "d_ff": 32,
+        "num_layers": 1,
+        "num_decoder_layers": 1,
+        "num_heads": 2,
+    }
+    return build_model(ModelConfig(None, arch, "float32"), tokenizer)
+
+
+def run(tokenizer, out_dir, *, interrupt_at=None, nan_at=None, model=None):
+    model = model or new_model(tokenizer)
+    calls = {"n": 0}
+
+    def loss_fn(model, rows):
+        calls["n"] += 1
+        if calls["n"] == interrupt_at:
+            raise KeyboardInterrupt  # what SIGINT does mid-update
+        batch = encode_pairs(
+            tokenizer, [r["source"] for r in rows], [r["target"] for r in rows], 16, 16, True
+        )
+        loss = model(**batch).loss
+        if calls["n"] == nan_at:
+            loss = loss * float("nan")
+        return loss, int((batch["labels"] != -100).sum())
+
+    held_out = encode_pairs(
+        tokenizer, [r["source"] for r in ROWS[:8]], [r["target"] for r in ROWS[:8]], 16, 16, True
+    )
+
+    def evaluate(model):
+        # a deterministic stand-in for the task metric: minus the loss on fixed rows
+        with torch.no_grad():
+            return -float(model(**held_out).loss)
+
+    return fit(
+        model,
+        tokenizer,
+        train_rows=ROWS,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        cfg=CFG,
+        out_dir=out_dir,
+        fingerprint={"test": 1},
+        progress=False,
+    )
+
+
+def weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_interrupted_run_resumes_to_the_same_model(tokenizer, tmp_path):
+    run(tokenizer, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run(tokenizer, tmp_path / "resumed", interrupt_at=5)  # after the step-3 checkpoint
+    assert not (tmp_path / "resumed" / "model").exists()
+    state = run(tokenizer, tmp_path / "resumed")
+    assert state.step == CFG.steps
+    straight, resumed = (
+        weights(tmp_path / "straight" / "model"),
+        weights(tmp_path / "resumed" / "model"),
+    )
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(straight[name], resumed[name], rtol=0, atol=0)
+    log = [
+        json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in log if row["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "straight" / "log.jsonl").read_text() != ""
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tokenizer, tmp_path):
+    with pytest.raises(DivergedError, match="at step 5"):
+        run(tokenizer, tmp_path, nan_at=5)
+    saved = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert saved["state"]["step"] == 3
+    assert not (tmp_path / "model").exists()
