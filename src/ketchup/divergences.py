@@ -1,9 +1,10 @@
 """Token-level distillation objectives compared against KETCHUP, as functions of logits and masks.
 
 Every loss takes ``student_logits`` (B, T, V) (with grad) and, where relevant, ``teacher_logits``
-(B, T, V) (detached: the teacher is a constant) and a ``mask`` (B, T) of 0/1 (bool, int or float;
-need not be a prefix of ones), and returns a 0-d float32 loss averaged over the valid tokens,
-``sum_t mask_t l_t / max(1, sum_t mask_t)``; an all-padding batch gives 0, not NaN.
+(B, T, V) (detached: the teacher is a constant), a ``mask`` (B, T) of 0/1 (bool, int or float;
+need not be a prefix of ones) and a ``temperature`` tau > 0, and returns a 0-d float32 loss
+averaged over the valid tokens, ``sum_t mask_t l_t / max(1, sum_t mask_t)``; an all-padding batch
+gives 0, not NaN.
 
 Numerics shared by all of them:
 
@@ -18,10 +19,14 @@ Numerics shared by all of them:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from ketchup.tensor_checks import check_ids, check_logits, check_mask, check_number, check_positive
 
 __all__ = [
     "forward_kl",
@@ -40,64 +45,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_logits(logits: Tensor, name: str) -> None:
-    if not isinstance(logits, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dim() != 3:
-        raise ValueError(f"{name} must have shape (B, T, V), got {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {logits.dtype}")
-    if logits.shape[-1] < 1:
-        raise ValueError(f"{name} must have a non-empty vocabulary dimension")
-
-
-def _check_shape(x: Tensor, shape: tuple[int, ...], name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
-
-
-def _mask_bool(mask: Tensor, shape: tuple[int, ...]) -> Tensor:
-    _check_shape(mask, shape, "mask")
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("mask must contain only 0 and 1")
-    return mask != 0
-
-
-def _check_ids(ids: Tensor, shape: tuple[int, ...], vocab: int, m: Tensor, name: str) -> Tensor:
-    """Validate token ids; return int64 ids with padding replaced by 0 (safe to gather).
-
-    Padding often holds -100 or an out-of-vocabulary pad id; those positions are ignored.
-    """
-    _check_shape(ids, shape, name)
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor, got {ids.dtype}")
-    safe = torch.where(m, ids.long(), 0)
-    if safe.numel() and bool(((safe < 0) | (safe >= vocab)).any()):
-        raise ValueError(f"{name} at valid positions must lie in [0, {vocab})")
-    return safe
-
-
-def _check_number(x: float, name: str, *, low: float, high: float, open_low: bool) -> float:
-    if isinstance(x, Tensor) and x.numel() == 1:
-        x = float(x.item())
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise ValueError(f"{name} must be a number, got {x!r}")
-    x = float(x)
-    low_ok = x > low if open_low else x >= low
-    if not (math.isfinite(x) and low_ok and x <= high):
-        bracket = "(" if open_low else "["
-        raise ValueError(f"{name} must lie in {bracket}{low}, {high}], got {x!r}")
-    return x
-
-
-def _check_temperature(temperature: float) -> float:
-    return _check_number(temperature, "temperature", low=0.0, high=math.inf, open_low=True)
-
-
 def _student_log_probs(student_logits: Tensor, m: Tensor, tau: float) -> Tensor:
     """(B, T, V) float32 log-softmax of student logits / tau, logits zeroed at padding."""
     z = torch.where(m.unsqueeze(-1), student_logits.float(), 0.0)
@@ -108,15 +55,15 @@ def _pair_log_probs(
     student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validate a student/teacher pair; return (log p_S, log p_T, bool mask), (B, T, V) each."""
-    _check_logits(student_logits, "student_logits")
-    _check_logits(teacher_logits, "teacher_logits")
+    check_logits(student_logits, "student_logits")
+    check_logits(teacher_logits, "teacher_logits")
     if tuple(teacher_logits.shape) != tuple(student_logits.shape):
         raise ValueError(
             f"teacher_logits must have the shape of student_logits "
             f"{tuple(student_logits.shape)}, got {tuple(teacher_logits.shape)}"
         )
-    m = _mask_bool(mask, tuple(student_logits.shape[:2]))
-    tau = _check_temperature(temperature)
+    m = check_mask(mask, tuple(student_logits.shape[:2]))
+    tau = check_positive(temperature, "temperature")
     log_ps = _student_log_probs(student_logits, m, tau)
     log_pt = _student_log_probs(teacher_logits.detach(), m, tau)
     return log_ps, log_pt, m
@@ -151,6 +98,39 @@ def _log_mixture(log_p: Tensor, log_q: Tensor, w_p: float) -> Tensor:
     return torch.where(both_inf, -math.inf, torch.logaddexp(a, b))
 
 
+def _forward_kl_tokens(log_ps: Tensor, log_pt: Tensor) -> Tensor:
+    return _kl(log_pt, log_ps)
+
+
+def _reverse_kl_tokens(log_ps: Tensor, log_pt: Tensor) -> Tensor:
+    return _kl(log_ps, log_pt)
+
+
+def _jsd_tokens(log_ps: Tensor, log_pt: Tensor, beta: float) -> Tensor:
+    """beta KL(p_T || M) + (1 - beta) KL(p_S || M), M = beta p_T + (1 - beta) p_S, 0 < beta < 1."""
+    log_m = _log_mixture(log_pt, log_ps, beta)
+    return beta * _kl(log_pt, log_m) + (1.0 - beta) * _kl(log_ps, log_m)
+
+
+def _tvd_tokens(log_ps: Tensor, log_pt: Tensor) -> Tensor:
+    return 0.5 * (log_pt.exp() - log_ps.exp()).abs().sum(-1)
+
+
+def _pair_loss(
+    per_token: Callable[[Tensor, Tensor], Tensor],
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    mask: Tensor,
+    temperature: float,
+) -> Tensor:
+    """Validate a student/teacher pair; token mean of ``per_token(log p_S, log p_T)``.
+
+    ``per_token`` maps the two (B, T, V) log-probabilities to the (B, T) divergence per position.
+    """
+    log_ps, log_pt, m = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
+    return _token_mean(per_token(log_ps, log_pt), m)
+
+
 # --------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------
@@ -169,10 +149,10 @@ def sequence_cross_entropy(student_logits: Tensor, targets: Tensor, mask: Tensor
     Returns:
         0-d float32 loss (equal to ``F.cross_entropy`` with the padding ignored).
     """
-    _check_logits(student_logits, "student_logits")
+    check_logits(student_logits, "student_logits")
     shape = tuple(student_logits.shape[:2])
-    m = _mask_bool(mask, shape)
-    y = _check_ids(targets, shape, student_logits.shape[-1], m, "targets")
+    m = check_mask(mask, shape)
+    y = check_ids(targets, shape, student_logits.shape[-1], m, "targets")
     log_ps = _student_log_probs(student_logits, m, 1.0)
     nll = -log_ps.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     return _token_mean(nll, m)
@@ -186,15 +166,9 @@ def forward_kl(
     Eq.: ``L = (1/N) sum_t mask_t sum_a p_T(a|s_t) (log p_T(a|s_t) - log p_S(a|s_t))`` with
     ``p = softmax(logits / tau)``.
 
-    Args:
-        student_logits: (B, T, V) with grad; teacher_logits: (B, T, V) (detached);
-        mask: (B, T) 0/1; temperature: tau > 0.
-
-    Returns:
-        0-d float32 loss.
+    Arguments and result as described in the module docstring.
     """
-    log_ps, log_pt, m = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
-    return _token_mean(_kl(log_pt, log_ps), m)
+    return _pair_loss(_forward_kl_tokens, student_logits, teacher_logits, mask, temperature)
 
 
 def reverse_kl(
@@ -205,15 +179,9 @@ def reverse_kl(
     Eq. (MiniLLM, Gu et al. 2024; f-distill, Wen et al. 2023):
     ``L = (1/N) sum_t mask_t sum_a p_S(a|s_t) (log p_S(a|s_t) - log p_T(a|s_t))``.
 
-    Args:
-        student_logits: (B, T, V) with grad; teacher_logits: (B, T, V) (detached);
-        mask: (B, T) 0/1; temperature: tau > 0.
-
-    Returns:
-        0-d float32 loss.
+    Arguments and result as described in the module docstring.
     """
-    log_ps, log_pt, m = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
-    return _token_mean(_kl(log_ps, log_pt), m)
+    return _pair_loss(_reverse_kl_tokens, student_logits, teacher_logits, mask, temperature)
 
 
 def js_divergence(
@@ -224,16 +192,10 @@ def js_divergence(
     Eq.: ``JS = 0.5 KL(p_T || m) + 0.5 KL(p_S || m)``, ``m = (p_T + p_S) / 2`` (log m by
     logsumexp); bounded by log 2 and symmetric.
 
-    Args:
-        student_logits: (B, T, V) with grad; teacher_logits: (B, T, V) (detached);
-        mask: (B, T) 0/1; temperature: tau > 0.
-
-    Returns:
-        0-d float32 loss.
+    Arguments and result as described in the module docstring.
     """
-    log_ps, log_pt, m = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
-    log_m = _log_mixture(log_pt, log_ps, 0.5)
-    return _token_mean(0.5 * _kl(log_pt, log_m) + 0.5 * _kl(log_ps, log_m), m)
+    js = functools.partial(_jsd_tokens, beta=0.5)
+    return _pair_loss(js, student_logits, teacher_logits, mask, temperature)
 
 
 def total_variation(
@@ -243,16 +205,9 @@ def total_variation(
 
     Eq.: ``TVD = 0.5 sum_a |p_T(a|s_t) - p_S(a|s_t)|``, in [0, 1] and symmetric.
 
-    Args:
-        student_logits: (B, T, V) with grad; teacher_logits: (B, T, V) (detached);
-        mask: (B, T) 0/1; temperature: tau > 0.
-
-    Returns:
-        0-d float32 loss.
+    Arguments and result as described in the module docstring.
     """
-    log_ps, log_pt, m = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
-    tvd = 0.5 * (log_pt.exp() - log_ps.exp()).abs().sum(-1)
-    return _token_mean(tvd, m)
+    return _pair_loss(_tvd_tokens, student_logits, teacher_logits, mask, temperature)
 
 
 def generalized_jsd(
@@ -278,16 +233,16 @@ def generalized_jsd(
     Returns:
         0-d float32 loss.
     """
-    beta = _check_number(beta, "beta", low=0.0, high=1.0, open_low=False)
-    log_ps, log_pt, m = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
+    beta = check_number(beta, "beta")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must lie in [0.0, 1.0], got {beta!r}")
     if beta == 0.0:
-        per_token = _kl(log_pt, log_ps)
+        per_token = _forward_kl_tokens
     elif beta == 1.0:
-        per_token = _kl(log_ps, log_pt)
+        per_token = _reverse_kl_tokens
     else:
-        log_m = _log_mixture(log_pt, log_ps, beta)
-        per_token = beta * _kl(log_pt, log_m) + (1.0 - beta) * _kl(log_ps, log_m)
-    return _token_mean(per_token, m)
+        per_token = functools.partial(_jsd_tokens, beta=beta)
+    return _pair_loss(per_token, student_logits, teacher_logits, mask, temperature)
 
 
 def reverse_kl_rewards(
@@ -315,7 +270,7 @@ def reverse_kl_rewards(
             student_logits.detach(), teacher_logits, mask, temperature
         )
         shape = tuple(m.shape)
-        a = _check_ids(actions, shape, student_logits.shape[-1], m, "actions").unsqueeze(-1)
+        a = check_ids(actions, shape, student_logits.shape[-1], m, "actions").unsqueeze(-1)
         lt = log_pt.gather(-1, a).squeeze(-1)
         ls = log_ps.gather(-1, a).squeeze(-1)
         # Equal log-probs give 0, including a token both models forbid (-inf - -inf = NaN).
@@ -336,8 +291,8 @@ def uniform_cross_entropy(student_logits: Tensor, mask: Tensor) -> Tensor:
     Returns:
         0-d float32 loss (>= log |A_t|, equality iff p_S is uniform on A_t).
     """
-    _check_logits(student_logits, "student_logits")
-    m = _mask_bool(mask, tuple(student_logits.shape[:2]))
+    check_logits(student_logits, "student_logits")
+    m = check_mask(mask, tuple(student_logits.shape[:2]))
     log_ps = _student_log_probs(student_logits, m, 1.0)
     finite = torch.isfinite(log_ps)
     count = finite.sum(-1).clamp_min(1)

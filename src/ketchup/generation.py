@@ -149,23 +149,73 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _generate_rows(
+def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     cfg: GenerationConfig,
     *,
     max_source_length: int,
-    do_sample: bool,
-    top_k: int | None,
-    temperature: float,
-    seed: int | None,
-    progress: bool,
-) -> tuple[list[list[int]], list[bool]]:
-    """New token ids per prompt (cut after the first EOS, which is kept) and whether EOS came."""
+    do_sample: bool = False,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Generate one text per prompt, in the prompts' order.
+
+    Greedy by default (beam search when ``cfg.num_beams > 1``); ``do_sample=True`` samples with
+    ``temperature`` from the full distribution, or the ``top_k`` most likely tokens. ``seed``
+    fixes sampling for this call without touching the global RNG. Prompts are cut to
+    ``max_source_length`` tokens; special tokens are left out of the text. Runs in eval mode
+    (restored afterwards) under ``torch.inference_mode`` with the KV cache.
+    """
+    if not prompts:
+        return []
+    rollout = generate_ids(
+        model,
+        tokenizer,
+        prompts,
+        cfg,
+        max_source_length=max_source_length,
+        do_sample=do_sample,
+        top_k=top_k,
+        temperature=temperature,
+        seed=seed,
+        progress=progress,
+    )
+    # Cut each row at its mask rather than decoding the padded tensor: the text must not depend
+    # on whether the pad id counts as a special token.
+    lengths = rollout.mask.sum(dim=1).tolist()
+    rows = [row[:n] for row, n in zip(rollout.tokens.tolist(), lengths, strict=True)]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def generate_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    max_source_length: int,
+    do_sample: bool = False,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    progress: bool = False,
+) -> Rollout:
+    """Like :func:`generate`, but return the new token ids as a :class:`Rollout`.
+
+    ``tokens`` (B, T) with T the longest output, ``mask`` and ``finished`` as described there;
+    ordinary tensors (not inference tensors), so they can feed a forward pass with gradients,
+    e.g. :func:`ketchup.batching.token_logits` over ``encode_sources`` of the same prompts.
+    """
     import torch
     from tqdm.auto import tqdm
 
+    if not prompts:
+        raise ValueError("generate_ids: no prompts")
     generation_config = _decoding_config(
         model, tokenizer, cfg, do_sample=do_sample, top_k=top_k, temperature=temperature
     )
@@ -202,86 +252,8 @@ def _generate_rows(
                 else:
                     rows[i] = row
             bar.update(len(chunk))
-    return rows, finished
-
-
-def generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    cfg: GenerationConfig,
-    *,
-    max_source_length: int,
-    do_sample: bool = False,
-    top_k: int | None = None,
-    temperature: float = 1.0,
-    seed: int | None = None,
-    progress: bool = False,
-) -> list[str]:
-    """Generate one text per prompt, in the prompts' order.
-
-    Greedy by default (beam search when ``cfg.num_beams > 1``); ``do_sample=True`` samples with
-    ``temperature`` from the full distribution, or the ``top_k`` most likely tokens. ``seed``
-    fixes sampling for this call without touching the global RNG. Prompts are cut to
-    ``max_source_length`` tokens; special tokens are left out of the text. Runs in eval mode
-    (restored afterwards) under ``torch.inference_mode`` with the KV cache.
-    """
-    if not prompts:
-        return []
-    rows, _ = _generate_rows(
-        model,
-        tokenizer,
-        prompts,
-        cfg,
-        max_source_length=max_source_length,
-        do_sample=do_sample,
-        top_k=top_k,
-        temperature=temperature,
-        seed=seed,
-        progress=progress,
-    )
-    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
-    return [text.strip() for text in texts]
-
-
-def generate_ids(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    cfg: GenerationConfig,
-    *,
-    max_source_length: int,
-    do_sample: bool = False,
-    top_k: int | None = None,
-    temperature: float = 1.0,
-    seed: int | None = None,
-    progress: bool = False,
-) -> Rollout:
-    """Like :func:`generate`, but return the new token ids as a :class:`Rollout`.
-
-    ``tokens`` (B, T) with T the longest output, ``mask`` and ``finished`` as described there;
-    ordinary tensors (not inference tensors), so they can feed a forward pass with gradients,
-    e.g. :func:`ketchup.batching.token_logits` over ``encode_sources`` of the same prompts.
-    """
-    import torch
-
-    if not prompts:
-        raise ValueError("generate_ids: no prompts")
-    rows, finished = _generate_rows(
-        model,
-        tokenizer,
-        prompts,
-        cfg,
-        max_source_length=max_source_length,
-        do_sample=do_sample,
-        top_k=top_k,
-        temperature=temperature,
-        seed=seed,
-        progress=progress,
-    )
     # Built outside inference_mode on purpose: inference tensors cannot be saved for backward.
-    tokens, mask = pad_batch(rows, pad_token_id(tokenizer), padding_side="right")
-    device = model.device
+    tokens, mask = pad_batch(rows, pad, padding_side="right")
     return Rollout(
         tokens=tokens.to(device),
         mask=mask.to(device),

@@ -22,11 +22,18 @@ per-token output is float32 and exactly 0 at padding; nothing returned here (exc
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from ketchup.tensor_checks import (
+    check_ids,
+    check_logits,
+    check_mask,
+    check_positive,
+    check_shape,
+)
 
 __all__ = [
     "gradient_norm_weights",
@@ -52,65 +59,12 @@ _VALUE_MODES = ("max", "soft")
 # --------------------------------------------------------------------------------------------
 
 
-def _check_logits(logits: Tensor, name: str) -> None:
-    if not isinstance(logits, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dim() != 3:
-        raise ValueError(f"{name} must have shape (B, T, V), got {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {logits.dtype}")
-    if logits.shape[-1] < 1:
-        raise ValueError(f"{name} must have a non-empty vocabulary dimension")
-
-
-def _check_bt(x: Tensor, shape: tuple[int, ...], name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
-
-
 def _check_2d(x: Tensor, name: str) -> tuple[int, ...]:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (B, T), got {tuple(x.shape)}")
     return tuple(x.shape)
-
-
-def _mask_bool(mask: Tensor, shape: tuple[int, ...], *, prefix: bool = False) -> Tensor:
-    """Validate a 0/1 mask of ``shape`` and return it as bool.
-
-    ``prefix=True`` additionally requires each row to be ones followed by zeros, because the
-    K-step returns read the row length ``L = mask.sum(1)`` off the mask.
-    """
-    _check_bt(mask, shape, "mask")
-    if mask.dtype == torch.bool:
-        m = mask
-    else:
-        if mask.is_complex():
-            raise ValueError(f"mask must be bool, int or float 0/1, got {mask.dtype}")
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("mask must contain only 0 and 1")
-        m = mask != 0
-    if prefix and m.shape[-1] > 1 and bool((m[:, 1:] & ~m[:, :-1]).any()):
-        raise ValueError("mask must be a prefix of ones in every row (right padding only)")
-    return m
-
-
-def _check_actions(actions: Tensor, shape: tuple[int, ...], vocab: int, m: Tensor) -> Tensor:
-    """Validate token ids and return int64 ids that are safe to ``gather`` everywhere.
-
-    Padding positions often hold -100 or a pad id outside the vocabulary; they are replaced by
-    0 so the gather is always legal, and their outputs are zeroed by the callers.
-    """
-    _check_bt(actions, shape, "actions")
-    if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
-        raise ValueError(f"actions must be an integer tensor, got {actions.dtype}")
-    a = torch.where(m, actions.long(), 0)
-    if a.numel() and bool(((a < 0) | (a >= vocab)).any()):
-        raise ValueError(f"actions at valid positions must lie in [0, {vocab})")
-    return a
 
 
 def _check_k(k: int) -> int:
@@ -125,18 +79,6 @@ def _check_k(k: int) -> int:
 def _check_value(value: str) -> None:
     if value not in _VALUE_MODES:
         raise ValueError(f"value must be one of {_VALUE_MODES}, got {value!r}")
-
-
-def _check_positive(x: float | Tensor, name: str) -> float:
-    if isinstance(x, Tensor):
-        if x.numel() != 1:
-            raise ValueError(f"{name} must be a positive scalar, got shape {tuple(x.shape)}")
-        x = float(x.item())
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise ValueError(f"{name} must be a positive number, got {x!r}")
-    if not (math.isfinite(x) and x > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {x!r}")
-    return float(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +125,7 @@ def q_values(teacher_logits: Tensor) -> Tensor:
     Returns:
         (B, T, V) float32 q; -inf entries stay -inf, never NaN.
     """
-    _check_logits(teacher_logits, "teacher_logits")
+    check_logits(teacher_logits, "teacher_logits")
     logits = teacher_logits.detach()
     mean, _, _ = _finite_mean(logits)
     return logits.float() - mean.unsqueeze(-1)
@@ -203,7 +145,7 @@ def state_values(q: Tensor, value: ValueMode = "max") -> Tensor:
         (B, T) float32 values. A position with no finite q (every token masked) gets 0: it has
         no action to value, and 0 keeps the returns finite.
     """
-    _check_logits(q, "q")
+    check_logits(q, "q")
     _check_value(value)
     q = q.detach().float()
     finite = torch.isfinite(q)
@@ -250,10 +192,10 @@ def _check_rollout(
     teacher_logits: Tensor, actions: Tensor, mask: Tensor, value: str
 ) -> tuple[Tensor, Tensor]:
     """Validate a (teacher_logits, actions, mask, value) quadruple; return (bool mask, ids)."""
-    _check_logits(teacher_logits, "teacher_logits")
+    check_logits(teacher_logits, "teacher_logits")
     shape = tuple(teacher_logits.shape[:2])
-    m = _mask_bool(mask, shape, prefix=True)
-    a = _check_actions(actions, shape, teacher_logits.shape[-1], m)
+    m = check_mask(mask, shape, prefix=True)
+    a = check_ids(actions, shape, teacher_logits.shape[-1], m, "actions")
     _check_value(value)
     return m, a
 
@@ -376,8 +318,8 @@ def kstep_returns_from_values(q_taken: Tensor, values: Tensor, mask: Tensor, k: 
     """
     k = _check_k(k)
     shape = _check_2d(q_taken, "q_taken")
-    _check_bt(values, shape, "values")
-    m = _mask_bool(mask, shape, prefix=True)
+    check_shape(values, shape, "values")
+    m = check_mask(mask, shape, prefix=True)
     q_taken = torch.where(m, q_taken.detach().float(), 0)
     rewards = _kstep_rewards_from_values(q_taken, values.detach().float(), m, k)
     return torch.where(m, _kstep_returns_from_rewards(rewards, k), 0)
@@ -424,7 +366,7 @@ def reward_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
     Returns:
         (B, T) float32, 0 at padding, no gradient.
     """
-    m = _mask_bool(mask, _check_2d(rewards, "rewards"))
+    m = check_mask(mask, _check_2d(rewards, "rewards"))
     r = torch.where(m, rewards.detach().float(), 0)
     return torch.where(m, _reverse_cumsum(r, dim=1), 0)
 
@@ -435,7 +377,7 @@ def reward_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
 
 
 def _check_returns_mask(returns: Tensor, mask: Tensor) -> Tensor:
-    return _mask_bool(mask, _check_2d(returns, "returns"))
+    return check_mask(mask, _check_2d(returns, "returns"))
 
 
 def mean_baseline(returns: Tensor, mask: Tensor) -> Tensor:
@@ -473,14 +415,14 @@ def gradient_norm_weights(
         (B, T) float32 weights in [0, 2], no gradient. A position whose logits are all -inf
         has no distribution and gets weight 0.
     """
-    _check_logits(student_logits, "student_logits")
+    check_logits(student_logits, "student_logits")
     shape = tuple(student_logits.shape[:2])
     m = (
         torch.ones(shape, dtype=torch.bool, device=student_logits.device)
         if mask is None
-        else _mask_bool(mask, shape)
+        else check_mask(mask, shape)
     )
-    a = _check_actions(actions, shape, student_logits.shape[-1], m)
+    a = check_ids(actions, shape, student_logits.shape[-1], m, "actions")
     with torch.no_grad():
         z = student_logits.detach().float()
         p = torch.softmax(z, dim=-1)
@@ -509,7 +451,7 @@ def min_variance_baseline(
         policy): then every score function is 0 and the baseline cannot change the gradient.
     """
     m = _check_returns_mask(returns, mask)
-    _check_logits(student_logits, "student_logits")
+    check_logits(student_logits, "student_logits")
     if tuple(student_logits.shape[:2]) != tuple(returns.shape):
         raise ValueError(
             f"student_logits must have shape (B, T, V) with (B, T) = {tuple(returns.shape)}"
@@ -556,11 +498,11 @@ def policy_gradient_loss(
         0-d float32 loss; 0 (not NaN) for an all-padding batch.
     """
     shape = _check_2d(logprobs, "logprobs")
-    _check_bt(returns, shape, "returns")
-    m = _mask_bool(mask, shape)
-    denom = _check_positive(denom, "denom")
+    check_shape(returns, shape, "returns")
+    m = check_mask(mask, shape)
+    denom = check_positive(denom, "denom")
     if clip is not None:
-        clip = _check_positive(clip, "clip")
+        clip = check_positive(clip, "clip")
 
     adv = returns.detach().float()
     if baseline is not None:
@@ -575,7 +517,7 @@ def policy_gradient_loss(
         else:
             raise ValueError(f"baseline must be None, a number or a tensor, got {baseline!r}")
     if weight is not None:
-        _check_bt(weight, shape, "weight")
+        check_shape(weight, shape, "weight")
         adv = weight.detach().float() * adv
     adv = adv / denom
     if clip is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import pytest
 import torch
@@ -12,70 +11,32 @@ from ketchup.batching import encode_pairs, encode_sources, token_logits
 from ketchup.config import GenerationConfig, ModelConfig
 from ketchup.generation import Rollout, eos_token_ids, generate, generate_ids, rollout_mask
 from ketchup.models import build_model, is_seq2seq, load_model, load_tokenizer, save_model
-from ketchup.tokenizer import train_tokenizer
 
-NAMES = ["The Golden Fork", "Blue Spice", "The Mill", "Cotto", "Zizzi"]
-FOODS = ["Italian", "French", "Chinese", "English", "Indian"]
-AREAS = ["riverside", "city centre"]
-PAIRS = [
-    (f"name[{n}] | food[{f}] | area[{a}]", f"{n} serves {f} food in the {a} area.")
-    for n, f, a in itertools.product(NAMES, FOODS, AREAS)
+# Mixed lengths, so batches need padding (left padding for GPT-2); three are training sources.
+PROMPTS = [
+    "name[The Golden Fork] | food[Italian] | area[riverside]",
+    "name[Cotto]",
+    "name[Blue Spice] | food[English] | area[city centre]",
+    "name[Zizzi] | food[French]",
+    "name[Zizzi] | food[Italian] | area[city centre]",
 ]
-# Mixed lengths, so batches need padding (left padding for GPT-2).
-PROMPTS = [PAIRS[0][0], "name[Cotto]", PAIRS[17][0], "name[Zizzi] | food[French]", PAIRS[41][0]]
-
-ARCHS = {
-    "t5": {
-        "model_type": "t5",
-        "d_model": 32,
-        "d_ff": 64,
-        "num_layers": 1,
-        "num_decoder_layers": 1,
-        "num_heads": 2,
-        "d_kv": 16,
-        "dropout_rate": 0.0,
-    },
-    "gpt2": {
-        "model_type": "gpt2",
-        "n_embd": 32,
-        "n_layer": 1,
-        "n_head": 2,
-        "n_positions": 128,
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-    },
-}
 GREEDY = GenerationConfig(max_new_tokens=24, batch_size=4, num_beams=1)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy machine with few cores the
-    # waiting threads make these tests several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer([text for pair in PAIRS for text in pair], vocab_size=300)
-
-
-@pytest.fixture(scope="module", params=sorted(ARCHS))
-def model(request, tokenizer):
-    """A tiny model trained briefly on PAIRS, so greedy outputs are real sentences ending in EOS."""
+def model(arch, tokenizer, pairs):
+    """A tiny model trained briefly on pairs, so greedy outputs are real sentences ending in EOS."""
     torch.manual_seed(0)
-    m = build_model(ModelConfig(None, ARCHS[request.param], "float32"), tokenizer)
+    m = build_model(ModelConfig(None, arch, "float32"), tokenizer)
     optimiser = torch.optim.Adam(m.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
     m.train()
     for _ in range(60):
-        idx = torch.randint(len(PAIRS), (16,), generator=generator).tolist()
+        idx = torch.randint(len(pairs), (16,), generator=generator).tolist()
         batch = encode_pairs(
-            tokenizer, [PAIRS[i][0] for i in idx], [PAIRS[i][1] for i in idx], 64, 32, is_seq2seq(m)
+            tokenizer, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], 64, 32, is_seq2seq(m)
         )
         loss = m(**batch).loss
         optimiser.zero_grad()

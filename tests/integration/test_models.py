@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import pytest
@@ -23,71 +22,27 @@ from ketchup.models import (
 )
 from ketchup.tokenizer import train_tokenizer
 
-NAMES = ["The Golden Fork", "Blue Spice", "The Mill", "Cotto", "Zizzi"]
-FOODS = ["Italian", "French", "Chinese", "English", "Indian"]
-AREAS = ["riverside", "city centre"]
-PAIRS = [
-    (f"name[{n}] | food[{f}] | area[{a}]", f"{n} serves {f} food in the {a} area.")
-    for n, f, a in itertools.product(NAMES, FOODS, AREAS)
-]
-TEXTS = [text for pair in PAIRS for text in pair]
-
-T5_ARCH = {
-    "model_type": "t5",
-    "d_model": 32,
-    "d_ff": 64,
-    "num_layers": 1,
-    "num_decoder_layers": 1,
-    "num_heads": 2,
-    "d_kv": 16,
-    "dropout_rate": 0.0,
-}
-GPT2_ARCH = {
-    "model_type": "gpt2",
-    "n_embd": 32,
-    "n_layer": 1,
-    "n_head": 2,
-    "n_positions": 128,
-    "resid_pdrop": 0.0,
-    "embd_pdrop": 0.0,
-    "attn_pdrop": 0.0,
-}
-ARCHS = {"t5": T5_ARCH, "gpt2": GPT2_ARCH}
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def model_config(arch: dict) -> ModelConfig:
     return ModelConfig(name_or_path=None, architecture=arch, precision="float32")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy machine with few cores the
-    # waiting threads make these tests several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer(TEXTS, vocab_size=300)
-
-
-@pytest.fixture(scope="module", params=sorted(ARCHS))
-def model(request, tokenizer):
+def model(arch, tokenizer):
     torch.manual_seed(0)
-    return build_model(model_config(ARCHS[request.param]), tokenizer).eval()
+    return build_model(model_config(arch), tokenizer).eval()
 
 
 # --------------------------------------------------------------------------------------------
 # Tokenizer
 
 
-def test_tokenizer_special_tokens_and_eos(tokenizer):
+def test_tokenizer_special_tokens_and_eos(tokenizer, texts):
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
     assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "</s>", "<unk>"]
-    for text in TEXTS[:5]:
+    for text in texts[:5]:
         ids = tokenizer(text)["input_ids"]
         assert ids[-1] == tokenizer.eos_token_id
         assert tokenizer.eos_token_id not in ids[:-1]
@@ -96,8 +51,9 @@ def test_tokenizer_special_tokens_and_eos(tokenizer):
 @pytest.mark.parametrize(
     "text",
     [
-        PAIRS[0][0],
-        PAIRS[7][1],
+        # Two texts of the tokenizer's corpus, then two it never saw.
+        "name[The Golden Fork] | food[Italian] | area[riverside]",
+        "The Golden Fork serves English food in the city centre area.",
         "  Cotto   serves\tItalian food.  ",
         "Blue Spice | food[French]",
     ],
@@ -109,28 +65,28 @@ def test_tokenizer_round_trip(tokenizer, text):
     assert " ".join(decoded.split()) == " ".join(text.split())
 
 
-def test_tokenizer_ascii_alphabet_when_room():
+def test_tokenizer_ascii_alphabet_when_room(texts):
     # With room for it, printable ASCII is in the alphabet, so unseen characters round-trip.
-    tok = train_tokenizer(TEXTS, vocab_size=1000)
+    tok = train_tokenizer(texts, vocab_size=1000)
     text = "Quux & Co. {42} ~ 100% #1 @home"
     ids = tok(text)["input_ids"]
     assert tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True) == text
 
 
-def test_tokenizer_deterministic(tokenizer):
-    again = train_tokenizer(TEXTS, vocab_size=300)
+def test_tokenizer_deterministic(tokenizer, texts):
+    again = train_tokenizer(texts, vocab_size=300)
     assert again.get_vocab() == tokenizer.get_vocab()
-    assert again(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+    assert again(texts)["input_ids"] == tokenizer(texts)["input_ids"]
 
 
-def test_tokenizer_save_load_same_ids(tokenizer, tmp_path):
+def test_tokenizer_save_load_same_ids(tokenizer, tmp_path, texts):
     tokenizer.save_pretrained(tmp_path / "tok")
     for loaded in (
         AutoTokenizer.from_pretrained(tmp_path / "tok"),
         load_tokenizer(str(tmp_path / "tok")),
     ):
-        assert loaded(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+        assert loaded(texts)["input_ids"] == tokenizer(texts)["input_ids"]
         assert loaded.get_vocab() == tokenizer.get_vocab()
         assert (loaded.pad_token_id, loaded.eos_token_id, loaded.unk_token_id) == (0, 1, 2)
 
@@ -144,10 +100,10 @@ def test_train_tokenizer_rejects_empty():
 # Building
 
 
-def test_build_model_kinds(tokenizer):
+def test_build_model_kinds(tokenizer, archs):
     torch.manual_seed(0)
-    t5 = build_model(model_config(T5_ARCH), tokenizer)
-    gpt2 = build_model(model_config(GPT2_ARCH), tokenizer)
+    t5 = build_model(model_config(archs["t5"]), tokenizer)
+    gpt2 = build_model(model_config(archs["gpt2"]), tokenizer)
     assert is_seq2seq(t5) and not is_seq2seq(gpt2)
     for m in (t5, gpt2):
         assert m.config.vocab_size == len(tokenizer)
@@ -161,13 +117,13 @@ def test_build_model_kinds(tokenizer):
     assert t5.config.d_model == 32 and gpt2.config.n_embd == 32
 
 
-def test_build_model_dtype(tokenizer):
-    m = build_model(model_config(GPT2_ARCH), tokenizer, dtype="bfloat16")
+def test_build_model_dtype(tokenizer, archs):
+    m = build_model(model_config(archs["gpt2"]), tokenizer, dtype="bfloat16")
     assert m.dtype == torch.bfloat16
 
 
-def test_build_model_unknown_key(tokenizer):
-    arch = {**T5_ARCH, "d_modle": 64, "n_layers": 2}
+def test_build_model_unknown_key(tokenizer, archs):
+    arch = {**archs["t5"], "d_modle": 64, "n_layers": 2}
     with pytest.raises(ConfigError) as err:
         build_model(model_config(arch), tokenizer, where="students.small.model")
     message = str(err.value)
@@ -188,11 +144,11 @@ def test_build_model_unknown_model_type(tokenizer):
     assert "'t6'" in str(err.value) and "t5" in str(err.value) and "gpt2" in str(err.value)
 
 
-def test_build_model_vocab_size_from_tokenizer(tokenizer):
+def test_build_model_vocab_size_from_tokenizer(tokenizer, archs):
     with pytest.raises(ConfigError, match="vocab_size"):
-        build_model(model_config({**GPT2_ARCH, "vocab_size": 32000}), tokenizer)
+        build_model(model_config({**archs["gpt2"], "vocab_size": 32000}), tokenizer)
     # An agreeing value is fine.
-    build_model(model_config({**GPT2_ARCH, "vocab_size": len(tokenizer)}), tokenizer)
+    build_model(model_config({**archs["gpt2"], "vocab_size": len(tokenizer)}), tokenizer)
 
 
 def test_build_model_needs_architecture(tokenizer):
@@ -218,49 +174,49 @@ def test_resolve_dtype():
 # Saving and loading
 
 
-def _logits(m, tokenizer):
-    batch = encode_sources(tokenizer, [p for p, _ in PAIRS[:3]], 64, padding_side="right")
-    prompts, targets = [p for p, _ in PAIRS[:3]], [t for _, t in PAIRS[:3]]
+def _logits(m, tokenizer, pairs):
+    batch = encode_sources(tokenizer, [p for p, _ in pairs[:3]], 64, padding_side="right")
+    prompts, targets = [p for p, _ in pairs[:3]], [t for _, t in pairs[:3]]
     labels = encode_pairs(tokenizer, prompts, targets, 64, 32, True)["labels"]
     mask = (labels != IGNORE_INDEX).long()
     with torch.no_grad():
         return token_logits(m, batch, labels, mask) * mask[..., None]
 
 
-def test_save_load_same_outputs(model, tokenizer, tmp_path):
+def test_save_load_same_outputs(model, tokenizer, tmp_path, texts, pairs):
     out = save_model(model, tokenizer, tmp_path / "models" / "m")
     assert out == tmp_path / "models" / "m"
     assert sorted(os.listdir(tmp_path / "models")) == ["m"]  # no temporary directories left
     assert {"config.json", "tokenizer.json"} <= set(os.listdir(out))
     loaded = load_model(str(out))
     assert type(loaded) is type(model) and not loaded.training
-    assert torch.equal(_logits(loaded, tokenizer), _logits(model, tokenizer))
+    assert torch.equal(_logits(loaded, tokenizer, pairs), _logits(model, tokenizer, pairs))
     reloaded_tok = load_tokenizer(str(out))
-    assert reloaded_tok(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+    assert reloaded_tok(texts)["input_ids"] == tokenizer(texts)["input_ids"]
 
 
-def test_load_model_dtype(tokenizer, tmp_path):
-    m = build_model(model_config(GPT2_ARCH), tokenizer)
+def test_load_model_dtype(tokenizer, tmp_path, archs):
+    m = build_model(model_config(archs["gpt2"]), tokenizer)
     save_model(m, tokenizer, tmp_path / "m")
     assert load_model(str(tmp_path / "m"), dtype=torch.bfloat16).dtype == torch.bfloat16
     assert load_model(str(tmp_path / "m"), dtype="float16").dtype == torch.float16
     assert load_model(str(tmp_path / "m"), device="cpu").dtype == torch.float32
 
 
-def test_save_model_replaces_existing(tokenizer, tmp_path):
+def test_save_model_replaces_existing(tokenizer, tmp_path, archs, pairs):
     torch.manual_seed(0)
-    first = build_model(model_config(GPT2_ARCH), tokenizer)
+    first = build_model(model_config(archs["gpt2"]), tokenizer)
     torch.manual_seed(1)
-    second = build_model(model_config(GPT2_ARCH), tokenizer)
+    second = build_model(model_config(archs["gpt2"]), tokenizer)
     save_model(first, tokenizer, tmp_path / "m")
     save_model(second, tokenizer, tmp_path / "m")
     assert os.listdir(tmp_path) == ["m"]
     loaded = load_model(str(tmp_path / "m"))
-    assert torch.equal(_logits(loaded, tokenizer), _logits(second.eval(), tokenizer))
+    assert torch.equal(_logits(loaded, tokenizer, pairs), _logits(second.eval(), tokenizer, pairs))
 
 
-def test_save_model_interrupted_leaves_nothing(tokenizer, tmp_path, monkeypatch):
-    m = build_model(model_config(GPT2_ARCH), tokenizer)
+def test_save_model_interrupted_leaves_nothing(tokenizer, tmp_path, monkeypatch, archs):
+    m = build_model(model_config(archs["gpt2"]), tokenizer)
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
@@ -312,8 +268,8 @@ def test_check_same_vocabulary_mismatch(tokenizer):
 # Batching
 
 
-def test_encode_pairs_seq2seq(tokenizer):
-    prompts, targets = [PAIRS[0][0], "short"], [PAIRS[0][1], "ok"]
+def test_encode_pairs_seq2seq(tokenizer, pairs):
+    prompts, targets = [pairs[0][0], "short"], [pairs[0][1], "ok"]
     batch = encode_pairs(tokenizer, prompts, targets, 64, 32, seq2seq=True)
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -327,16 +283,16 @@ def test_encode_pairs_seq2seq(tokenizer):
         assert tokenizer.decode(real, skip_special_tokens=True) == target
 
 
-def test_encode_pairs_truncation_keeps_eos(tokenizer):
-    batch = encode_pairs(tokenizer, [PAIRS[0][0]], [PAIRS[0][1]], 4, 3, seq2seq=True)
+def test_encode_pairs_truncation_keeps_eos(tokenizer, pairs):
+    batch = encode_pairs(tokenizer, [pairs[0][0]], [pairs[0][1]], 4, 3, seq2seq=True)
     assert batch["input_ids"].shape == (1, 4) and batch["input_ids"][0, -1] == 1
     assert batch["labels"].shape == (1, 3) and batch["labels"][0, -1] == 1
-    causal = encode_pairs(tokenizer, [PAIRS[0][0]], [PAIRS[0][1]], 4, 3, seq2seq=False)
+    causal = encode_pairs(tokenizer, [pairs[0][0]], [pairs[0][1]], 4, 3, seq2seq=False)
     assert causal["input_ids"].shape == (1, 7) and causal["input_ids"][0, -1] == 1
 
 
-def test_encode_pairs_causal(tokenizer):
-    prompts, targets = [PAIRS[0][0], "short"], [PAIRS[0][1], "ok"]
+def test_encode_pairs_causal(tokenizer, pairs):
+    prompts, targets = [pairs[0][0], "short"], [pairs[0][1], "ok"]
     batch = encode_pairs(tokenizer, prompts, targets, 64, 32, seq2seq=False)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     assert ids.shape == mask.shape == labels.shape
@@ -352,9 +308,9 @@ def test_encode_pairs_causal(tokenizer):
         assert tokenizer.decode(ids[i, n_prompt:n_real], skip_special_tokens=True) == target
 
 
-def test_encode_pairs_loss(model, tokenizer):
+def test_encode_pairs_loss(model, tokenizer, pairs):
     batch = encode_pairs(
-        tokenizer, [p for p, _ in PAIRS[:4]], [t for _, t in PAIRS[:4]], 64, 32, is_seq2seq(model)
+        tokenizer, [p for p, _ in pairs[:4]], [t for _, t in pairs[:4]], 64, 32, is_seq2seq(model)
     )
     loss = model(**batch).loss
     assert torch.isfinite(loss) and loss.item() > 0
@@ -376,10 +332,10 @@ def _manual_logits(model, prompt_ids, target_ids):
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_token_logits_matches_per_token_loop(model, tokenizer, padding_side):
+def test_token_logits_matches_per_token_loop(model, tokenizer, padding_side, pairs):
     # Mixed prompt and target lengths, so both kinds of padding occur inside the batch.
-    prompts = [PAIRS[3][0], "Cotto", "name[Zizzi] | area[riverside]"]
-    targets = [PAIRS[3][1], "Cotto serves English food.", "Zizzi"]
+    prompts = [pairs[3][0], "Cotto", "name[Zizzi] | area[riverside]"]
+    targets = [pairs[3][1], "Cotto serves English food.", "Zizzi"]
     batch = encode_sources(tokenizer, prompts, 64, padding_side=padding_side)
     target_rows = [tokenizer(t)["input_ids"] for t in targets]
     width = max(map(len, target_rows))
@@ -397,9 +353,9 @@ def test_token_logits_matches_per_token_loop(model, tokenizer, padding_side):
             torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_token_logits_gradients(model, tokenizer):
-    batch = encode_pairs(tokenizer, [PAIRS[0][0]], [PAIRS[0][1]], 64, 32, True)
-    sources = encode_sources(tokenizer, [PAIRS[0][0]], 64, padding_side="right")
+def test_token_logits_gradients(model, tokenizer, pairs):
+    batch = encode_pairs(tokenizer, [pairs[0][0]], [pairs[0][1]], 64, 32, True)
+    sources = encode_sources(tokenizer, [pairs[0][0]], 64, padding_side="right")
     labels = batch["labels"]
     logits = token_logits(model, sources, labels, labels != IGNORE_INDEX)
     logits.logsumexp(-1).sum().backward()

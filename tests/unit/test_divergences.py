@@ -25,14 +25,7 @@ NEG_INF = -math.inf
 PAIR_LOSSES = [forward_kl, reverse_kl, js_divergence, total_variation, generalized_jsd]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # The tensors here are tiny: intra-op threads only add synchronisation, which costs
-    # milliseconds per softmax when the 2-core test machine is shared with other jobs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def batch(seed: int, b: int = 3, t: int = 5, v: int = 7, scale: float = 2.0):

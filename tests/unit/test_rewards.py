@@ -27,14 +27,7 @@ F32 = {"rtol": 1.3e-6, "atol": 1e-5}
 NEG_INF = -math.inf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # The tensors here are tiny: intra-op threads only add synchronisation, which costs
-    # milliseconds per softmax when the 2-core test machine is shared with other jobs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --------------------------------------------------------------------------------------------
