@@ -174,6 +174,27 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    enabled: bool
+    base_url: str | None
+    model: str | None
+    api_key_env: str
+    protocols: list[Literal["pointwise", "pairwise"]]
+    max_examples: int
+    concurrency: int
+    timeout_s: float
+    max_retries: int
+    max_total_s: float
+    temperature: float
+    max_tokens: int
+    dry_run: bool
+
+    def check(self, where: str) -> None:
+        if self.enabled and not self.model:
+            raise ConfigError(f"config key '{where}.model': required when {where}.enabled is true")
+
+
+@dataclass(frozen=True)
 class ResourceConfig:
     threads: int
     mem_mb: int
@@ -196,12 +217,14 @@ class StudyConfig:
     teacher: TeacherConfig
     students: dict[str, StudentConfig]
     distill: DistillConfig
+    judge: JudgeConfig
     resources: ResourcesConfig = field(repr=False)
 
     def check(self, where: str = "config") -> None:
         for name, task in self.tasks.items():
             task.check(f"tasks.{name}")
         self.teacher.check("teacher")
+        self.judge.check("judge")
         for name, student in self.students.items():
             student.check(f"students.{name}")
 

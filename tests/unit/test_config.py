@@ -166,3 +166,10 @@ def test_check_config_verb(tmp_path, capsys):
     assert "distill.ks[0]" in capsys.readouterr().err
     assert main(["check-config", str(tmp_path / "missing.yaml")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_enabled_judge_needs_a_model():
+    data = default_config()
+    data["judge"] = {"enabled": True}
+    with pytest.raises(cfg.ConfigError, match=r"'judge\.model': required"):
+        cfg.parse_config(data)
