@@ -121,23 +121,14 @@ def test_causal_teacher_trains_and_writes_outputs(prepared, tmp_path):
     assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(prepared / "data/test.jsonl")]
 
 
-def test_prompted_teacher_is_used_as_it_is(prepared, tmp_path):
+def test_prompted_teacher_is_used_as_it_is(prepared, archs, tmp_path):
     """mode: prompted loads a saved model by path (as the paper loads flan-t5-xl by hub id)."""
     from ketchup.config import ModelConfig
     from ketchup.models import build_model, load_tokenizer, save_model
 
     tokenizer = load_tokenizer(str(prepared / "tok"))
-    arch = {
-        "model_type": "t5",
-        "d_model": 16,
-        "d_kv": 4,
-        "d_ff": 32,
-        "num_layers": 1,
-        "num_decoder_layers": 1,
-        "num_heads": 2,
-    }
     save_model(
-        build_model(ModelConfig(None, arch, "float32"), tokenizer),
+        build_model(ModelConfig(None, archs["t5"], "float32"), tokenizer),
         tokenizer,
         tmp_path / "pretrained",
     )

@@ -38,22 +38,19 @@ def tokenizer():
     return train_tokenizer([t for r in ROWS for t in (r["source"], r["target"])], vocab_size=120)
 
 
-def new_model(tokenizer):
+@pytest.fixture(scope="module")
+def t5_with_dropout(archs):
+    # dropout draws from the RNG, so an exact resume also proves the RNG state is restored
+    return dict(archs["t5"], dropout_rate=0.1)
+
+
+def new_model(tokenizer, arch):
     torch.manual_seed(0)
-    arch = {
-        "model_type": "t5",
-        "d_model": 16,
-        "d_kv": 4,
-        "d_ff": 32,
-        "num_layers": 1,
-        "num_decoder_layers": 1,
-        "num_heads": 2,
-    }
     return build_model(ModelConfig(None, arch, "float32"), tokenizer)
 
 
-def run(tokenizer, out_dir, *, interrupt_at=None, nan_at=None, model=None):
-    model = model or new_model(tokenizer)
+def run(tokenizer, arch, out_dir, *, interrupt_at=None, nan_at=None):
+    model = new_model(tokenizer, arch)
     calls = {"n": 0}
 
     def loss_fn(model, rows):
@@ -96,12 +93,14 @@ def weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-def test_interrupted_run_resumes_to_the_same_model(tokenizer, tmp_path):
-    run(tokenizer, tmp_path / "straight")
+def test_interrupted_run_resumes_to_the_same_model(tokenizer, t5_with_dropout, tmp_path):
+    run(tokenizer, t5_with_dropout, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        run(tokenizer, tmp_path / "resumed", interrupt_at=5)  # after the step-3 checkpoint
+        run(
+            tokenizer, t5_with_dropout, tmp_path / "resumed", interrupt_at=5
+        )  # after the step-3 checkpoint
     assert not (tmp_path / "resumed" / "model").exists()
-    state = run(tokenizer, tmp_path / "resumed")
+    state = run(tokenizer, t5_with_dropout, tmp_path / "resumed")
     assert state.step == CFG.steps
     straight, resumed = (
         weights(tmp_path / "straight" / "model"),
@@ -117,9 +116,11 @@ def test_interrupted_run_resumes_to_the_same_model(tokenizer, tmp_path):
     assert (tmp_path / "straight" / "log.jsonl").read_text() != ""
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tokenizer, tmp_path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(
+    tokenizer, t5_with_dropout, tmp_path
+):
     with pytest.raises(DivergedError, match="at step 5"):
-        run(tokenizer, tmp_path, nan_at=5)
+        run(tokenizer, t5_with_dropout, tmp_path, nan_at=5)
     saved = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert saved["state"]["step"] == 3
     assert not (tmp_path / "model").exists()
