@@ -113,9 +113,31 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
 
 
 def _judge_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--outputs", nargs="+", required=True, help="generate's JSONL of each system")
+    p.add_argument("--data", required=True, help="the task's examples (prepare-data's test.jsonl)")
+    p.add_argument(
+        "--system",
+        action="append",
+        required=True,
+        metavar="NAME=FILE",
+        help="a system's outputs (JSONL: id, output); repeat for every system",
+    )
+    p.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="A:B",
+        help="a pairwise comparison of system A against B (both orders); repeat for more",
+    )
+    p.add_argument(
+        "--task-kind",
+        default="data-to-text",
+        choices=["summarization", "translation", "dialogue", "data-to-text", "math"],
+        help="picks the pointwise / pairwise rubric (default: data-to-text)",
+    )
     _config_json(p, "judge")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--cache", required=True, help="SQLite cache of answers (reruns resume from it)")
+    p.add_argument("--templates-dir", help="prompt templates to use instead of the packaged ones")
+    p.add_argument("--out-dir", required=True, help="directory for judgments, tables and report")
 
 
 def _check_config_args(p: argparse.ArgumentParser) -> None:
@@ -214,10 +236,16 @@ VERBS: tuple[Verb, ...] = (
     Verb(
         "judge",
         "LLM-as-judge through an OpenAI-compatible endpoint",
-        "Rates outputs pointwise and pairwise; writes judgments and tables under OUT_DIR.",
+        "Rates each SYSTEM's outputs on the first judge.max_examples ids of DATA pointwise (1-10 "
+        "under the TASK_KIND rubric) and compares each PAIR A:B in both presentation orders. "
+        "Answers are cached in CACHE, so a rerun sends only what is missing. Writes under OUT_DIR "
+        "judgments.jsonl, pairwise_examples.jsonl, pointwise_summary.csv, pairwise_summary.csv "
+        "(bootstrap 95% CIs), report.md and judge.config.json; with judge.dry_run, prompts.jsonl "
+        "and dry_run.json (token estimate) without calling the endpoint. The API key is read from "
+        "the variable judge.api_key_env names. Exit status 3: some judgments were left (time "
+        "ceiling or failures); rerun to resume.",
         _judge_args,
-        None,
-        "issue 7 (LLM-as-judge)",
+        "ketchup.judge.stage:judge_stage",
     ),
 )
 
