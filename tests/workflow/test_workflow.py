@@ -119,3 +119,29 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         str(ROOT / "configs" / "smoke.yaml"),
     )
     assert "Nothing to be done" in again.stdout + again.stderr
+    # a changed teacher setting reruns the teacher and what depends on it, nothing upstream
+    config = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    config["teacher"]["train"]["learning_rate"] = 3e-3
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(config))
+    changed = snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "changed.yaml"),
+    ).stdout
+    jobs = job_counts(changed)
+    assert jobs == {"teacher": 1, "teacher_outputs": 2, "all": 1}, jobs
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table of a dry run, as {rule: count}."""
+    table = dry_run_output.split("Job stats:")[1].split("total")[0]
+    counts = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
