@@ -79,9 +79,10 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
 
 
 def _variance_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--student", required=True, help="the fixed student checkpoint")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--teacher", required=True, help="teacher model directory or hub id")
+    p.add_argument("--student", required=True, help="the fixed student checkpoint (directory)")
+    p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
+    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
     _config_json(p, "distill")
     p.add_argument("--out", required=True, help="CSV: per K, gradient variance and bias vs K = 1")
 
@@ -195,11 +196,12 @@ VERBS: tuple[Verb, ...] = (
     Verb(
         "grad-variance",
         "gradient variance and bias of the K-step estimator on shared rollouts",
-        "Draws rollouts from STUDENT, computes the policy gradient for every K on the same "
-        "rollouts, and writes OUT (CSV: k, variance, bias norm, cosine to K = 1).",
+        "Draws distill.variance.rollout_sets rollout sets from STUDENT on the first "
+        "distill.variance.sources validation sources, computes the policy gradient (no baseline) "
+        "for K = 1 and every K of distill.ks on the same rollouts, and writes OUT (CSV: k, "
+        "variance = trace of the covariance, relative variance, bias norm and cosine to K = 1).",
         _variance_args,
-        None,
-        "issue 5 (distillation)",
+        "ketchup.stages.variance:grad_variance",
     ),
     Verb(
         "generate",

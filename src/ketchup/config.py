@@ -167,10 +167,29 @@ class StudentConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    top_k: int
+    temperature: float
+    max_new_tokens: int
+    max_source_length: int
+    drop_truncated: bool
+
+
+@dataclass(frozen=True)
+class VarianceConfig:
+    rollout_sets: int
+    sources: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     methods: list[Method]
     ks: list[int]
     seeds: list[int]
+    value: Literal["max", "soft"]
+    rollout: RolloutConfig
+    variance: VarianceConfig
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The data and teacher verbs end to end on tiny data: causal teacher, prompted local model."""
+"""The data, teacher and grad-variance verbs end to end on tiny data and tiny models."""
 
 from __future__ import annotations
 
@@ -205,3 +205,55 @@ def test_missing_model_path_is_named(prepared, tmp_path, capsys):
     )
     assert str(tmp_path / "nowhere") in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_grad_variance_on_shared_rollouts(prepared, archs, tmp_path):
+    """Every K gets the same number of rollout sets; K = 1 is its own reference."""
+    import csv
+
+    import torch
+
+    from ketchup.config import ModelConfig
+    from ketchup.models import build_model, load_tokenizer, save_model
+
+    tokenizer = load_tokenizer(str(prepared / "tok"))
+    for name, seed in (("teacher", 0), ("student", 1)):
+        torch.manual_seed(seed)
+        model = build_model(ModelConfig(None, archs["t5"], "float32"), tokenizer)
+        save_model(model, tokenizer, tmp_path / name)
+    distill = {
+        "ks": [2, 8],
+        "rollout": {"max_new_tokens": 6, "drop_truncated": False},
+        "variance": {"rollout_sets": 3, "sources": 4},
+    }
+    out = tmp_path / "variance" / "variance.csv"
+    assert (
+        main(
+            [
+                "grad-variance",
+                "--teacher",
+                str(tmp_path / "teacher"),
+                "--student",
+                str(tmp_path / "student"),
+                "--data-dir",
+                str(prepared / "data"),
+                "--task-json",
+                json.dumps(TASK),
+                "--config-json",
+                json.dumps(distill),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["k"]) for r in rows] == [1, 2, 8]
+    assert all(int(r["n_rollout_sets"]) == 3 for r in rows)
+    assert float(rows[0]["bias_norm"]) == 0.0
+    assert float(rows[0]["cosine_to_reference"]) == pytest.approx(1.0)
+    assert all(float(r["variance"]) > 0 for r in rows)
+    # K = 8 > every rollout length (6): the return is q(s_t, y_t) alone, unlike K = 1
+    assert float(rows[2]["bias_norm"]) > 0
+    resolved = json.loads((out.parent / "grad-variance.config.json").read_text())
+    assert resolved["config"]["variance"]["rollout_sets"] == 3
