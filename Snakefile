@@ -18,10 +18,14 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     task=one_of(STUDY.tasks),
     split=one_of(SPLITS),
+    student=one_of(STUDY.students),
+    method=one_of(STUDY.distill.methods),
+    seed=one_of(STUDY.distill.seeds),
 
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
+include: "workflow/rules/distill.smk"
 
 
 localrules:

@@ -68,12 +68,17 @@ def _teacher_outputs_args(p: argparse.ArgumentParser) -> None:
 
 def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher model directory or hub id")
-    p.add_argument("--init", required=True, help="student to start from (the warm start for RL)")
+    p.add_argument("--tokenizer", required=True, help="the shared tokenizer (directory or hub id)")
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
-    p.add_argument("--teacher-outputs", help="teacher outputs JSONL (seqkd, kl, warm start)")
-    p.add_argument("--method", required=True, help="sft, seqkd, kl, js, tvd, llmr, ..., ketchup")
+    p.add_argument("--teacher-outputs", help="the teacher's train outputs (JSONL; seqkd, kl)")
+    p.add_argument("--method", required=True, help="sft, seqkd, kl (built); the rest planned")
     p.add_argument("--k", type=int, default=1, help="KETCHUP's K (1 for every other method)")
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True, help="seed of the student's init and data")
+    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    p.add_argument("--student-json", required=True, help="the student's config section as JSON")
+    p.add_argument(
+        "--generation-json", required=True, help="validation decoding (teacher.generation)"
+    )
     _config_json(p, "distill")
     p.add_argument("--out-dir", required=True, help="directory for the best checkpoint and logs")
 
@@ -187,11 +192,10 @@ VERBS: tuple[Verb, ...] = (
     Verb(
         "distill",
         "distil a student with one method (and one K)",
-        "Trains from INIT on DATA_DIR with METHOD; writes the best checkpoint by validation metric "
-        "to OUT_DIR/model and the per-step log OUT_DIR/log.jsonl.",
+        "Trains the student on DATA_DIR with METHOD; writes the best checkpoint by validation "
+        "metric to OUT_DIR/model, the per-step log OUT_DIR/log.jsonl and a resumable checkpoint.",
         _distill_args,
-        None,
-        "issue 5 (distillation)",
+        "ketchup.stages.distill:distill",
     ),
     Verb(
         "grad-variance",

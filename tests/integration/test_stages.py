@@ -257,3 +257,120 @@ def test_grad_variance_on_shared_rollouts(prepared, archs, tmp_path):
     assert float(rows[2]["bias_norm"]) > 0
     resolved = json.loads((out.parent / "grad-variance.config.json").read_text())
     assert resolved["config"]["variance"]["rollout_sets"] == 3
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(prepared, tmp_path_factory):
+    """A tiny trained T5 teacher and its outputs on the training split."""
+    out = tmp_path_factory.mktemp("teacher")
+    teacher = {
+        "model": {
+            "architecture": {
+                "model_type": "t5",
+                "d_model": 16,
+                "d_kv": 4,
+                "d_ff": 32,
+                "num_layers": 1,
+                "num_decoder_layers": 1,
+                "num_heads": 2,
+            }
+        },
+        "train": TRAIN,
+        "generation": GENERATION,
+    }
+    args = [
+        "--data-dir",
+        str(prepared / "data"),
+        "--task-json",
+        json.dumps(TASK),
+        "--config-json",
+        json.dumps(teacher),
+    ]
+    assert (
+        main(["train-teacher", "--tokenizer", str(prepared / "tok"), *args, "--out-dir", str(out)])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "teacher-outputs",
+                "--teacher",
+                str(out / "model"),
+                "--split",
+                "train",
+                *args,
+                "--out",
+                str(out / "train.jsonl"),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+@pytest.mark.parametrize("method", ["sft", "seqkd", "kl"])
+def test_distill_word_level_methods(prepared, teacher_dir, archs, method, tmp_path):
+    student = {"model": {"architecture": archs["t5"]}, "train": TRAIN}
+    argv = [
+        "distill",
+        "--teacher",
+        str(teacher_dir / "model"),
+        "--tokenizer",
+        str(prepared / "tok"),
+        "--data-dir",
+        str(prepared / "data"),
+        "--teacher-outputs",
+        str(teacher_dir / "train.jsonl"),
+        "--method",
+        method,
+        "--seed",
+        "3",
+        "--task-json",
+        json.dumps(TASK),
+        "--student-json",
+        json.dumps(student),
+        "--generation-json",
+        json.dumps(GENERATION),
+        "--config-json",
+        json.dumps({"methods": [method]}),
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
+    assert resolved["method"] == method and resolved["seed"] == 3
+    log = read_jsonl(tmp_path / "log.jsonl")
+    assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert all(r["loss"] == r["loss"] and r["loss"] >= 0 for r in log if r["kind"] == "train")
+
+
+def test_distill_rejects_unbuilt_methods_and_missing_teacher_outputs(
+    prepared, teacher_dir, archs, tmp_path, capsys
+):
+    student = {"model": {"architecture": archs["t5"]}, "train": TRAIN}
+    base = [
+        "distill",
+        "--teacher",
+        str(teacher_dir / "model"),
+        "--tokenizer",
+        str(prepared / "tok"),
+        "--data-dir",
+        str(prepared / "data"),
+        "--seed",
+        "0",
+        "--task-json",
+        json.dumps(TASK),
+        "--student-json",
+        json.dumps(student),
+        "--generation-json",
+        json.dumps(GENERATION),
+        "--config-json",
+        "{}",
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
+    assert main([*base, "--method", "ketchup", "--k", "4"]) == 1
+    assert "not built yet" in capsys.readouterr().err
+    assert main([*base, "--method", "seqkd"]) == 1
+    assert "--teacher-outputs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -57,6 +57,11 @@ BAD_CONFIGS = [
         "distill.methods[1]",
         "llmr_minvar",
     ),
+    (
+        lambda c: c["distill"].update(methods=["kl", "ketchup"]),
+        "distill.methods[1]",
+        "not built yet",
+    ),
     (lambda c: c["distill"].update(ks=[0, 2]), "distill.ks[0]", "minimum of 1"),
     (lambda c: c["distill"].update(ks=[]), "distill.ks", "non-empty"),
     (lambda c: c["distill"].update(seeds=[1, 1]), "distill.seeds", "non-unique"),

@@ -108,6 +108,12 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         assert [row["id"] for row in rows] == source_ids
     evals = [row for row in read_jsonl(task / "teacher" / "log.jsonl") if row["kind"] == "eval"]
     assert evals, "the teacher was never validated"
+    for method in ("sft", "seqkd", "kl"):
+        student = task / "students" / "t5-micro" / method / "seed0"
+        resolved = (student / "model" / "distill.config.json").read_text()
+        assert f'"method": "{method}"' in resolved
+        losses = [r["loss"] for r in read_jsonl(student / "log.jsonl") if r["kind"] == "train"]
+        assert len(losses) == 20 and losses[-1] < losses[0], (method, losses)
     # a finished study reruns nothing
     again = snakemake(
         "-n",
@@ -133,7 +139,8 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         str(tmp_path / "changed.yaml"),
     ).stdout
     jobs = job_counts(changed)
-    assert jobs == {"teacher": 1, "teacher_outputs": 2, "all": 1}, jobs
+    # sft learns from references only, so it is the one student left alone
+    assert jobs == {"teacher": 1, "teacher_outputs": 2, "distill": 2, "all": 1}, jobs
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

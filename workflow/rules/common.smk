@@ -92,6 +92,26 @@ def teacher_model(task):
     return STUDY.teacher.model.name_or_path
 
 
+def distill_teacher_inputs(wildcards):
+    """What a method reads of the teacher: its train outputs, and the model itself for kl."""
+    if wildcards.method == "sft":
+        return []
+    inputs = [f"{task_dir(wildcards.task)}/teacher/outputs/train.jsonl"]
+    if wildcards.method == "kl" and STUDY.teacher.mode == "finetune":
+        inputs.append(teacher_model(wildcards.task))
+    return inputs
+
+
+def student_models(task):
+    """Every distilled student of a task: (student, method, seed) checkpoints."""
+    return [
+        f"{task_dir(task)}/students/{student}/{method}/seed{seed}/model"
+        for student in STUDY.students
+        for method in STUDY.distill.methods
+        for seed in STUDY.distill.seeds
+    ]
+
+
 def all_targets():
     """The targets of the default run: every stage the workflow has so far, for every task."""
     targets = []
@@ -101,4 +121,5 @@ def all_targets():
         targets += [
             f"{task_dir(task)}/teacher/outputs/{s}.jsonl" for s in ("train", "test")
         ]
+        targets += student_models(task)
     return targets
