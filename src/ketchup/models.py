@@ -382,3 +382,17 @@ def check_same_vocabulary(
             f"tokenizer, or pick a pretrained {student_name} from the {teacher_name}'s model "
             "family."
         )
+
+
+def default_device() -> Any:
+    """The first CUDA device when there is one (the job sees only its own), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def init_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, where: str):
+    """The model a stage trains: built from `architecture`, or loaded from `name_or_path`."""
+    if model.from_scratch:
+        return build_model(model, tokenizer, where=where)
+    return load_model(model.name_or_path)

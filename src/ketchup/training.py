@@ -233,3 +233,52 @@ def fit(
     with atomic_path(out_dir / "model", directory=True) as tmp:
         shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
     return state
+
+
+def generation_evaluator(
+    tokenizer,
+    rows: Sequence[dict[str, Any]],
+    template: str,
+    metric: str,
+    generation,
+    max_source_length: int,
+) -> Callable[[Any], float]:
+    """`evaluate` for :func:`fit`: greedy outputs on `rows`, scored with the task metric."""
+    from ketchup.generation import generate
+    from ketchup.metrics import validation_score
+    from ketchup.tasks import format_prompt
+
+    prompts = [format_prompt(template, row["source"]) for row in rows]
+
+    def evaluate(model) -> float:
+        outputs = generate(
+            model, tokenizer, prompts, generation, max_source_length=max_source_length
+        )
+        return validation_score(metric, outputs, rows)
+
+    return evaluate
+
+
+def cross_entropy_loss(
+    tokenizer, template: str, cfg: TrainConfig, device, seq2seq: bool, target_key: str
+) -> Callable[[Any, Sequence[dict[str, Any]]], tuple[torch.Tensor, int]]:
+    """`loss_fn` for :func:`fit`: token cross-entropy of `row[target_key]` given the prompt.
+
+    Teacher fine-tuning and SFT imitate the references (`target`), SeqKD the teacher's outputs.
+    """
+    from ketchup.batching import encode_pairs
+    from ketchup.tasks import format_prompt
+
+    def loss_fn(model, rows):
+        batch = encode_pairs(
+            tokenizer,
+            [format_prompt(template, row["source"]) for row in rows],
+            [row[target_key] for row in rows],
+            cfg.max_source_length,
+            cfg.max_target_length,
+            seq2seq,
+        )
+        batch = {k: v.to(device) for k, v in batch.items()}
+        return model(**batch).loss, int((batch["labels"] != -100).sum())
+
+    return loss_fn

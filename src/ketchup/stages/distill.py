@@ -47,7 +47,6 @@ def distill(args) -> int:
     import torch
 
     from ketchup.batching import (
-        encode_pairs,
         encode_sources,
         encode_target_ids,
         pad_batch,
@@ -55,19 +54,18 @@ def distill(args) -> int:
         token_logits,
     )
     from ketchup.divergences import forward_kl
-    from ketchup.generation import generate
-    from ketchup.metrics import validation_score
     from ketchup.models import (
-        build_model,
         check_same_vocabulary,
         count_parameters,
+        default_device,
+        init_model,
         is_seq2seq,
         load_model,
         load_tokenizer,
         resolve_dtype,
     )
     from ketchup.tasks import format_prompt, task_metric, task_prompt
-    from ketchup.training import fit
+    from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
     task = parse_section(TaskConfig, args.task_json, "task", "task")
     student_cfg = parse_section(StudentConfig, args.student_json, "student", "student")
@@ -83,15 +81,11 @@ def distill(args) -> int:
     val_rows = read_jsonl(data_dir / "validation.jsonl")
     targets = _targets(args.method, train_rows, args.teacher_outputs)
     template, metric = task_prompt(task), task_metric(task)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
 
     tokenizer = load_tokenizer(args.tokenizer)
     torch.manual_seed(args.seed)  # the initial weights depend on the seed too
-    if student_cfg.model.from_scratch:
-        student = build_model(student_cfg.model, tokenizer, where="student.model")
-    else:
-        student = load_model(student_cfg.model.name_or_path)
-    student.to(device)
+    student = init_model(student_cfg.model, tokenizer, where="student.model").to(device)
     seq2seq = is_seq2seq(student)
     teacher = None
     if args.method == "kl":
@@ -104,25 +98,18 @@ def distill(args) -> int:
         f"{args.seed}, metric {metric}"
     )
 
-    def loss_fn(model, rows):
-        prompts = [format_prompt(template, row["source"]) for row in rows]
-        texts = [row["imitate"] for row in rows]
-        if teacher is None:  # sft and seqkd: cross-entropy on the chosen targets
-            batch = encode_pairs(
-                tokenizer,
-                prompts,
-                texts,
-                train_cfg.max_source_length,
-                train_cfg.max_target_length,
-                seq2seq,
-            )
-            batch = {k: v.to(device) for k, v in batch.items()}
-            return model(**batch).loss, int((batch["labels"] != -100).sum())
+    def kl_loss(model, rows):
+        """Word-level KL(p_T || p_S) on the teacher's outputs: one no-grad teacher pass."""
         sources = encode_sources(
-            tokenizer, prompts, train_cfg.max_source_length, padding_side="right"
+            tokenizer,
+            [format_prompt(template, row["source"]) for row in rows],
+            train_cfg.max_source_length,
+            padding_side="right",
         )
         ids, mask = pad_batch(
-            encode_target_ids(tokenizer, texts, train_cfg.max_target_length),
+            encode_target_ids(
+                tokenizer, [row["imitate"] for row in rows], train_cfg.max_target_length
+            ),
             pad_token_id(tokenizer),
             padding_side="right",
         )
@@ -134,13 +121,16 @@ def distill(args) -> int:
 
     imitation_rows = [dict(row, imitate=t) for row, t in zip(train_rows, targets, strict=True)]
     generation = parse_section(GenerationConfig, args.generation_json, "generation", "generation")
-    val_prompts = [format_prompt(template, row["source"]) for row in val_rows]
-
-    def evaluate(model) -> float:
-        outputs = generate(
-            model, tokenizer, val_prompts, generation, max_source_length=train_cfg.max_source_length
+    loss_fn = (
+        kl_loss
+        if teacher is not None
+        else cross_entropy_loss(
+            tokenizer, template, train_cfg, device, seq2seq, target_key="imitate"
         )
-        return validation_score(metric, outputs, val_rows)
+    )
+    evaluate = generation_evaluator(
+        tokenizer, val_rows, template, metric, generation, train_cfg.max_source_length
+    )
 
     state = fit(
         student,

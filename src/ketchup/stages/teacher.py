@@ -14,14 +14,15 @@ def _task(args) -> TaskConfig:
 
 def train_teacher(args) -> int:
     """Fine-tune the teacher on the task's references; keep the best by validation metric."""
-    import torch
-
-    from ketchup.batching import encode_pairs
-    from ketchup.generation import generate
-    from ketchup.metrics import validation_score
-    from ketchup.models import build_model, count_parameters, is_seq2seq, load_model, load_tokenizer
-    from ketchup.tasks import format_prompt, task_metric, task_prompt
-    from ketchup.training import fit
+    from ketchup.models import (
+        count_parameters,
+        default_device,
+        init_model,
+        is_seq2seq,
+        load_tokenizer,
+    )
+    from ketchup.tasks import task_metric, task_prompt
+    from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
     task = _task(args)
     cfg = parse_section(TeacherConfig, args.config_json, "teacher", "teacher")
@@ -33,38 +34,15 @@ def train_teacher(args) -> int:
     template, metric = task_prompt(task), task_metric(task)
 
     tokenizer = load_tokenizer(args.tokenizer)
-    if cfg.model.from_scratch:
-        model = build_model(cfg.model, tokenizer, where="teacher.model")
-    else:
-        model = load_model(cfg.model.name_or_path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    seq2seq = is_seq2seq(model)
+    device = default_device()
+    model = init_model(cfg.model, tokenizer, where="teacher.model").to(device)
     print(f"train-teacher: {count_parameters(model):,} parameters on {device}, metric {metric}")
-
-    def loss_fn(model, rows):
-        batch = encode_pairs(
-            tokenizer,
-            [format_prompt(template, row["source"]) for row in rows],
-            [row["target"] for row in rows],
-            cfg.train.max_source_length,
-            cfg.train.max_target_length,
-            seq2seq,
-        )
-        batch = {k: v.to(device) for k, v in batch.items()}
-        return model(**batch).loss, int((batch["labels"] != -100).sum())
-
-    val_prompts = [format_prompt(template, row["source"]) for row in val_rows]
-
-    def evaluate(model) -> float:
-        outputs = generate(
-            model,
-            tokenizer,
-            val_prompts,
-            cfg.generation,
-            max_source_length=cfg.train.max_source_length,
-        )
-        return validation_score(metric, outputs, val_rows)
+    loss_fn = cross_entropy_loss(
+        tokenizer, template, cfg.train, device, is_seq2seq(model), target_key="target"
+    )
+    evaluate = generation_evaluator(
+        tokenizer, val_rows, template, metric, cfg.generation, cfg.train.max_source_length
+    )
 
     state = fit(
         model,
@@ -94,16 +72,14 @@ def train_teacher(args) -> int:
 
 def teacher_outputs(args) -> int:
     """Greedy teacher outputs for one split, batched, in the split's order."""
-    import torch
-
     from ketchup.generation import generate
-    from ketchup.models import load_model, load_tokenizer, resolve_dtype
+    from ketchup.models import default_device, load_model, load_tokenizer, resolve_dtype
     from ketchup.tasks import format_prompt, task_prompt
 
     task = _task(args)
     cfg = parse_section(TeacherConfig, args.config_json, "teacher", "teacher")
     rows = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model = load_model(
         args.teacher, dtype=resolve_dtype(cfg.model.precision, device), device=device
     )

@@ -18,7 +18,13 @@ def grad_variance(args) -> int:
     from ketchup.batching import encode_sources, token_logits
     from ketchup.config import GenerationConfig
     from ketchup.generation import generate_ids
-    from ketchup.models import check_same_vocabulary, load_model, load_tokenizer, resolve_dtype
+    from ketchup.models import (
+        check_same_vocabulary,
+        default_device,
+        load_model,
+        load_tokenizer,
+        resolve_dtype,
+    )
     from ketchup.rewards import kstep_returns_from_values, policy_gradient_loss, taken_q_and_values
     from ketchup.tasks import format_prompt, task_prompt
     from ketchup.variance import GradientMoments
@@ -27,7 +33,7 @@ def grad_variance(args) -> int:
     cfg = parse_section(DistillConfig, args.config_json, "distill", "distill")
     rollout, var = cfg.rollout, cfg.variance
     rows = read_jsonl(Path(args.data_dir) / "validation.jsonl")[: var.sources]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
 
     tokenizer = load_tokenizer(args.student)
     check_same_vocabulary(load_tokenizer(args.teacher), tokenizer, args.teacher, args.student)
