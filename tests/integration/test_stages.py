@@ -64,20 +64,9 @@ def test_splits_and_tokenizer(prepared):
     assert len(AutoTokenizer.from_pretrained(prepared / "tok")) == 150
 
 
-def test_causal_teacher_trains_and_writes_outputs(prepared, tmp_path):
-    teacher = {
-        "model": {
-            "architecture": {
-                "model_type": "gpt2",
-                "n_embd": 16,
-                "n_layer": 1,
-                "n_head": 2,
-                "n_positions": 128,
-            }
-        },
-        "train": TRAIN,
-        "generation": GENERATION,
-    }
+def train_teacher_with_outputs(prepared, arch: dict, out_dir, split: str):
+    """`train-teacher` then `teacher-outputs` on `split`, as the workflow's two rules run them."""
+    teacher = {"model": {"architecture": arch}, "train": TRAIN, "generation": GENERATION}
     args = [
         "--data-dir",
         str(prepared / "data"),
@@ -94,30 +83,34 @@ def test_causal_teacher_trains_and_writes_outputs(prepared, tmp_path):
                 str(prepared / "tok"),
                 *args,
                 "--out-dir",
-                str(tmp_path),
+                str(out_dir),
             ]
         )
         == 0
     )
-    resolved = json.loads((tmp_path / "model" / "train-teacher.config.json").read_text())
-    assert resolved["best_step"] in (2, 4)
-    out = tmp_path / "outputs" / "test.jsonl"
     assert (
         main(
             [
                 "teacher-outputs",
                 "--teacher",
-                str(tmp_path / "model"),
+                str(out_dir / "model"),
                 "--split",
-                "test",
+                split,
                 *args,
                 "--out",
-                str(out),
+                str(out_dir / f"{split}.jsonl"),
             ]
         )
         == 0
     )
-    rows = read_jsonl(out)
+    return out_dir
+
+
+def test_causal_teacher_trains_and_writes_outputs(prepared, archs, tmp_path):
+    train_teacher_with_outputs(prepared, archs["gpt2"], tmp_path, "test")
+    resolved = json.loads((tmp_path / "model" / "train-teacher.config.json").read_text())
+    assert resolved["best_step"] in (2, 4)
+    rows = read_jsonl(tmp_path / "test.jsonl")
     assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(prepared / "data/test.jsonl")]
 
 
@@ -260,52 +253,9 @@ def test_grad_variance_on_shared_rollouts(prepared, archs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(prepared, tmp_path_factory):
+def teacher_dir(prepared, archs, tmp_path_factory):
     """A tiny trained T5 teacher and its outputs on the training split."""
-    out = tmp_path_factory.mktemp("teacher")
-    teacher = {
-        "model": {
-            "architecture": {
-                "model_type": "t5",
-                "d_model": 16,
-                "d_kv": 4,
-                "d_ff": 32,
-                "num_layers": 1,
-                "num_decoder_layers": 1,
-                "num_heads": 2,
-            }
-        },
-        "train": TRAIN,
-        "generation": GENERATION,
-    }
-    args = [
-        "--data-dir",
-        str(prepared / "data"),
-        "--task-json",
-        json.dumps(TASK),
-        "--config-json",
-        json.dumps(teacher),
-    ]
-    assert (
-        main(["train-teacher", "--tokenizer", str(prepared / "tok"), *args, "--out-dir", str(out)])
-        == 0
-    )
-    assert (
-        main(
-            [
-                "teacher-outputs",
-                "--teacher",
-                str(out / "model"),
-                "--split",
-                "train",
-                *args,
-                "--out",
-                str(out / "train.jsonl"),
-            ]
-        )
-        == 0
-    )
-    return out
+    return train_teacher_with_outputs(prepared, archs["t5"], tmp_path_factory.mktemp("t"), "train")
 
 
 @pytest.mark.parametrize("method", ["sft", "seqkd", "kl"])
