@@ -19,7 +19,7 @@ wildcard_constraints:
     task=one_of(STUDY.tasks),
     split=one_of(SPLITS),
     student=one_of(STUDY.students),
-    method=one_of(STUDY.distill.methods),
+    method=one_of(distill_systems()),
     seed=one_of(STUDY.distill.seeds),
 
 

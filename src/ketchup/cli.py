@@ -70,9 +70,18 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher model directory or hub id")
     p.add_argument("--tokenizer", required=True, help="the shared tokenizer (directory or hub id)")
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
-    p.add_argument("--teacher-outputs", help="the teacher's train outputs (JSONL; seqkd, kl)")
-    p.add_argument("--method", required=True, help="sft, seqkd, kl (built); the rest planned")
-    p.add_argument("--k", type=int, default=1, help="KETCHUP's K (1 for every other method)")
+    p.add_argument(
+        "--teacher-outputs", help="the teacher's train outputs (JSONL; every method but sft)"
+    )
+    p.add_argument(
+        "--method",
+        required=True,
+        help="the system: sft, seqkd, kl, js, tvd, llmr, llmr_mean, llmr_minvar, gkd, minillm, "
+        "or ketchup_k<K> (e.g. ketchup_k4)",
+    )
+    p.add_argument(
+        "--warm-start", help="the kl student's model directory (every method but sft/seqkd/kl)"
+    )
     p.add_argument("--seed", type=int, required=True, help="seed of the student's init and data")
     p.add_argument("--task-json", required=True, help="the task's config section as JSON")
     p.add_argument("--student-json", required=True, help="the student's config section as JSON")

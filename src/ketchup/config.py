@@ -39,8 +39,14 @@ Method = Literal[
 Dataset = Literal["embedded", "xsum", "europarl_en_nl", "gsm8k", "dailydialog", "dart", "file"]
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-# Methods whose training is built; the others are planned (the distillation issue).
-BUILT_METHODS = frozenset({"sft", "seqkd", "kl"})
+# Trained from the student's initialisation on fixed sequences (references or teacher outputs).
+WORD_LEVEL_METHODS = frozenset({"sft", "seqkd", "kl"})
+# Trained from the KL-distilled student on sequences the student samples (js / tvd mix in the
+# teacher's outputs): the paper's warm start, one cached `kl` job per (task, student, seed).
+WARM_STARTED_METHODS = frozenset(
+    {"js", "tvd", "llmr", "llmr_mean", "llmr_minvar", "ketchup", "gkd", "minillm"}
+)
+WARM_START_METHOD = "kl"
 
 
 class ConfigError(ValueError):
@@ -170,6 +176,7 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
+    greedy: bool
     top_k: int
     temperature: float
     max_new_tokens: int
@@ -185,21 +192,86 @@ class VarianceConfig:
 
 
 @dataclass(frozen=True)
+class PolicyGradientConfig:
+    weight: Literal["pi", "none"]
+    normalize: Literal["none", "std"]
+    denom: float
+    clip: float | None
+    uniform_ce: float
+
+
+@dataclass(frozen=True)
+class GkdConfig:
+    beta: float
+
+
+@dataclass(frozen=True)
+class FDistillConfig:
+    student_fraction: float
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     methods: list[Method]
     ks: list[int]
     seeds: list[int]
     value: Literal["max", "soft"]
+    train: TrainConfig
     rollout: RolloutConfig
+    policy_gradient: PolicyGradientConfig
+    gkd: GkdConfig
+    f_distill: FDistillConfig
     variance: VarianceConfig
 
-    def check(self, where: str) -> None:
-        for i, method in enumerate(self.methods):
-            if method not in BUILT_METHODS:
-                raise ConfigError(
-                    f"config key '{where}.methods[{i}]': {method!r} is not built yet; built: "
-                    + ", ".join(sorted(BUILT_METHODS))
-                )
+    @property
+    def systems(self) -> list[str]:
+        """One name per trained system: each method, with ketchup once per K (ketchup_k4)."""
+        names = []
+        for method in self.methods:
+            names += [f"ketchup_k{k}" for k in self.ks] if method == "ketchup" else [method]
+        return names
+
+
+# The keys of the `distill` section that each method's training reads: a job gets only these, so
+# that adding a K or a seed, or retuning another method, reruns nothing that did not change.
+_ONPOLICY_KEYS = ("train", "rollout")
+_METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "sft": (),
+    "seqkd": (),
+    "kl": (),
+    "js": (*_ONPOLICY_KEYS, "f_distill"),
+    "tvd": (*_ONPOLICY_KEYS, "f_distill"),
+    "gkd": (*_ONPOLICY_KEYS, "gkd"),
+    "minillm": (*_ONPOLICY_KEYS, "policy_gradient"),
+    **{
+        m: (*_ONPOLICY_KEYS, "value", "policy_gradient")
+        for m in ("llmr", "llmr_mean", "llmr_minvar", "ketchup")
+    },
+}
+
+
+def method_config_keys(method: str) -> tuple[str, ...]:
+    """The keys of the `distill` section that training with `method` reads."""
+    return _METHOD_KEYS[method]
+
+
+def job_distill_section(distill: dict[str, Any], system: str) -> dict[str, Any]:
+    """The part of a (default-filled) `distill` section that training `system` depends on."""
+    method, _ = split_system(system)
+    return {key: distill[key] for key in method_config_keys(method)}
+
+
+def split_system(name: str) -> tuple[str, int]:
+    """'ketchup_k4' -> ('ketchup', 4); every other method has K = 1 ('llmr' -> ('llmr', 1))."""
+    method, sep, k = name.rpartition("_k")
+    if sep and method == "ketchup" and k.isdigit() and int(k) >= 1:
+        return method, int(k)
+    if name in typing.get_args(Method) and name != "ketchup":
+        return name, 1
+    raise ConfigError(
+        f"unknown system {name!r}: a method of {', '.join(typing.get_args(Method))} with "
+        "ketchup written ketchup_k<K> (e.g. ketchup_k4)"
+    )
 
 
 @dataclass(frozen=True)
@@ -255,7 +327,6 @@ class StudyConfig:
             task.check(f"tasks.{name}")
         self.teacher.check("teacher")
         self.judge.check("judge")
-        self.distill.check("distill")
         for name, student in self.students.items():
             student.check(f"students.{name}")
 

@@ -396,3 +396,17 @@ def init_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, where:
     if model.from_scratch:
         return build_model(model, tokenizer, where=where)
     return load_model(model.name_or_path)
+
+
+def disable_dropout(model: Any) -> Any:
+    """Set every dropout probability to 0, in place, and return the model.
+
+    For on-policy training: the log-probabilities in the loss must be those of the policy that
+    sampled the rollouts, which runs without dropout (TRL's trainers do the same).
+    """
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model

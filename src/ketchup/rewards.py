@@ -40,6 +40,7 @@ __all__ = [
     "kstep_returns",
     "kstep_returns_from_values",
     "kstep_rewards",
+    "kstep_rewards_from_values",
     "mean_baseline",
     "min_variance_baseline",
     "one_step_rewards",
@@ -301,6 +302,23 @@ def one_step_rewards(
     return kstep_rewards(teacher_logits, actions, mask, 1, value)
 
 
+def kstep_rewards_from_values(q_taken: Tensor, values: Tensor, mask: Tensor, k: int) -> Tensor:
+    """K-step rewards from precomputed ``(q_taken, values)`` (see :func:`taken_q_and_values`).
+
+    Eq.: ``R^K_t = q_taken_t - V(s_{min(t+K, L)})``, ``V(s_L) = 0``; K = 1 gives LLMR's one-step
+    reward, what each token earns (logged by the trainer whatever K it optimises).
+
+    Returns:
+        (B, T) float32 ``R^K``, 0 at padding, no gradient.
+    """
+    k = _check_k(k)
+    shape = _check_2d(q_taken, "q_taken")
+    check_shape(values, shape, "values")
+    m = check_mask(mask, shape, prefix=True)
+    q_taken = torch.where(m, q_taken.detach().float(), 0)
+    return _kstep_rewards_from_values(q_taken, values.detach().float(), m, k)
+
+
 def kstep_returns_from_values(q_taken: Tensor, values: Tensor, mask: Tensor, k: int) -> Tensor:
     """K-step returns from precomputed ``(q_taken, values)`` (see :func:`taken_q_and_values`).
 
@@ -316,13 +334,8 @@ def kstep_returns_from_values(q_taken: Tensor, values: Tensor, mask: Tensor, k: 
     Returns:
         (B, T) float32 ``G^K``, 0 at padding, no gradient.
     """
-    k = _check_k(k)
-    shape = _check_2d(q_taken, "q_taken")
-    check_shape(values, shape, "values")
-    m = check_mask(mask, shape, prefix=True)
-    q_taken = torch.where(m, q_taken.detach().float(), 0)
-    rewards = _kstep_rewards_from_values(q_taken, values.detach().float(), m, k)
-    return torch.where(m, _kstep_returns_from_rewards(rewards, k), 0)
+    rewards = kstep_rewards_from_values(q_taken, values, mask, k)
+    return torch.where(mask.bool(), _kstep_returns_from_rewards(rewards, _check_k(k)), 0)
 
 
 def kstep_returns(

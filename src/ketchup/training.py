@@ -157,12 +157,17 @@ def fit(
     out_dir: str | Path,
     fingerprint: dict[str, Any],
     progress: bool = True,
+    evaluate_initial: bool = False,
 ) -> TrainState:
     """Train `model` with AdamW on `loss_fn` and keep the best checkpoint by `evaluate`.
 
-    loss_fn(model, rows) -> (mean loss over the batch's target tokens, number of target tokens).
+    loss_fn(model, rows) -> (mean loss over the batch's target tokens, number of target tokens),
+    or (loss, tokens, stats) with a dict of floats to log beside the loss (rollout length, mean
+    return, ...).
     evaluate(model) -> validation score, higher is better; run every `cfg.eval_every` updates and
-    after the last one.
+    after the last one. `evaluate_initial` also scores the model before the first update (a warm
+    start), logged at step 0 as the reference the training curves start from; it is not a
+    candidate for the best checkpoint.
     """
     from tqdm.auto import tqdm
 
@@ -180,6 +185,9 @@ def fit(
     log = StepLog(out_dir / "log.jsonl", state.step)
     best_dir = out_dir / "best"
 
+    if evaluate_initial and state.step == 0:
+        model.eval()
+        log.write(kind="eval", step=0, score=float(evaluate(model)), best=False)
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc="train")
     model.train()
     while state.step < cfg.steps:
@@ -188,7 +196,8 @@ def fit(
             train_rows[i]
             for i in batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
         ]
-        loss, n_tokens = loss_fn(model, rows)
+        loss, n_tokens, *extra = loss_fn(model, rows)
+        stats = extra[0] if extra else {}
         if not torch.isfinite(loss):
             raise DivergedError(
                 f"loss is {loss.item()} at step {state.step + 1}; the last good checkpoint "
@@ -208,6 +217,7 @@ def fit(
             lr=scheduler.get_last_lr()[0],
             grad_norm=float(grad_norm),
             tokens_per_s=n_tokens / max(elapsed, 1e-9),
+            **stats,
         )
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")

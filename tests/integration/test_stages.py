@@ -258,10 +258,9 @@ def teacher_dir(prepared, archs, tmp_path_factory):
     return train_teacher_with_outputs(prepared, archs["t5"], tmp_path_factory.mktemp("t"), "train")
 
 
-@pytest.mark.parametrize("method", ["sft", "seqkd", "kl"])
-def test_distill_word_level_methods(prepared, teacher_dir, archs, method, tmp_path):
-    student = {"model": {"architecture": archs["t5"]}, "train": TRAIN}
-    argv = [
+def distill_argv(prepared, teacher_dir, arch, system, out_dir, *, seed=3, config=None, extra=()):
+    """The `distill` command line the workflow's rule builds, for one system."""
+    return [
         "distill",
         "--teacher",
         str(teacher_dir / "model"),
@@ -272,55 +271,152 @@ def test_distill_word_level_methods(prepared, teacher_dir, archs, method, tmp_pa
         "--teacher-outputs",
         str(teacher_dir / "train.jsonl"),
         "--method",
-        method,
+        system,
         "--seed",
-        "3",
+        str(seed),
         "--task-json",
         json.dumps(TASK),
         "--student-json",
-        json.dumps(student),
+        json.dumps({"model": {"architecture": arch}, "train": TRAIN}),
         "--generation-json",
         json.dumps(GENERATION),
         "--config-json",
-        json.dumps({"methods": [method]}),
+        json.dumps(config or {}),
         "--out-dir",
-        str(tmp_path),
+        str(out_dir),
+        *extra,
     ]
-    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("method", ["sft", "seqkd", "kl"])
+def test_distill_word_level_methods(prepared, teacher_dir, archs, method, tmp_path):
+    assert main(distill_argv(prepared, teacher_dir, archs["t5"], method, tmp_path)) == 0
     resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
     assert resolved["method"] == method and resolved["seed"] == 3
+    assert resolved["config"]["train"]["steps"] == TRAIN["steps"]
     log = read_jsonl(tmp_path / "log.jsonl")
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4]
     assert all(r["loss"] == r["loss"] and r["loss"] >= 0 for r in log if r["kind"] == "train")
 
 
-def test_distill_rejects_unbuilt_methods_and_missing_teacher_outputs(
+# On-policy: rollouts of 8 tokens at most, kept whether or not they end (a tiny student seldom
+# ends them), 4 updates of 4 rollouts.
+ONPOLICY = {
+    "train": {**TRAIN, "batch_size": 4, "learning_rate": 1e-2},
+    "rollout": {"max_new_tokens": 8, "max_source_length": 48, "drop_truncated": False},
+}
+
+
+@pytest.fixture(scope="module")
+def warm_start(prepared, teacher_dir, archs, tmp_path_factory):
+    """The kl student: where every on-policy method starts."""
+    out = tmp_path_factory.mktemp("kl")
+    assert main(distill_argv(prepared, teacher_dir, archs["t5"], "kl", out, seed=0)) == 0
+    return out / "model"
+
+
+def _weights(model_dir):
+    from ketchup.models import load_model
+
+    return load_model(str(model_dir)).state_dict()
+
+
+def _run_onpolicy(prepared, teacher_dir, archs, warm_start, system, out_dir):
+    argv = distill_argv(
+        prepared,
+        teacher_dir,
+        archs["t5"],
+        system,
+        out_dir,
+        config=ONPOLICY,
+        extra=("--warm-start", str(warm_start)),
+    )
+    return main(argv)
+
+
+@pytest.mark.parametrize(
+    "system", ["js", "tvd", "gkd", "minillm", "llmr", "llmr_mean", "llmr_minvar", "ketchup_k4"]
+)
+def test_distill_onpolicy_methods(prepared, teacher_dir, archs, warm_start, system, tmp_path):
+    """Each on-policy system trains from the warm start, logs its statistics, moves the weights."""
+    import torch
+
+    assert _run_onpolicy(prepared, teacher_dir, archs, warm_start, system, tmp_path) == 0
+    resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
+    assert resolved["system"] == system and resolved["warm_start"] == str(warm_start)
+    assert resolved["k"] == (4 if system == "ketchup_k4" else 1)
+    assert resolved["config"]["train"]["batch_size"] == 4
+    log = read_jsonl(tmp_path / "log.jsonl")
+    assert log[0] == {"kind": "eval", "step": 0, "score": log[0]["score"], "best": False}
+    train = [r for r in log if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for row in train:
+        assert all(v == v for v in row.values())  # no NaN anywhere
+        assert 1 <= row["rollout_length"] <= 8 and 0 <= row["finished_share"] <= 1
+        assert row["grad_norm"] > 0
+        if system in ("js", "tvd", "gkd"):
+            assert row["divergence"] > 0 and row["loss"] == pytest.approx(row["divergence"])
+        else:
+            assert {"return_mean", "reward_mean", "advantage_std", "clipped_share"} <= set(row)
+            assert 0 <= row["clipped_share"] <= 1
+    before, after = _weights(warm_start), _weights(tmp_path / "best")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_onpolicy_resume_matches_an_uninterrupted_run(
+    prepared, teacher_dir, archs, warm_start, tmp_path, monkeypatch
+):
+    """Killed after the step-2 checkpoint and rerun: same rollouts, same final model."""
+    import torch
+
+    from ketchup import objectives
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert _run_onpolicy(prepared, teacher_dir, archs, warm_start, "ketchup_k2", whole) == 0
+
+    real, calls = objectives.policy_gradient_objective, []
+
+    def dies_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what a kill looks like from inside: no cleanup code runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objectives, "policy_gradient_objective", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        _run_onpolicy(prepared, teacher_dir, archs, warm_start, "ketchup_k2", resumed)
+    assert not (resumed / "model").exists()
+    monkeypatch.setattr(objectives, "policy_gradient_objective", real)
+    assert _run_onpolicy(prepared, teacher_dir, archs, warm_start, "ketchup_k2", resumed) == 0
+
+    a, b = _weights(whole / "model"), _weights(resumed / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [
+        {k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_jsonl(whole / "log.jsonl")
+    ]
+    again = [
+        {k: v for k, v in r.items() if k != "tokens_per_s"}
+        for r in read_jsonl(resumed / "log.jsonl")
+    ]
+    assert strip == again
+
+
+def test_distill_argument_errors_name_what_is_missing(
     prepared, teacher_dir, archs, tmp_path, capsys
 ):
-    student = {"model": {"architecture": archs["t5"]}, "train": TRAIN}
-    base = [
-        "distill",
-        "--teacher",
-        str(teacher_dir / "model"),
-        "--tokenizer",
-        str(prepared / "tok"),
-        "--data-dir",
-        str(prepared / "data"),
-        "--seed",
-        "0",
-        "--task-json",
-        json.dumps(TASK),
-        "--student-json",
-        json.dumps(student),
-        "--generation-json",
-        json.dumps(GENERATION),
-        "--config-json",
-        "{}",
-        "--out-dir",
-        str(tmp_path / "out"),
-    ]
-    assert main([*base, "--method", "ketchup", "--k", "4"]) == 1
-    assert "not built yet" in capsys.readouterr().err
-    assert main([*base, "--method", "seqkd"]) == 1
+    def run(system, **kwargs):
+        return main(
+            distill_argv(prepared, teacher_dir, archs["t5"], system, tmp_path / "o", **kwargs)
+        )
+
+    assert run("ketchup") == 1
+    assert "ketchup_k<K>" in capsys.readouterr().err
+    assert run("ketchup_k0") == 1
+    capsys.readouterr()
+    assert run("llmr") == 1
+    assert "--warm-start" in capsys.readouterr().err
+    argv = distill_argv(prepared, teacher_dir, archs["t5"], "seqkd", tmp_path / "o")
+    i = argv.index("--teacher-outputs")
+    assert main(argv[:i] + argv[i + 2 :]) == 1
     assert "--teacher-outputs" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "o").exists()

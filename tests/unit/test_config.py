@@ -57,11 +57,13 @@ BAD_CONFIGS = [
         "distill.methods[1]",
         "llmr_minvar",
     ),
+    (lambda c: c["distill"].update(methods=["kl", "ketchupp"]), "distill.methods[1]", "ketchup"),
     (
-        lambda c: c["distill"].update(methods=["kl", "ketchup"]),
-        "distill.methods[1]",
-        "not built yet",
+        lambda c: c["distill"].update(policy_gradient={"weight": "ratio"}),
+        "distill.policy_gradient.weight",
+        "pi",
     ),
+    (lambda c: c["distill"].update(gkd={"beta": 1.5}), "distill.gkd.beta", "maximum"),
     (lambda c: c["distill"].update(ks=[0, 2]), "distill.ks[0]", "minimum of 1"),
     (lambda c: c["distill"].update(ks=[]), "distill.ks", "non-empty"),
     (lambda c: c["distill"].update(seeds=[1, 1]), "distill.seeds", "non-unique"),
@@ -178,3 +180,33 @@ def test_enabled_judge_needs_a_model():
     data["judge"] = {"enabled": True}
     with pytest.raises(cfg.ConfigError, match=r"'judge\.model': required"):
         cfg.parse_config(data)
+
+
+def test_systems_expand_ketchup_once_per_k():
+    distill = cfg.load_config(ROOT / "config.yaml").distill
+    assert distill.systems == [
+        *("sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr_mean", "llmr_minvar"),
+        *(f"ketchup_k{k}" for k in distill.ks),
+        *("gkd", "minillm"),
+    ]
+    assert cfg.split_system("ketchup_k16") == ("ketchup", 16)
+    assert cfg.split_system("llmr_minvar") == ("llmr_minvar", 1)
+    for bad in ("ketchup", "ketchup_k0", "ketchup_kx", "llmr_k2", "ppo"):
+        with pytest.raises(cfg.ConfigError, match="ketchup_k<K>"):
+            cfg.split_system(bad)
+
+
+def test_a_job_sees_only_the_distill_keys_its_method_reads():
+    """Adding a K or a seed, or retuning another method, leaves a job's section unchanged."""
+    data = default_config()
+    cfg.parse_config(data)  # fills the defaults in place
+    before = {s: cfg.job_distill_section(data["distill"], s) for s in ("kl", "llmr", "gkd", "js")}
+    assert before["kl"] == {}
+    assert set(before["llmr"]) == {"train", "rollout", "value", "policy_gradient"}
+    assert set(before["gkd"]) == {"train", "rollout", "gkd"}
+    assert set(before["js"]) == {"train", "rollout", "f_distill"}
+    data["distill"].update(ks=[2, 32], seeds=[0, 5], gkd={"beta": 0.1})
+    after = {s: cfg.job_distill_section(data["distill"], s) for s in before}
+    assert after["llmr"] == before["llmr"] and after["js"] == before["js"]
+    assert after["gkd"] != before["gkd"]
+    assert cfg.job_distill_section(data["distill"], "ketchup_k32") == after["llmr"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import csv
+import json
+import math
 import shutil
 import subprocess
 import sys
@@ -10,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ketchup.config import parse_config
 from ketchup.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,39 +113,63 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         assert [row["id"] for row in rows] == source_ids
     evals = [row for row in read_jsonl(task / "teacher" / "log.jsonl") if row["kind"] == "eval"]
     assert evals, "the teacher was never validated"
-    for method in ("sft", "seqkd", "kl"):
-        student = task / "students" / "t5-micro" / method / "seed0"
-        resolved = (student / "model" / "distill.config.json").read_text()
-        assert f'"method": "{method}"' in resolved
-        losses = [r["loss"] for r in read_jsonl(student / "log.jsonl") if r["kind"] == "train"]
-        assert len(losses) == 20 and losses[-1] < losses[0], (method, losses)
-    # a finished study reruns nothing
-    again = snakemake(
-        "-n",
-        "--cores",
-        "2",
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(ROOT / "configs" / "smoke.yaml"),
-    )
-    assert "Nothing to be done" in again.stdout + again.stderr
-    # a changed teacher setting reruns the teacher and what depends on it, nothing upstream
     config = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
-    config["teacher"]["train"]["learning_rate"] = 3e-3
-    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(config))
-    changed = snakemake(
-        "-n",
-        "--cores",
-        "2",
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(tmp_path / "changed.yaml"),
-    ).stdout
-    jobs = job_counts(changed)
+    systems = parse_config(copy.deepcopy(config)).distill.systems
+    assert len(systems) == 12  # every method of the paper and its peers, ketchup at two K
+    for system in systems:
+        student = task / "students" / "t5-micro" / system / "seed0"
+        resolved = json.loads((student / "model" / "distill.config.json").read_text())
+        assert resolved["system"] == system
+        log = read_jsonl(student / "log.jsonl")
+        losses = [r["loss"] for r in log if r["kind"] == "train"]
+        assert all(math.isfinite(x) for x in losses), (system, losses)
+        if system in ("sft", "seqkd", "kl"):
+            assert len(losses) == 20 and losses[-1] < losses[0], (system, losses)
+        else:  # six updates from the warm start, which is scored first
+            assert len(losses) == 6 and len(set(losses)) > 1, (system, losses)
+            assert log[0]["kind"] == "eval" and log[0]["step"] == 0
+            assert resolved["warm_start"].endswith("students/t5-micro/kl/seed0/model")
+    with (task / "students" / "t5-micro" / "grad_variance.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["k"]) for r in table] == [1, 2, 4]
+    assert all(float(r["variance"]) > 0 for r in table)
+
+    def dry_run(edit):
+        changed = copy.deepcopy(config)
+        edit(changed)
+        (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+        out = snakemake(
+            "-n",
+            "--cores",
+            "2",
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "changed.yaml"),
+        )
+        return out.stdout + out.stderr
+
+    # a finished study reruns nothing
+    assert "Nothing to be done" in dry_run(lambda c: None)
+    # adding a K adds its job (and the variance table, which has a row per K), nothing else
+    jobs = job_counts(dry_run(lambda c: c["distill"].update(ks=[2, 4, 8])))
+    assert jobs == {"distill": 1, "grad_variance": 1, "all": 1}, jobs
+    # adding a seed adds that seed's jobs: each system and its warm start
+    jobs = job_counts(dry_run(lambda c: c["distill"].update(seeds=[0, 1])))
+    assert jobs == {"distill": 12, "all": 1}, jobs
+    # retuning one method reruns that method only
+    jobs = job_counts(dry_run(lambda c: c["distill"].update(gkd={"beta": 0.9})))
+    assert jobs == {"distill": 1, "all": 1}, jobs
+    # a changed teacher setting reruns the teacher and what depends on it, nothing upstream;
     # sft learns from references only, so it is the one student left alone
-    assert jobs == {"teacher": 1, "teacher_outputs": 2, "distill": 2, "all": 1}, jobs
+    jobs = job_counts(dry_run(lambda c: c["teacher"]["train"].update(learning_rate=3e-3)))
+    assert jobs == {
+        "teacher": 1,
+        "teacher_outputs": 2,
+        "distill": 11,
+        "grad_variance": 1,
+        "all": 1,
+    }, jobs
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

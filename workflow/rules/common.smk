@@ -5,7 +5,15 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ketchup.config import SPLITS, ConfigError, parse_config
+from ketchup.config import (
+    SPLITS,
+    WARM_START_METHOD,
+    WARM_STARTED_METHODS,
+    ConfigError,
+    job_distill_section,
+    parse_config,
+    split_system,
+)
 from ketchup.workflow_env import detect_gpus, run_this_checkout
 
 RESULTS = "results"
@@ -92,23 +100,64 @@ def teacher_model(task):
     return STUDY.teacher.model.name_or_path
 
 
-def distill_teacher_inputs(wildcards):
-    """What a method reads of the teacher: its train outputs, and the model itself for kl."""
-    if wildcards.method == "sft":
-        return []
-    inputs = [f"{task_dir(wildcards.task)}/teacher/outputs/train.jsonl"]
-    if wildcards.method == "kl" and STUDY.teacher.mode == "finetune":
+def distill_systems():
+    """The distill jobs' method wildcard: each system (ketchup_k<K>), and kl, the warm start."""
+    return sorted({*STUDY.distill.systems, WARM_START_METHOD})
+
+
+def warm_start_model(wildcards, seed=None):
+    """The kl student of a (task, student, seed): where the on-policy methods start."""
+    return (
+        f"{task_dir(wildcards.task)}/students/{wildcards.student}/{WARM_START_METHOD}"
+        f"/seed{wildcards.seed if seed is None else seed}/model"
+    )
+
+
+def distill_inputs(wildcards):
+    """What a system reads beyond the data: teacher outputs, the teacher, the warm start."""
+    method, _ = split_system(wildcards.method)
+    inputs = []
+    if method != "sft":
+        inputs.append(f"{task_dir(wildcards.task)}/teacher/outputs/train.jsonl")
+    if method not in ("sft", "seqkd") and STUDY.teacher.mode == "finetune":
         inputs.append(teacher_model(wildcards.task))
+    if method in WARM_STARTED_METHODS:
+        inputs.append(warm_start_model(wildcards))
     return inputs
 
 
+def warm_start_arg(wildcards):
+    method, _ = split_system(wildcards.method)
+    if method not in WARM_STARTED_METHODS:
+        return ""
+    return f"--warm-start {warm_start_model(wildcards)}"
+
+
+def distill_job_json(wildcards):
+    """Only the distill keys this system's training reads: other changes rerun nothing here."""
+    return section_json(job_distill_section(config["distill"], wildcards.method))
+
+
 def student_models(task):
-    """Every distilled student of a task: (student, method, seed) checkpoints."""
+    """Every distilled student of a task: (student, system, seed) checkpoints."""
     return [
-        f"{task_dir(task)}/students/{student}/{method}/seed{seed}/model"
+        f"{task_dir(task)}/students/{student}/{system}/seed{seed}/model"
         for student in STUDY.students
-        for method in STUDY.distill.methods
+        for system in STUDY.distill.systems
         for seed in STUDY.distill.seeds
+    ]
+
+
+def variance_student(wildcards):
+    """The fixed student of the gradient-variance table: the warm start of the first seed."""
+    return warm_start_model(wildcards, seed=STUDY.distill.seeds[0])
+
+
+def variance_tables(task):
+    """Gradient variance and bias by K, one table per student, on its first seed's warm start."""
+    return [
+        f"{task_dir(task)}/students/{student}/grad_variance.csv"
+        for student in STUDY.students
     ]
 
 
@@ -122,4 +171,5 @@ def all_targets():
             f"{task_dir(task)}/teacher/outputs/{s}.jsonl" for s in ("train", "test")
         ]
         targets += student_models(task)
+        targets += variance_tables(task)
     return targets

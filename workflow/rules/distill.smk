@@ -1,11 +1,12 @@
-# Students: one job per (task, student, method, seed).
+# Students: one job per (task, student, system, seed); a system is a method, with ketchup once
+# per K (ketchup_k4). The on-policy systems start from the kl student of the same seed.
 
 
 rule distill:
     input:
         data=expand("results/{{task}}/data/{split}.jsonl", split=SPLITS),
         tokenizer=tokenizer_inputs,
-        teacher=distill_teacher_inputs,
+        upstream=distill_inputs,
     output:
         directory("results/{task}/students/{student}/{method}/seed{seed}/model"),
     log:
@@ -21,15 +22,53 @@ rule distill:
         task=lambda w: section_json(config["tasks"][w.task]),
         student=lambda w: section_json(config["students"][w.student]),
         generation=section_json(config["teacher"]["generation"]),
-        cfg=section_json(config["distill"]),
+        cfg=distill_job_json,
         data_dir=lambda w: f"results/{w.task}/data",
         tokenizer=lambda w: tokenizer_path(w.task),
         teacher=lambda w: teacher_model(w.task),
         teacher_outputs=lambda w: f"results/{w.task}/teacher/outputs/train.jsonl",
+        warm_start=warm_start_arg,
         out_dir=lambda w: f"results/{w.task}/students/{w.student}/{w.method}/seed{w.seed}",
     shell:
         "python -m ketchup distill --teacher {params.teacher:q} --tokenizer {params.tokenizer:q}"
         " --data-dir {params.data_dir:q} --teacher-outputs {params.teacher_outputs:q}"
         " --method {wildcards.method} --seed {wildcards.seed} --task-json {params.task:q}"
         " --student-json {params.student:q} --generation-json {params.generation:q}"
-        " --config-json {params.cfg:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --config-json {params.cfg:q} {params.warm_start} --out-dir {params.out_dir:q}"
+        " > {log:q} 2>&1"
+
+
+# Theorem 1, measured: the K-step estimator's gradient variance and bias against K = 1, on the
+# same rollouts for every K, from the warm start of the study's first seed. Resources: distill's.
+rule grad_variance:
+    input:
+        data="results/{task}/data/validation.jsonl",
+        teacher=lambda w: (
+            [teacher_model(w.task)] if STUDY.teacher.mode == "finetune" else []
+        ),
+        student=variance_student,
+    output:
+        "results/{task}/students/{student}/grad_variance.csv",
+    log:
+        "results/{task}/logs/grad_variance_{student}.log",
+    benchmark:
+        "results/{task}/benchmarks/grad_variance_{student}.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    threads: rule_threads("distill")
+    resources:
+        **rule_resources("distill"),
+    params:
+        task=lambda w: section_json(config["tasks"][w.task]),
+        cfg=section_json(
+            {
+                key: config["distill"][key]
+                for key in ("value", "ks", "rollout", "variance")
+            }
+        ),
+        data_dir=lambda w: f"results/{w.task}/data",
+        teacher=lambda w: teacher_model(w.task),
+    shell:
+        "python -m ketchup grad-variance --teacher {params.teacher:q} --student {input.student:q}"
+        " --data-dir {params.data_dir:q} --task-json {params.task:q} --config-json {params.cfg:q}"
+        " --out {output:q} > {log:q} 2>&1"
