@@ -385,10 +385,17 @@ def check_same_vocabulary(
 
 
 def default_device() -> Any:
-    """The first CUDA device when there is one (the job sees only its own), else the CPU."""
+    """This process's CUDA device when there is one (the job sees only its own), else the CPU.
+
+    Under `accelerate launch` / `torchrun` each process takes the GPU of its LOCAL_RANK.
+    """
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    from ketchup.distributed import processes
+
+    return torch.device("cuda", processes().local_rank)
 
 
 def init_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, where: str):

@@ -7,7 +7,11 @@ What it guarantees:
   to `<out>/model` only at the end, atomically;
 - a NaN or infinite loss stops the run naming the step, before any checkpoint is overwritten;
 - one log line per update (loss, learning rate, gradient norm, tokens/s) and per evaluation in
-  `<out>/log.jsonl`, which a resumed run truncates to its checkpoint's step first.
+  `<out>/log.jsonl`, which a resumed run truncates to its checkpoint's step first;
+- under `accelerate launch` / `torchrun` with N processes (`ketchup.distributed`), each process
+  takes its share of the same global batch and the gradients are averaged: the same updates as one
+  process up to how the per-process token means are weighted. Only the main process evaluates,
+  logs and writes; a resumed multi-process run restores the main process's RNG state everywhere.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ketchup import distributed
 from ketchup.config import TrainConfig
 from ketchup.files import atomic_path
 
@@ -128,10 +133,12 @@ class Checkpoint:
 
 
 class StepLog:
-    """`<out>/log.jsonl`, one JSON object per update or evaluation."""
+    """`<out>/log.jsonl`, one JSON object per update or evaluation (main process only)."""
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         kept = []
         if resume_step > 0 and path.is_file():
             # drop what was logged after the checkpoint: those updates are redone
@@ -142,6 +149,8 @@ class StepLog:
         path.write_text("".join(kept))
 
     def write(self, **row: Any) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -174,37 +183,51 @@ def fit(
     from ketchup.models import save_model
 
     out_dir = Path(out_dir)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    procs = distributed.processes()
+    # every process its own sampling / dropout stream; the main one's is a single process's
+    torch.manual_seed(cfg.seed + 1_000_003 * procs.rank)
+    random.seed(cfg.seed + 1_000_003 * procs.rank)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
     checkpoint = Checkpoint(out_dir, fingerprint)
     state = checkpoint.load(model, optimizer, scheduler) or TrainState()
-    log = StepLog(out_dir / "log.jsonl", state.step)
+    log = StepLog(out_dir / "log.jsonl", state.step, enabled=procs.is_main)
     best_dir = out_dir / "best"
 
-    if evaluate_initial and state.step == 0:
+    def validate(model) -> float:
+        """The main process evaluates; every process gets its score."""
         model.eval()
-        log.write(kind="eval", step=0, score=float(evaluate(model)), best=False)
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc="train")
+        value = float(evaluate(model)) if procs.is_main else None
+        model.train()
+        return distributed.broadcast_from_main(value, procs)
+
+    if evaluate_initial and state.step == 0:
+        log.write(kind="eval", step=0, score=validate(model), best=False)
+    bar = tqdm(
+        total=cfg.steps, initial=state.step, disable=not (progress and procs.is_main), desc="train"
+    )
     model.train()
     while state.step < cfg.steps:
         started = time.perf_counter()
-        rows = [
-            train_rows[i]
-            for i in batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
-        ]
+        indices = batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
+        rows = [train_rows[i] for i in distributed.shard(indices, procs)]
         loss, n_tokens, *extra = loss_fn(model, rows)
         stats = extra[0] if extra else {}
-        if not torch.isfinite(loss):
+        # every process sees the same mean loss, so a NaN anywhere stops them all at this step
+        loss_sum, n_tokens = distributed.sum_over_processes(
+            [loss.item(), n_tokens], procs, loss.device
+        )
+        mean_loss = loss_sum / procs.world
+        if not math.isfinite(mean_loss):
             raise DivergedError(
-                f"loss is {loss.item()} at step {state.step + 1}; the last good checkpoint "
+                f"loss is {mean_loss} at step {state.step + 1}; the last good checkpoint "
                 f"(step {state.step}) is kept in {checkpoint.dir}"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(list(model.parameters()), procs)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -213,35 +236,38 @@ def fit(
         log.write(
             kind="train",
             step=state.step,
-            loss=loss.item(),
+            loss=mean_loss,
             lr=scheduler.get_last_lr()[0],
             grad_norm=float(grad_norm),
             tokens_per_s=n_tokens / max(elapsed, 1e-9),
             **stats,
         )
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{mean_loss:.3f}")
 
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-            model.eval()
-            score = float(evaluate(model))
-            model.train()
+            score = validate(model)
             improved = score > state.best_score
             if improved:
                 state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
-                save_model(model, tokenizer, best_dir)
+                if procs.is_main:
+                    save_model(model, tokenizer, best_dir)
             else:
                 state.evals_since_best += 1
             log.write(kind="eval", step=state.step, score=score, best=improved)
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{score:.2f}")
-            checkpoint.save(model, optimizer, scheduler, state)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{score:.2f}")
+            if procs.is_main:
+                checkpoint.save(model, optimizer, scheduler, state)
+            distributed.barrier(procs)
             if cfg.patience and state.evals_since_best >= cfg.patience:
                 print(f"early stop at step {state.step}: no improvement in {cfg.patience} evals")
                 break
     bar.close()
 
-    with atomic_path(out_dir / "model", directory=True) as tmp:
-        shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
+    if procs.is_main:
+        with atomic_path(out_dir / "model", directory=True) as tmp:
+            shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
+    distributed.barrier(procs)
     return state
 
 

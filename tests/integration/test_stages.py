@@ -420,3 +420,61 @@ def test_distill_argument_errors_name_what_is_missing(
     assert main(argv[:i] + argv[i + 2 :]) == 1
     assert "--teacher-outputs" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("system", ["kl", "llmr"])
+def test_two_processes_match_one_at_the_same_global_batch(
+    prepared, teacher_dir, archs, warm_start, system, tmp_path
+):
+    """`torchrun --nproc_per_node 2` (what `accelerate launch` starts): gloo on the CPU, each
+    process half of the batch, gradients averaged. kl is deterministic, so the two runs agree
+    up to how the halves' token means are weighted; llmr samples, so only the run itself is
+    checked (one log, one model, written by the main process)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    extra = ("--warm-start", str(warm_start)) if system != "kl" else ()
+    config = ONPOLICY if system != "kl" else None
+
+    def argv(out):
+        return distill_argv(
+            prepared, teacher_dir, archs["t5"], system, out, seed=0, config=config, extra=extra
+        )
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ketchup"]
+        + argv(tmp_path / "two"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert two.returncode == 0, two.stdout + two.stderr
+    log = read_jsonl(tmp_path / "two" / "log.jsonl")
+    assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4]
+    resolved = json.loads((tmp_path / "two" / "model" / "distill.config.json").read_text())
+    assert resolved["system"] == system
+    if system != "kl":
+        return
+    from ketchup.config import ModelConfig
+    from ketchup.models import build_model, load_tokenizer
+
+    assert main(argv(tmp_path / "one")) == 0
+    a, b = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
+    torch.manual_seed(0)  # the stage's initialisation for seed 0: how far training moved
+    init = build_model(
+        ModelConfig(None, archs["t5"], "float32"), load_tokenizer(str(prepared / "tok"))
+    ).state_dict()
+    moved = sum(float((a[k] - init[k]).square().sum()) for k in a) ** 0.5
+    apart = sum(float((a[k] - b[k]).square().sum()) for k in a) ** 0.5
+    print(f"one vs two processes: |a - b| {apart:.3e}, |a - init| {moved:.3e}")
+    assert apart < 0.05 * moved
+    losses = [
+        [r["loss"] for r in read_jsonl(tmp_path / d / "log.jsonl") if r["kind"] == "train"]
+        for d in ("one", "two")
+    ]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)

@@ -206,6 +206,7 @@ def distill(args) -> int:
     """Train the student as `args.method` says; keep the best checkpoint by validation metric."""
     import torch
 
+    from ketchup.distributed import processes
     from ketchup.models import (
         check_same_vocabulary,
         count_parameters,
@@ -301,6 +302,8 @@ def distill(args) -> int:
         },
         evaluate_initial=warm_started,
     )
+    if not processes().is_main:
+        return 0
     write_resolved_config(
         out_dir / "model",
         "distill",

@@ -14,6 +14,7 @@ def _task(args) -> TaskConfig:
 
 def train_teacher(args) -> int:
     """Fine-tune the teacher on the task's references; keep the best by validation metric."""
+    from ketchup.distributed import processes
     from ketchup.models import (
         count_parameters,
         default_device,
@@ -54,6 +55,8 @@ def train_teacher(args) -> int:
         out_dir=out_dir,
         fingerprint={"teacher": to_dict(cfg), "task": to_dict(task)},
     )
+    if not processes().is_main:
+        return 0
     write_resolved_config(
         out_dir / "model",
         "train-teacher",
