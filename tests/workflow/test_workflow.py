@@ -72,6 +72,29 @@ def test_configfile_replaces_the_default_config(tmp_path):
     assert "results/restaurants" not in out
 
 
+def test_a_rule_given_several_gpus_runs_its_verb_under_accelerate(tmp_path):
+    config = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    config["resources"]["distill"]["gpu"] = 2
+    (tmp_path / "gpus.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(
+        "-n",
+        "-p",
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=2",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "gpus.yaml"),
+    ).stdout
+    commands = [line for line in out.splitlines() if "-m ketchup" in line]
+    distill = [c for c in commands if " distill " in c]
+    assert distill and all("accelerate launch --multi_gpu --num_processes 2" in c for c in distill)
+    teacher = [c for c in commands if " train-teacher " in c]
+    assert teacher and all("python -m ketchup train-teacher" in c for c in teacher)
+
+
 @pytest.mark.parametrize(
     "edit,key",
     [

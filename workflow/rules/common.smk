@@ -73,6 +73,21 @@ def rule_resources(rule_name):
     return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"]}
 
 
+def launcher(rule_name):
+    """How a training job starts its verb (one process, or one per GPU when it asks for several).
+
+    `accelerate launch` starts the data-parallel processes (see src/ketchup/distributed.py);
+    the job sees only its own GPUs (CUDA_VISIBLE_DEVICES, set by SLURM or by you locally).
+    """
+    gpus = config["resources"][rule_name]["gpu"]
+    if gpus <= 1:
+        return "python -m ketchup"
+    return (
+        f"accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1"
+        " --mixed_precision no --dynamo_backend no -m ketchup"
+    )
+
+
 def rule_threads(rule_name):
     return config["resources"][rule_name]["threads"]
 
@@ -105,12 +120,15 @@ def distill_systems():
     return sorted({*STUDY.distill.systems, WARM_START_METHOD})
 
 
+def student_model(task, student, system, seed):
+    """A distilled student's checkpoint (the distill rule's output)."""
+    return f"{task_dir(task)}/students/{student}/{system}/seed{seed}/model"
+
+
 def warm_start_model(wildcards, seed=None):
     """The kl student of a (task, student, seed): where the on-policy methods start."""
-    return (
-        f"{task_dir(wildcards.task)}/students/{wildcards.student}/{WARM_START_METHOD}"
-        f"/seed{wildcards.seed if seed is None else seed}/model"
-    )
+    seed = wildcards.seed if seed is None else seed
+    return student_model(wildcards.task, wildcards.student, WARM_START_METHOD, seed)
 
 
 def distill_inputs(wildcards):
@@ -141,7 +159,7 @@ def distill_job_json(wildcards):
 def student_models(task):
     """Every distilled student of a task: (student, system, seed) checkpoints."""
     return [
-        f"{task_dir(task)}/students/{student}/{system}/seed{seed}/model"
+        student_model(task, student, system, seed)
         for student in STUDY.students
         for system in STUDY.distill.systems
         for seed in STUDY.distill.seeds

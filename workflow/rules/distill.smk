@@ -28,9 +28,10 @@ rule distill:
         teacher=lambda w: teacher_model(w.task),
         teacher_outputs=lambda w: f"results/{w.task}/teacher/outputs/train.jsonl",
         warm_start=warm_start_arg,
+        launcher=launcher("distill"),
         out_dir=lambda w: f"results/{w.task}/students/{w.student}/{w.method}/seed{w.seed}",
     shell:
-        "python -m ketchup distill --teacher {params.teacher:q} --tokenizer {params.tokenizer:q}"
+        "{params.launcher} distill --teacher {params.teacher:q} --tokenizer {params.tokenizer:q}"
         " --data-dir {params.data_dir:q} --teacher-outputs {params.teacher_outputs:q}"
         " --method {wildcards.method} --seed {wildcards.seed} --task-json {params.task:q}"
         " --student-json {params.student:q} --generation-json {params.generation:q}"

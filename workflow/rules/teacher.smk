@@ -22,8 +22,9 @@ rule teacher:
         data_dir=lambda w: f"results/{w.task}/data",
         tokenizer=lambda w: tokenizer_path(w.task),
         out_dir=lambda w: f"results/{w.task}/teacher",
+        launcher=launcher("teacher"),
     shell:
-        "python -m ketchup train-teacher --data-dir {params.data_dir:q} --tokenizer {params.tokenizer:q}"
+        "{params.launcher} train-teacher --data-dir {params.data_dir:q} --tokenizer {params.tokenizer:q}"
         " --task-json {params.task:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q}"
         " > {log:q} 2>&1"
 
