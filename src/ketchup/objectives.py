@@ -102,7 +102,7 @@ def _reinforce(
     if uniform_ce:
         regulariser = uniform_cross_entropy(student_logits, mask)
         loss = loss + uniform_ce * regulariser
-        stats["uniform_ce"] = float(regulariser)
+        stats["uniform_ce"] = float(regulariser.detach())
     return loss, stats
 
 

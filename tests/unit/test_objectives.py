@@ -65,7 +65,7 @@ def test_policy_gradient_loss_and_gradient_match_the_naive_formula(batch, k, val
     )
     returns = naive_returns(teacher, tokens, mask, k, value)
     expected = naive_loss(student, returns, tokens, mask)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
     (got,) = torch.autograd.grad(loss, student)
     (want,) = torch.autograd.grad(expected, student)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
@@ -86,7 +86,7 @@ def test_baselines_normalisation_and_clipping(batch):
         student, teacher, tokens, mask, k=2, value="max", baseline="mean", weight="none"
     )
     expected = naive_loss(student, returns, tokens, mask, baseline=mean, weight="none")
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
     # minimum variance: returns weighted by ||e_y - pi||^2
     p = student.detach().softmax(-1)
@@ -96,7 +96,7 @@ def test_baselines_normalisation_and_clipping(batch):
         student, teacher, tokens, mask, k=2, value="max", baseline="minvar", weight="none"
     )
     expected = naive_loss(student, returns, tokens, mask, baseline=b, weight="none")
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert b != pytest.approx(mean)
 
     # std normalisation, then clipping at 0.5: some advantages are clipped, and counted
@@ -116,7 +116,7 @@ def test_baselines_normalisation_and_clipping(batch):
     expected = naive_loss(
         student, returns, tokens, mask, baseline=mean, weight="none", scale=std, clip=0.5
     )
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     share = float((((returns - mean) / std).abs() >= 0.5)[m].float().mean())
     assert stats["clipped_share"] == pytest.approx(share) and 0 < share < 1
     assert stats["advantage_std"] == pytest.approx(std, rel=1e-5)
@@ -132,8 +132,8 @@ def test_uniform_cross_entropy_is_added_with_its_coefficient(batch):
         student, teacher, tokens, mask, uniform_ce=0.1, **kwargs
     )
     ce = -student.log_softmax(-1).mean(-1)[mask.bool()].mean()
-    assert stats["uniform_ce"] == pytest.approx(float(ce), rel=1e-5)
-    assert float(regular) == pytest.approx(float(plain) + 0.1 * float(ce), rel=1e-5)
+    assert stats["uniform_ce"] == pytest.approx(ce.item(), rel=1e-5)
+    assert regular.item() == pytest.approx(plain.item() + 0.1 * ce.item(), rel=1e-5)
 
 
 def test_minillm_rewards_are_the_log_ratio_and_vanish_on_the_teacher(batch):
@@ -145,21 +145,21 @@ def test_minillm_rewards_are_the_log_ratio_and_vanish_on_the_teacher(batch):
     r = torch.where(mask.bool(), r, 0.0)
     returns = r.flip(1).cumsum(1).flip(1)
     expected = naive_loss(student, returns, tokens, mask, weight="none")
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert stats["reward_mean"] == pytest.approx(float(r[mask.bool()].mean()), rel=1e-5)
     # a student equal to the teacher earns 0 everywhere: nothing to learn
     same = teacher.clone().requires_grad_(True)
     loss, stats = minillm_objective(same, teacher, tokens, mask)
-    assert float(loss) == 0.0 and stats["reward_mean"] == 0.0
+    assert loss.item() == 0.0 and stats["reward_mean"] == 0.0
 
 
 @pytest.mark.parametrize("name", ["js", "tvd", "gkd"])
 def test_divergences_vanish_on_the_teacher_only(batch, name):
     student, teacher, tokens, mask = batch
     loss, stats = divergence_objective(name, student, teacher, mask)
-    assert float(loss) > 0 and stats["divergence"] == pytest.approx(float(loss))
+    assert loss.item() > 0 and stats["divergence"] == pytest.approx(loss.item())
     same, _ = divergence_objective(name, teacher.clone(), teacher, mask)
-    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="js, tvd or gkd"):
         divergence_objective("kl", student, teacher, mask)
 
