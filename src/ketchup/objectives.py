@@ -16,6 +16,7 @@ distill stage draws the sequences and runs the two forward passes; each function
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -41,6 +42,7 @@ from ketchup.rewards import (
 Baseline = Literal["none", "mean", "minvar"]
 
 __all__ = [
+    "Reinforce",
     "divergence_objective",
     "minillm_objective",
     "policy_gradient_objective",
@@ -54,6 +56,24 @@ def taken_log_probs(student_logits: Tensor, tokens: Tensor, mask: Tensor) -> Ten
     safe = torch.where(m, tokens, 0)
     logprobs = student_logits.float().log_softmax(-1).gather(-1, safe[..., None])[..., 0]
     return torch.where(m, logprobs, 0.0)
+
+
+@dataclass(frozen=True)
+class Reinforce:
+    """How the policy-gradient loss turns returns into a loss (`distill.policy_gradient`).
+
+    ``weight``: "pi" multiplies each term by the stop-gradient ``pi(y_t | s_t)`` (the released
+    KETCHUP code), "none" by 1; ``normalize="std"`` also divides the advantages by their batch
+    standard deviation; ``denom`` divides them; ``clip`` clamps the result to [-clip, clip] (None:
+    no clipping); ``uniform_ce`` adds that multiple of the cross-entropy from the uniform
+    distribution (LLMR's regulariser).
+    """
+
+    weight: Literal["pi", "none"] = "pi"
+    normalize: Literal["none", "std"] = "none"
+    denom: float = 1.0
+    clip: float | None = None
+    uniform_ce: float = 0.0
 
 
 def _masked_mean(x: Tensor, m: Tensor) -> float:
@@ -74,21 +94,17 @@ def _reinforce(
     mask: Tensor,
     returns: Tensor,
     baseline: Tensor | None,
-    *,
-    weight: Literal["pi", "none"],
-    normalize: Literal["none", "std"],
-    denom: float,
-    clip: float | None,
-    uniform_ce: float,
+    settings: Reinforce,
 ) -> tuple[Tensor, dict[str, float]]:
     """The policy-gradient loss shared by the RL methods, and what it did, for the log."""
     m = mask.bool()
+    clip = settings.clip
     logprobs = taken_log_probs(student_logits, tokens, mask)
-    w = logprobs.detach().exp() if weight == "pi" else None
+    w = logprobs.detach().exp() if settings.weight == "pi" else None
     advantage = returns.detach().float() - (0.0 if baseline is None else baseline.detach())
-    scale = denom
-    if normalize == "std":
-        scale = denom * max(_masked_std(advantage, m), 1e-8)
+    scale = settings.denom
+    if settings.normalize == "std":
+        scale = settings.denom * max(_masked_std(advantage, m), 1e-8)
     loss = policy_gradient_loss(
         logprobs, returns, mask, baseline=baseline, weight=w, denom=scale, clip=clip
     )
@@ -99,9 +115,9 @@ def _reinforce(
         "clipped_share": _masked_mean((scaled.abs() >= clip).float(), m) if clip else 0.0,
         "logprob_mean": _masked_mean(logprobs.detach(), m),
     }
-    if uniform_ce:
+    if settings.uniform_ce:
         regulariser = uniform_cross_entropy(student_logits, mask)
-        loss = loss + uniform_ce * regulariser
+        loss = loss + settings.uniform_ce * regulariser
         stats["uniform_ce"] = float(regulariser.detach())
     return loss, stats
 
@@ -115,20 +131,14 @@ def policy_gradient_objective(
     k: int,
     value: Literal["max", "soft"],
     baseline: Baseline,
-    weight: Literal["pi", "none"] = "pi",
-    normalize: Literal["none", "std"] = "none",
-    denom: float = 1.0,
-    clip: float | None = None,
-    uniform_ce: float = 0.0,
+    settings: Reinforce = Reinforce(),
 ) -> tuple[Tensor, dict[str, float]]:
     """LLMR (k = 1) and KETCHUP (k > 1): REINFORCE on the teacher-induced K-step returns.
 
     Eq.: ``q = f_T - mean_a f_T``; ``G^K_t = sum_j q(s_{t+jK}, y_{t+jK}) - V(s_{min(t+(j+1)K, L)})``
     (:func:`ketchup.rewards.kstep_returns_from_values`); loss ``-(1/N) sum_t clip(w_t (G_t - b_t) /
-    denom) log pi(y_t | s_t)`` + ``uniform_ce * H(U, pi)``, with ``w_t = pi(y_t | s_t)`` (stop-grad)
-    for ``weight="pi"``, ``b`` none, the batch mean, or the gradient-norm weighted
-    (minimum-variance) mean of the returns, and ``denom`` times the batch std of ``G - b`` when
-    ``normalize="std"``.
+    denom) log pi(y_t | s_t)`` + ``uniform_ce * H(U, pi)`` (see :class:`Reinforce`), with ``b``
+    none, the batch mean, or the gradient-norm weighted (minimum-variance) mean of the returns.
 
     Args:
         student_logits: (B, T, V) with grad; teacher_logits: (B, T, V); tokens: (B, T) the sampled
@@ -151,18 +161,7 @@ def policy_gradient_objective(
             b = None
         else:
             raise ValueError(f"baseline must be none, mean or minvar, got {baseline!r}")
-    loss, stats = _reinforce(
-        student_logits,
-        tokens,
-        mask,
-        returns,
-        b,
-        weight=weight,
-        normalize=normalize,
-        denom=denom,
-        clip=clip,
-        uniform_ce=uniform_ce,
-    )
+    loss, stats = _reinforce(student_logits, tokens, mask, returns, b, settings)
     stats["reward_mean"] = _masked_mean(rewards, m)
     return loss, stats
 
@@ -172,12 +171,7 @@ def minillm_objective(
     teacher_logits: Tensor,
     tokens: Tensor,
     mask: Tensor,
-    *,
-    weight: Literal["pi", "none"] = "pi",
-    normalize: Literal["none", "std"] = "none",
-    denom: float = 1.0,
-    clip: float | None = None,
-    uniform_ce: float = 0.0,
+    settings: Reinforce = Reinforce(),
 ) -> tuple[Tensor, dict[str, float]]:
     """MiniLLM (Gu et al. 2024): REINFORCE on the reward-to-go of ``log p_T(y_t) - log p_S(y_t)``.
 
@@ -186,18 +180,7 @@ def minillm_objective(
     """
     rewards = reverse_kl_rewards(student_logits, teacher_logits, tokens, mask)
     returns = reward_to_go(rewards, mask)
-    loss, stats = _reinforce(
-        student_logits,
-        tokens,
-        mask,
-        returns,
-        None,
-        weight=weight,
-        normalize=normalize,
-        denom=denom,
-        clip=clip,
-        uniform_ce=uniform_ce,
-    )
+    loss, stats = _reinforce(student_logits, tokens, mask, returns, None, settings)
     stats["reward_mean"] = _masked_mean(rewards, mask.bool())
     return loss, stats
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ketchup.objectives import (
+    Reinforce,
     divergence_objective,
     minillm_objective,
     policy_gradient_objective,
@@ -13,6 +14,7 @@ from ketchup.objectives import (
 )
 
 B, T, V = 3, 6, 7
+NO_WEIGHT = Reinforce(weight="none")
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def naive_loss(student, returns, tokens, mask, baseline=0.0, weight="pi", scale=
 def test_policy_gradient_loss_and_gradient_match_the_naive_formula(batch, k, value):
     student, teacher, tokens, mask = batch
     loss, stats = policy_gradient_objective(
-        student, teacher, tokens, mask, k=k, value=value, baseline="none", normalize="none"
+        student, teacher, tokens, mask, k=k, value=value, baseline="none"
     )
     returns = naive_returns(teacher, tokens, mask, k, value)
     expected = naive_loss(student, returns, tokens, mask)
@@ -83,7 +85,7 @@ def test_baselines_normalisation_and_clipping(batch):
     returns = naive_returns(teacher, tokens, mask, 2, "max")
     mean = float(returns[m].mean())
     loss, _ = policy_gradient_objective(
-        student, teacher, tokens, mask, k=2, value="max", baseline="mean", weight="none"
+        student, teacher, tokens, mask, k=2, value="max", baseline="mean", settings=NO_WEIGHT
     )
     expected = naive_loss(student, returns, tokens, mask, baseline=mean, weight="none")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -93,7 +95,7 @@ def test_baselines_normalisation_and_clipping(batch):
     g = 1 - 2 * p.gather(-1, tokens[..., None])[..., 0] + (p * p).sum(-1)
     b = float((g * returns)[m].sum() / g[m].sum())
     loss, _ = policy_gradient_objective(
-        student, teacher, tokens, mask, k=2, value="max", baseline="minvar", weight="none"
+        student, teacher, tokens, mask, k=2, value="max", baseline="minvar", settings=NO_WEIGHT
     )
     expected = naive_loss(student, returns, tokens, mask, baseline=b, weight="none")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -109,9 +111,7 @@ def test_baselines_normalisation_and_clipping(batch):
         k=2,
         value="max",
         baseline="mean",
-        weight="none",
-        normalize="std",
-        clip=0.5,
+        settings=Reinforce(weight="none", normalize="std", clip=0.5),
     )
     expected = naive_loss(
         student, returns, tokens, mask, baseline=mean, weight="none", scale=std, clip=0.5
@@ -129,7 +129,7 @@ def test_uniform_cross_entropy_is_added_with_its_coefficient(batch):
     kwargs = {"k": 1, "value": "max", "baseline": "none"}
     plain, _ = policy_gradient_objective(student, teacher, tokens, mask, **kwargs)
     regular, stats = policy_gradient_objective(
-        student, teacher, tokens, mask, uniform_ce=0.1, **kwargs
+        student, teacher, tokens, mask, settings=Reinforce(uniform_ce=0.1), **kwargs
     )
     ce = -student.log_softmax(-1).mean(-1)[mask.bool()].mean()
     assert stats["uniform_ce"] == pytest.approx(ce.item(), rel=1e-5)
@@ -138,7 +138,7 @@ def test_uniform_cross_entropy_is_added_with_its_coefficient(batch):
 
 def test_minillm_rewards_are_the_log_ratio_and_vanish_on_the_teacher(batch):
     student, teacher, tokens, mask = batch
-    loss, stats = minillm_objective(student, teacher, tokens, mask, weight="none")
+    loss, stats = minillm_objective(student, teacher, tokens, mask, NO_WEIGHT)
     r = (teacher.log_softmax(-1) - student.detach().log_softmax(-1)).gather(-1, tokens[..., None])[
         ..., 0
     ]

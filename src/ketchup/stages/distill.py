@@ -158,14 +158,7 @@ def _onpolicy_loss(models: _Models, method: str, k: int, cfg: DistillConfig):
     """`loss_fn` for :func:`ketchup.training.fit`: sample, one teacher pass, the method's loss."""
     from ketchup import objectives
 
-    pg = cfg.policy_gradient
-    pg_args = {
-        "weight": pg.weight,
-        "normalize": pg.normalize,
-        "denom": pg.denom,
-        "clip": pg.clip,
-        "uniform_ce": pg.uniform_ce,
-    }
+    settings = objectives.Reinforce(**to_dict(cfg.policy_gradient))
 
     def loss_fn(model, rows):
         n_sampled = len(rows)
@@ -183,11 +176,11 @@ def _onpolicy_loss(models: _Models, method: str, k: int, cfg: DistillConfig):
                 k=k,
                 value=cfg.value,
                 baseline=_POLICY_GRADIENT_BASELINES[method],
-                **pg_args,
+                settings=settings,
             )
         elif method == "minillm":
             loss, more = objectives.minillm_objective(
-                student_logits, teacher_logits, tokens, mask, **pg_args
+                student_logits, teacher_logits, tokens, mask, settings
             )
         else:
             loss, more = objectives.divergence_objective(
