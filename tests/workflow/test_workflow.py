@@ -72,22 +72,29 @@ def test_configfile_replaces_the_default_config(tmp_path):
     assert "results/restaurants" not in out
 
 
-def test_a_rule_given_several_gpus_runs_its_verb_under_accelerate(tmp_path):
+def dry_run_smoke_edited(directory: Path, edit, *args: str) -> str:
+    """`snakemake -n` in `directory` on the smoke config after `edit(config)`; its output."""
     config = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
-    config["resources"]["distill"]["gpu"] = 2
-    (tmp_path / "gpus.yaml").write_text(yaml.safe_dump(config))
+    edit(config)
+    (directory / "edited.yaml").write_text(yaml.safe_dump(config))
     out = snakemake(
         "-n",
-        "-p",
         "--cores",
         "2",
-        "--resources",
-        "gpu=2",
+        *args,
         "--directory",
-        str(tmp_path),
+        str(directory),
         "--configfile",
-        str(tmp_path / "gpus.yaml"),
-    ).stdout
+        str(directory / "edited.yaml"),
+    )
+    return out.stdout + out.stderr
+
+
+def test_a_rule_given_several_gpus_runs_its_verb_under_accelerate(tmp_path):
+    def two_gpus(config):
+        config["resources"]["distill"]["gpu"] = 2
+
+    out = dry_run_smoke_edited(tmp_path, two_gpus, "-p", "--resources", "gpu=2")
     commands = [line for line in out.splitlines() if "-m ketchup" in line]
     distill = [c for c in commands if " distill " in c]
     assert distill and all("accelerate launch --multi_gpu --num_processes 2" in c for c in distill)
@@ -158,19 +165,7 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     assert all(float(r["variance"]) > 0 for r in table)
 
     def dry_run(edit):
-        changed = copy.deepcopy(config)
-        edit(changed)
-        (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
-        out = snakemake(
-            "-n",
-            "--cores",
-            "2",
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(tmp_path / "changed.yaml"),
-        )
-        return out.stdout + out.stderr
+        return dry_run_smoke_edited(tmp_path, edit)
 
     # a finished study reruns nothing
     assert "Nothing to be done" in dry_run(lambda c: None)
