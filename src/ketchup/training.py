@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ketchup import distributed
+from ketchup import distributed, loggers
 from ketchup.config import TrainConfig
 from ketchup.files import atomic_path
 
@@ -135,8 +135,8 @@ class Checkpoint:
 class StepLog:
     """`<out>/log.jsonl`, one JSON object per update or evaluation (main process only)."""
 
-    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True, mirrors: Sequence = ()):
+        self.path, self.enabled, self.mirrors = path, enabled, list(mirrors)
         if not enabled:
             return
         kept = []
@@ -153,6 +153,8 @@ class StepLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        for mirror in self.mirrors:  # TensorBoard / wandb when KETCHUP_LOGGERS asks for them
+            mirror(row)
 
 
 def fit(
@@ -193,7 +195,12 @@ def fit(
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
     checkpoint = Checkpoint(out_dir, fingerprint)
     state = checkpoint.load(model, optimizer, scheduler) or TrainState()
-    log = StepLog(out_dir / "log.jsonl", state.step, enabled=procs.is_main)
+    log = StepLog(
+        out_dir / "log.jsonl",
+        state.step,
+        enabled=procs.is_main,
+        mirrors=loggers.mirrors(out_dir, fingerprint) if procs.is_main else (),
+    )
     best_dir = out_dir / "best"
 
     def validate(model) -> float:

@@ -124,3 +124,30 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(
     saved = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert saved["state"]["step"] == 3
     assert not (tmp_path / "model").exists()
+
+
+def test_tensorboard_mirrors_the_log_when_asked(tokenizer, archs, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("KETCHUP_LOGGERS", "tensorboard")
+    run(tokenizer, archs["t5"], tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if row["kind"] == "train"]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, CFG.steps + 1))
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses)
+    assert [e.step for e in events.Scalars("eval/score")] == [3, 6]
+
+
+def test_an_unknown_or_missing_logger_is_named(tokenizer, archs, tmp_path, monkeypatch):
+    from ketchup.config import ConfigError
+
+    monkeypatch.setenv("KETCHUP_LOGGERS", "tensorbord")
+    with pytest.raises(ConfigError, match="unknown logger 'tensorbord'; known: tensorboard, wandb"):
+        run(tokenizer, archs["t5"], tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "wandb", None)  # as if not installed
+    monkeypatch.setenv("KETCHUP_LOGGERS", "wandb")
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        run(tokenizer, archs["t5"], tmp_path)
