@@ -27,7 +27,8 @@
 # The node: this machine's CPUs, RealMemory = 80% of its memory (SLURM_REAL_MEMORY_MB overrides),
 # no GPUs. No accounting database (AccountingStorageType=accounting_storage/none): `sacct` does
 # not work, so snakemake-executor-plugin-slurm must query job states with squeue
-# (--slurm-status-command squeue); MinJobAge=300 keeps finished jobs visible to squeue for 5 min.
+# (--slurm-status-command squeue); MinJobAge=3600 keeps finished jobs visible to squeue for an hour
+# (the tests compare every job the workflow submitted with what slurmctld remembers).
 set -euo pipefail
 
 die() {
@@ -96,7 +97,7 @@ SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
 # finished jobs stay in squeue's view for 5 min: the plugin's squeue status checks need that
-MinJobAge=300
+MinJobAge=3600
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=10

@@ -56,7 +56,7 @@ pytestmark = [
 # Flags the test cluster needs on top of the profile, as a user of such a cluster would pass them:
 SLURM_FLAGS = [
     # no accounting database here, so `sacct` fails: query job states with squeue (the cluster's
-    # MinJobAge=300 keeps finished jobs in squeue's view, >= 3x the initial delay below)
+    # MinJobAge=3600 keeps finished jobs in squeue's view, >= 3x the initial delay below)
     "--slurm-status-command",
     "squeue",
     # first status check 5 s after submission instead of 40 s: the smoke jobs take 10-30 s
