@@ -310,6 +310,7 @@ class ResourcesConfig:
     teacher: ResourceConfig
     teacher_outputs: ResourceConfig
     distill: ResourceConfig
+    grad_variance: ResourceConfig
 
 
 @dataclass(frozen=True)

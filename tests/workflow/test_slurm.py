@@ -70,7 +70,14 @@ SLURM_FLAGS = [
 
 # The rules the smoke study must send to the cluster (it may send more: the study grows). Every
 # job is checked against the config's `resources:` entry of its rule.
-REQUIRED_RULES = {"prepare_data", "tokenizer", "teacher", "teacher_outputs"}
+REQUIRED_RULES = {
+    "prepare_data",
+    "tokenizer",
+    "teacher",
+    "teacher_outputs",
+    "distill",
+    "grad_variance",
+}
 # Snakemake's line for each sbatch job: "Job 3 has been submitted with SLURM jobid 4 (log: ...)."
 SUBMITTED = re.compile(
     r"^Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.$", re.M

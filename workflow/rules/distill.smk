@@ -40,7 +40,7 @@ rule distill:
 
 
 # Theorem 1, measured: the K-step estimator's gradient variance and bias against K = 1, on the
-# same rollouts for every K, from the warm start of the study's first seed. Resources: distill's.
+# same rollouts for every K, from the warm start of the study's first seed.
 rule grad_variance:
     input:
         data="results/{task}/data/validation.jsonl",
@@ -56,9 +56,9 @@ rule grad_variance:
         "results/{task}/benchmarks/grad_variance_{student}.tsv"
     conda:
         "../../envs/ketchup.yaml"
-    threads: rule_threads("distill")
+    threads: rule_threads("grad_variance")
     resources:
-        **rule_resources("distill"),
+        **rule_resources("grad_variance"),
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
         cfg=section_json(
