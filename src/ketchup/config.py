@@ -39,8 +39,9 @@ Method = Literal[
 Dataset = Literal["embedded", "xsum", "europarl_en_nl", "gsm8k", "dailydialog", "dart", "file"]
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-# Trained from the student's initialisation on fixed sequences (references or teacher outputs).
-WORD_LEVEL_METHODS = frozenset({"sft", "seqkd", "kl"})
+# sft, seqkd and kl train from the student's initialisation on fixed sequences; the first two
+# never run the teacher model (sft reads references, seqkd the teacher's cached outputs).
+TEACHER_FREE_METHODS = frozenset({"sft", "seqkd"})
 # Trained from the KL-distilled student on sequences the student samples (js / tvd mix in the
 # teacher's outputs): the paper's warm start, one cached `kl` job per (task, student, seed).
 WARM_STARTED_METHODS = frozenset(

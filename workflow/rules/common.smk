@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from ketchup.config import (
     SPLITS,
+    TEACHER_FREE_METHODS,
     WARM_START_METHOD,
     WARM_STARTED_METHODS,
     ConfigError,
@@ -137,7 +138,7 @@ def distill_inputs(wildcards):
     inputs = []
     if method != "sft":
         inputs.append(f"{task_dir(wildcards.task)}/teacher/outputs/train.jsonl")
-    if method not in ("sft", "seqkd") and STUDY.teacher.mode == "finetune":
+    if method not in TEACHER_FREE_METHODS and STUDY.teacher.mode == "finetune":
         inputs.append(teacher_model(wildcards.task))
     if method in WARM_STARTED_METHODS:
         inputs.append(warm_start_model(wildcards))

@@ -24,6 +24,7 @@ import dataclasses
 from pathlib import Path
 
 from ketchup.config import (
+    TEACHER_FREE_METHODS,
     WARM_STARTED_METHODS,
     ConfigError,
     DistillConfig,
@@ -245,7 +246,7 @@ def distill(args) -> int:
     else:
         student = init_model(student_cfg.model, tokenizer, where="student.model").to(device)
     teacher = None
-    if method not in ("sft", "seqkd"):
+    if method not in TEACHER_FREE_METHODS:
         check_same_vocabulary(load_tokenizer(args.teacher), tokenizer, args.teacher, "student")
         teacher = load_model(args.teacher, dtype=resolve_dtype("auto", device), device=device)
         teacher.eval()
