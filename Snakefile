@@ -21,11 +21,13 @@ wildcard_constraints:
     student=one_of(STUDY.students),
     method=one_of(distill_systems()),
     seed=one_of(STUDY.distill.seeds),
+    run=one_of(score_runs()),
 
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/distill.smk"
+include: "workflow/rules/results.smk"
 
 
 localrules:

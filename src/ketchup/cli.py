@@ -14,19 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
-class NotImplementedYet(RuntimeError):
-    """A verb whose stage is planned but not built."""
-
-
 @dataclass(frozen=True)
 class Verb:
     name: str
     summary: str
     description: str
     arguments: Callable[[argparse.ArgumentParser], None]
-    # "module:function" taking the parsed args, or None while the stage is not built yet
-    target: str | None
-    planned_in: str = ""
+    target: str  # "module:function" taking the parsed args
 
 
 def _config_json(p: argparse.ArgumentParser, section: str) -> None:
@@ -103,27 +97,59 @@ def _variance_args(p: argparse.ArgumentParser) -> None:
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory to generate with")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--split", default="test", choices=["validation", "test"])
-    _config_json(p, "generation")
-    p.add_argument("--out", required=True, help="JSONL of outputs, one per example")
+    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _config_json(p, "evaluation")
+    p.add_argument("--out", required=True, help="JSONL of outputs (id, output), one per example")
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--outputs", required=True, help="generate's JSONL")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--task-json", required=True)
-    p.add_argument("--out", required=True, help="per-example scores (CSV) and a summary beside it")
+    p.add_argument("--outputs", required=True, help="JSONL of outputs (id, output)")
+    p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
+    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    p.add_argument(
+        "--run-json",
+        required=True,
+        help='the run: {"task", "student", "system", "seed"} (the teacher: system "teacher", '
+        "student and seed null)",
+    )
+    p.add_argument("--model", help="the model directory (its validation score is recorded)")
+    p.add_argument("--out", required=True, help="per-example scores (CSV); a summary JSON beside")
 
 
 def _tables_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scores", nargs="+", required=True, help="score files of every system")
+    p.add_argument("--scores", nargs="+", required=True, help="score summaries (JSON) of every run")
+    p.add_argument(
+        "--variance",
+        nargs="*",
+        default=[],
+        help="grad_variance.csv files (results/<task>/students/<student>/)",
+    )
     p.add_argument("--out-dir", required=True, help="results/tables")
 
 
 def _figures_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scores", nargs="+", required=True)
-    p.add_argument("--logs", nargs="*", default=[], help="training logs (JSONL)")
+    from ketchup.figures import KINDS, STUDY_KINDS
+
+    p.add_argument("--task", required=True, help="the task whose figures to draw")
+    p.add_argument(
+        "--scores", nargs="+", required=True, help="score summaries (JSON) of the task's runs"
+    )
+    p.add_argument(
+        "--variance",
+        nargs="*",
+        default=[],
+        help="grad_variance.csv files (results/<task>/students/<student>/)",
+    )
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=[*KINDS, *STUDY_KINDS],
+        default=list(KINDS),
+        help="figures to draw",
+    )
     p.add_argument("--out-dir", required=True, help="results/figures")
 
 
@@ -219,34 +245,37 @@ VERBS: tuple[Verb, ...] = (
     Verb(
         "generate",
         "generate outputs for a split",
-        "Writes OUT (JSONL: id, output) from MODEL on DATA_DIR/SPLIT.jsonl.",
+        "Writes OUT (JSONL: id, output) from MODEL on DATA_DIR/SPLIT.jsonl, batched, with "
+        "evaluation.generation (greedy unless num_beams > 1).",
         _generate_args,
-        None,
-        "issue 6 (results)",
+        "ketchup.stages.results:generate_outputs",
     ),
     Verb(
         "score",
         "score outputs with the task metric, per example",
-        "Writes OUT (CSV, one row per example) and a summary JSON beside it.",
+        "Writes OUT (CSV, one row per example: the task metrics' per-example columns, from "
+        "which every corpus metric is recomputed exactly) and OUT with .json (the run, its "
+        "metrics on the split, sacreBLEU signatures, the model's validation score).",
         _score_args,
-        None,
-        "issue 6 (results)",
+        "ketchup.stages.results:score_outputs",
     ),
     Verb(
         "tables",
         "the paper's tables",
-        "Writes Markdown, CSV and LaTeX tables under OUT_DIR.",
+        "Writes OUT_DIR/{main,k_grid,paper}.{md,csv,tex}: the main table (mean +- std over "
+        "seeds, bootstrap 95% CIs, KETCHUP at its best K by validation against LLMR and the best "
+        "non-RL baseline with paired permutation p-values), the K grid with gradient variance "
+        "and bias, and ours against the paper's published numbers.",
         _tables_args,
-        None,
-        "issue 6 (results)",
+        "ketchup.stages.report:tables_stage",
     ),
     Verb(
         "figures",
         "the paper's figures",
-        "Writes PNG and SVG figures under OUT_DIR.",
+        "Writes OUT_DIR/<task>_<student>_<kind>.{png,svg} for each KIND (metric_vs_k, "
+        "grad_variance, training_curves, methods) and OUT_DIR/<task>_gain_vs_size.{png,svg}.",
         _figures_args,
-        None,
-        "issue 6 (results)",
+        "ketchup.stages.report:figures_stage",
     ),
     Verb(
         "judge",
@@ -272,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
-        summary = verb.summary + ("" if verb.target else " [not implemented yet]")
-        p = sub.add_parser(verb.name, help=summary, description=f"{summary}. {verb.description}")
+        p = sub.add_parser(
+            verb.name, help=verb.summary, description=f"{verb.summary}. {verb.description}"
+        )
         verb.arguments(p)
         p.set_defaults(_verb=verb)
     return parser
@@ -282,12 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verb: Verb = args._verb
-    if verb.target is None:
-        print(
-            f"ketchup {verb.name}: not implemented yet (planned in {verb.planned_in}).",
-            file=sys.stderr,
-        )
-        return 2
     module, function = verb.target.split(":")
     from ketchup.config import ConfigError
     from ketchup.tasks import TaskDataError

@@ -276,6 +276,12 @@ def split_system(name: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    generation: GenerationConfig
+    max_source_length: int
+
+
+@dataclass(frozen=True)
 class JudgeConfig:
     enabled: bool
     base_url: str | None
@@ -312,6 +318,9 @@ class ResourcesConfig:
     teacher_outputs: ResourceConfig
     distill: ResourceConfig
     grad_variance: ResourceConfig
+    generate: ResourceConfig
+    score: ResourceConfig
+    report: ResourceConfig
 
 
 @dataclass(frozen=True)
@@ -321,6 +330,7 @@ class StudyConfig:
     teacher: TeacherConfig
     students: dict[str, StudentConfig]
     distill: DistillConfig
+    evaluation: EvaluationConfig
     judge: JudgeConfig
     resources: ResourcesConfig = field(repr=False)
 

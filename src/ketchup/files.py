@@ -7,11 +7,14 @@ interrupted job never leaves a file (or directory) that looks finished.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,31 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
     return rows
+
+
+def _cell(value: Any, digits: int) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.{digits}f}"
+    return value
+
+
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> str:
+    """CSV with a header; floats with `digits` decimals, NaN as an empty cell."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row[c], digits) for c in columns})
+    return buf.getvalue()
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as strings; a clear error for a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def write_resolved_config(out_dir: str | Path, stage: str, config: Any, **inputs: Any) -> None:

@@ -18,13 +18,13 @@ def corpus_bleu(outputs: Sequence[str], references: Sequence[Sequence[str]]) -> 
     """
     import sacrebleu
 
+    from ketchup.scoring import reference_streams
+
     if len(outputs) != len(references):
         raise ValueError(f"outputs: {len(outputs)} items but references: {len(references)}")
     if not outputs:
         return 0.0
-    width = max(len(refs) for refs in references)
-    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
-    return float(sacrebleu.corpus_bleu(list(outputs), streams).score)
+    return float(sacrebleu.corpus_bleu(list(outputs), reference_streams(references)).score)
 
 
 def rouge_scores(outputs: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:

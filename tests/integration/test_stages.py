@@ -478,3 +478,54 @@ def test_two_processes_match_one_at_the_same_global_batch(
         for d in ("one", "two")
     ]
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_generate_and_score_a_model(prepared, teacher_dir, tmp_path, capsys):
+    """`generate` then `score` on the teacher, as the results rules run them; every number of the
+    summary is recomputed from the per-example CSV and matches sacreBLEU on the outputs."""
+    from ketchup.files import read_csv
+    from ketchup.metrics import corpus_bleu
+
+    outputs = tmp_path / "test_outputs.jsonl"
+    evaluation = {"generation": GENERATION, "max_source_length": 48}
+    task = json.dumps(TASK)
+    model = str(teacher_dir / "model")
+    data = ["--data-dir", str(prepared / "data"), "--task-json", task]
+    generate = ["generate", "--model", model, *data, "--config-json", json.dumps(evaluation)]
+    assert main([*generate, "--out", str(outputs)]) == 0
+    examples = read_jsonl(prepared / "data" / "test.jsonl")
+    rows = read_jsonl(outputs)
+    assert [r["id"] for r in rows] == [ex["id"] for ex in examples]
+
+    run = {"task": "t", "student": None, "system": "teacher", "seed": None}
+    score = ["score", "--outputs", str(outputs), *data, "--run-json", json.dumps(run)]
+    assert main([*score, "--model", model, "--out", str(tmp_path / "s.csv")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    expected = corpus_bleu([r["output"] for r in rows], [ex["references"] for ex in examples])
+    assert summary["metrics"]["bleu"] == pytest.approx(expected)
+    assert set(summary["metrics"]) == {"bleu", "chrf", "ser", "words"}
+    assert summary["dataset"] == "embedded" and summary["method"] == "teacher"
+    teacher_config = json.loads((teacher_dir / "model" / "train-teacher.config.json").read_text())
+    assert summary["validation"]["score"] == teacher_config["best_validation_score"]
+    assert summary["parameters"] > 0
+    scored = read_csv(tmp_path / "s.csv")
+    assert [r["id"] for r in scored] == [ex["id"] for ex in examples]
+    assert "bleu_correct_4" in scored[0] and "chrf_6_match" in scored[0]
+
+    # an outputs file that misses an example is refused, naming the file and the example
+    from ketchup.files import write_jsonl
+
+    write_jsonl(tmp_path / "short.jsonl", rows[1:])
+    capsys.readouterr()
+    bad = [
+        "score",
+        "--outputs",
+        str(tmp_path / "short.jsonl"),
+        *data,
+        "--run-json",
+        json.dumps(run),
+    ]
+    assert main([*bad, "--out", str(tmp_path / "bad.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "short.jsonl" in err and examples[0]["id"] in err
+    assert not (tmp_path / "bad.csv").exists()

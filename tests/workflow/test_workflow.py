@@ -164,20 +164,51 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     assert [int(r["k"]) for r in table] == [1, 2, 4]
     assert all(float(r["variance"]) > 0 for r in table)
 
+    # results: every run scored on every test example, the tables and figures, the HTML report
+    test_ids = [row["id"] for row in read_jsonl(data / "test.jsonl")]
+    for run in ["teacher", *(f"t5-micro/{system}/seed0" for system in systems)]:
+        summary = json.loads((task / "scores" / f"{run}.json").read_text())
+        assert summary["n_examples"] == len(test_ids) and summary["validation"] is not None
+        with (task / "scores" / f"{run}.csv").open() as f:
+            assert [row["id"] for row in csv.DictReader(f)] == test_ids
+    main_table = (tmp_path / "results" / "tables" / "main.md").read_text()
+    for label in ("Teacher", "SeqKD", "LLMR + min-var", "KETCHUP (K=", "GKD", "MiniLLM"):
+        assert label in main_table, label
+    for name in ("main", "k_grid", "paper"):
+        for ext in ("md", "csv", "tex"):
+            assert (tmp_path / "results" / "tables" / f"{name}.{ext}").stat().st_size > 0
+    figures = sorted(p.name for p in (tmp_path / "results" / "figures").iterdir())
+    kinds = ("grad_variance", "methods", "metric_vs_k", "training_curves")
+    assert figures == sorted(f"restaurants_t5-micro_{k}.{e}" for k in kinds for e in ("png", "svg"))
+    snakemake(
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "configs" / "smoke.yaml"),
+        "--report",
+        str(tmp_path / "report.html"),
+    )
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+
     def dry_run(edit):
         return dry_run_smoke_edited(tmp_path, edit)
 
     # a finished study reruns nothing
     assert "Nothing to be done" in dry_run(lambda c: None)
     # adding a K adds its job (and the variance table, which has a row per K), nothing else
+    # (tables and figures summarise every run: they are redone whenever a run is)
+    report = {"tables": 1, "figures": 1, "all": 1}
     jobs = job_counts(dry_run(lambda c: c["distill"].update(ks=[2, 4, 8])))
-    assert jobs == {"distill": 1, "grad_variance": 1, "all": 1}, jobs
+    assert jobs == {"distill": 1, "grad_variance": 1, "generate": 1, "score": 1, **report}, jobs
     # adding a seed adds that seed's jobs: each system and its warm start
     jobs = job_counts(dry_run(lambda c: c["distill"].update(seeds=[0, 1])))
-    assert jobs == {"distill": 12, "all": 1}, jobs
+    assert jobs == {"distill": 12, "generate": 12, "score": 12, **report}, jobs
     # retuning one method reruns that method only
     jobs = job_counts(dry_run(lambda c: c["distill"].update(gkd={"beta": 0.9})))
-    assert jobs == {"distill": 1, "all": 1}, jobs
+    assert jobs == {"distill": 1, "generate": 1, "score": 1, **report}, jobs
+    # changed test decoding regenerates and rescores the students, trains nothing
+    jobs = job_counts(dry_run(lambda c: c["evaluation"]["generation"].update(max_new_tokens=50)))
+    assert jobs == {"generate": 12, "score": 12, **report}, jobs
     # a changed teacher setting reruns the teacher and what depends on it, nothing upstream;
     # sft learns from references only, so it is the one student left alone
     jobs = job_counts(dry_run(lambda c: c["teacher"]["train"].update(learning_rate=3e-3)))
@@ -186,7 +217,9 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         "teacher_outputs": 2,
         "distill": 11,
         "grad_variance": 1,
-        "all": 1,
+        "generate": 11,
+        "score": 12,
+        **report,
     }, jobs
 
 

@@ -15,6 +15,7 @@ from ketchup.config import (
     parse_config,
     split_system,
 )
+from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
 from ketchup.workflow_env import detect_gpus, run_this_checkout
 
 RESULTS = "results"
@@ -180,6 +181,126 @@ def variance_tables(task):
     ]
 
 
+# ----------------------------------------------------------------------------------------------
+# Results: a run is the teacher ("teacher") or one student system at one seed
+# ("<student>/<system>/seed<s>"); each is generated, then scored, per task.
+TEACHER_RUN = "teacher"
+# Snakemake's report() flag under another name: a line that starts with `report` would be read
+# as the `report:` directive.
+in_report = report
+TABLES = ["main", "k_grid", "paper"]
+
+
+def student_runs():
+    return [
+        f"{student}/{system}/seed{seed}"
+        for student in STUDY.students
+        for system in STUDY.distill.systems
+        for seed in STUDY.distill.seeds
+    ]
+
+
+def score_runs():
+    return [TEACHER_RUN, *student_runs()]
+
+
+def score_summaries(task):
+    return [f"{task_dir(task)}/scores/{run}.json" for run in score_runs()]
+
+
+def run_parts(run):
+    """(student, system, seed) of a student run; None for the teacher."""
+    if run == TEACHER_RUN:
+        return None
+    student, system, seed = run.split("/")
+    return student, system, int(seed.removeprefix("seed"))
+
+
+def run_outputs(wildcards):
+    """The test outputs a run is scored on: the teacher's, or the student's `generate` file."""
+    parts = run_parts(wildcards.run)
+    if parts is None:
+        return f"{task_dir(wildcards.task)}/teacher/outputs/test.jsonl"
+    return f"{task_dir(wildcards.task)}/students/{parts[0]}/{parts[1]}/seed{parts[2]}/test_outputs.jsonl"
+
+
+def run_model(wildcards):
+    """The model of a run, whose validation score the score file records ([] when prompted)."""
+    parts = run_parts(wildcards.run)
+    if parts is None:
+        return (
+            [teacher_model(wildcards.task)] if STUDY.teacher.mode == "finetune" else []
+        )
+    return [student_model(wildcards.task, *parts)]
+
+
+def run_json(wildcards):
+    parts = run_parts(wildcards.run)
+    student, system, seed = parts if parts else (None, TEACHER_RUN, None)
+    return section_json(
+        {"task": wildcards.task, "student": student, "system": system, "seed": seed}
+    )
+
+
+def figure_kinds():
+    """What the study can draw: the K figures only with KETCHUP in the methods."""
+    has_ketchup = "ketchup" in STUDY.distill.methods
+    return [
+        k for k in FIGURE_KINDS if has_ketchup or k in ("training_curves", "methods")
+    ]
+
+
+def study_figure_kinds():
+    """Figures over students: the gain over LLMR by size needs several students and both methods."""
+    methods = STUDY.distill.methods
+    if len(STUDY.students) > 1 and "ketchup" in methods and "llmr" in methods:
+        return ["gain_vs_size"]
+    return []
+
+
+def figure_stems():
+    """The figures of one task ({task} left as a wildcard), without extension."""
+    stems = [
+        f"{RESULTS}/figures/{{task}}_{student}_{kind}"
+        for student in STUDY.students
+        for kind in figure_kinds()
+    ]
+    return stems + [
+        f"{RESULTS}/figures/{{task}}_{kind}" for kind in study_figure_kinds()
+    ]
+
+
+def figure_outputs():
+    """PNG (in the HTML report, with a caption from workflow/report/) and SVG of each figure."""
+    outputs = []
+    for stem in figure_stems():
+        kind = next(k for k in (*FIGURE_KINDS, *STUDY_FIGURE_KINDS) if stem.endswith(k))
+        outputs.append(
+            in_report(
+                f"{stem}.png",
+                caption=f"../report/{kind}.rst",
+                category="Figures",
+                subcategory="{task}",
+            )
+        )
+        outputs.append(f"{stem}.svg")
+    return outputs
+
+
+def table_outputs():
+    outputs = []
+    for name in TABLES:
+        outputs.append(
+            in_report(
+                f"{RESULTS}/tables/{name}.md",
+                caption=f"../report/{name}_table.rst",
+                category="Tables",
+            )
+        )
+        outputs += [f"{RESULTS}/tables/{name}.csv", f"{RESULTS}/tables/{name}.tex"]
+    return outputs
+
+
 def all_targets():
     """The targets of the default run: every stage the workflow has so far, for every task."""
     targets = []
@@ -191,4 +312,15 @@ def all_targets():
         ]
         targets += student_models(task)
         targets += variance_tables(task)
+        targets += score_summaries(task)
+        targets += [
+            f"{stem.replace('{task}', task)}.{ext}"
+            for stem in figure_stems()
+            for ext in ("png", "svg")
+        ]
+    targets += [
+        f"{RESULTS}/tables/{name}.{ext}"
+        for name in TABLES
+        for ext in ("md", "csv", "tex")
+    ]
     return targets

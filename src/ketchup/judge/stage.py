@@ -18,8 +18,6 @@ totals) and judge.config.json, and neither creates a client nor sends anything.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 import sys
@@ -31,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from ketchup.config import ConfigError, JudgeConfig, parse_section, to_dict
-from ketchup.files import read_jsonl, write_json, write_jsonl, write_resolved_config, write_text
+from ketchup.files import (
+    csv_text,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_resolved_config,
+    write_text,
+)
 from ketchup.judge import client as judge_client
 from ketchup.judge.cache import JudgeCache, cache_key, cached_keys
 from ketchup.judge.prompts import (
@@ -55,7 +60,7 @@ from ketchup.judge.protocols import (
     pointwise_requests,
     pointwise_summary,
 )
-from ketchup.judge.stats import METHOD as CI_METHOD
+from ketchup.stats import METHOD as CI_METHOD
 from ketchup.tasks import TaskDataError
 
 STAGE = "judge"
@@ -366,21 +371,6 @@ def _dry_run(cfg, requests, unique, cache_path, out_dir, resolved, log) -> Judge
 # Outputs
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4f}"
-    return value
-
-
-def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: _cell(row[c]) for c in columns})
-    return buf.getvalue()
-
-
 def _fmt_ci(value: float, lo: float, hi: float, digits: int) -> str:
     if math.isnan(value):
         return "-"
@@ -458,8 +448,8 @@ def _write_results(cfg, rows, outputs, pairs, ids, out_dir, resolved, result) ->
     pair = pairwise_summary(examples, pairs) if "pairwise" in cfg.protocols else []
     write_jsonl(out_dir / JUDGMENTS, rows)
     write_jsonl(out_dir / PAIRWISE_EXAMPLES, examples)
-    write_text(out_dir / POINTWISE_CSV, _csv(point, POINTWISE_COLUMNS))
-    write_text(out_dir / PAIRWISE_CSV, _csv(pair, PAIRWISE_COLUMNS))
+    write_text(out_dir / POINTWISE_CSV, csv_text(point, POINTWISE_COLUMNS))
+    write_text(out_dir / PAIRWISE_CSV, csv_text(pair, PAIRWISE_COLUMNS))
     report = render_report(
         cfg, resolved, point, pair, len(rows), result.n_unparsed, result.n_not_judged
     )

@@ -1,0 +1,291 @@
+"""The paper's figures from the scored runs, as PNG and SVG (matplotlib, no display needed).
+
+metric_vs_k      test metric against K (log2 axis): mean over seeds, bootstrap 95% band, each
+                 seed as a dot; LLMR and the best non-RL baseline as reference lines
+grad_variance    gradient variance, bias norm and cosine to K = 1 against K (Theorem 1)
+training_curves  validation metric, mean return and rollout length against update step, one
+                 line per on-policy system (mean over seeds)
+methods          every system's test metric with its bootstrap 95% CI, the teacher as a line
+gain_vs_size     KETCHUP (best K) minus LLMR against student size (several students only)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ketchup.results import Cell, system_label
+
+# policy-gradient methods (red in the method comparison)
+RL_METHODS = ("llmr", "llmr_mean", "llmr_minvar", "ketchup", "minillm")
+KINDS = ("metric_vs_k", "grad_variance", "training_curves", "methods")
+STUDY_KINDS = ("gain_vs_size",)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {"font.size": 10, "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "0"}
+    )
+    return plt
+
+
+def save(fig, stem: Path) -> list[Path]:
+    """Write stem.png (150 dpi) and stem.svg, atomically; returns the paths."""
+    from ketchup.files import atomic_path
+
+    paths = []
+    for ext, kwargs in (("png", {"dpi": 150}), ("svg", {"metadata": {"Date": None}})):
+        path = stem.with_suffix(f".{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs)
+        paths.append(path)
+    _pyplot().close(fig)
+    return paths
+
+
+def _k_of(system: str) -> int:
+    return 1 if system == "llmr" else int(system[len("ketchup_k") :])
+
+
+def metric_vs_k(cell: Cell):
+    plt = _pyplot()
+    m = cell.primary
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    systems = cell.ketchup_systems()
+    ks = [_k_of(s) for s in systems]
+    cis = [cell.groups[s].ci(m) for s in systems]
+    ax.fill_between(ks, [c[1] for c in cis], [c[2] for c in cis], alpha=0.2, color="C0")
+    ax.plot(ks, [c[0] for c in cis], "o-", color="C0", label="KETCHUP (mean over seeds)")
+    for k, s in zip(ks, systems, strict=True):
+        vals = cell.groups[s].values(m)
+        ax.plot([k] * len(vals), vals, ".", color="C0", alpha=0.5)
+    refs = [("llmr", "C3", "--")]
+    if cell.best_baseline():
+        refs.append((cell.best_baseline(), "C2", ":"))
+    for system, color, style in refs:
+        if system in cell.groups:
+            mean, lo, hi = cell.groups[system].ci(m)
+            ax.axhline(
+                mean,
+                color=color,
+                ls=style,
+                label=f"{system_label(system)} (K = 1)"
+                if system == "llmr"
+                else f"best non-RL baseline: {system_label(system)}",
+            )
+            ax.axhspan(lo, hi, color=color, alpha=0.08)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("K (steps of the Bellman optimality equation)")
+    ax.set_ylabel(f"test {m.label}" + (" (lower is better)" if m.higher_is_better is False else ""))
+    ax.set_title(f"{cell.task}, student {cell.student}: test {m.label} against K", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
+    plt = _pyplot()
+    ks = [int(r["k"]) for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+    panels = (
+        ("variance", "gradient variance\n(trace of covariance, log scale)", True),
+        ("bias_norm", "bias: ‖mean g_K − mean g_1‖", False),
+        ("cosine_to_reference", "cosine(mean g_K, mean g_1)", False),
+    )
+    for ax, (key, label, log) in zip(axes, panels, strict=True):
+        ax.plot(ks, [float(r[key]) for r in rows], "o-", color="C0")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("K")
+        ax.set_ylabel(label)
+    fig.suptitle(
+        f"{cell.task}, student {cell.student}: gradient variance and bias against K "
+        "(the same rollouts for every K)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _log_path(run) -> Path | None:
+    model = run.summary.get("model")
+    return Path(model).parent / "log.jsonl" if model else None
+
+
+def _curves(cell: Cell, system: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean over seeds of validation score (eval rows), return and rollout length (train rows)."""
+    per_seed: dict[str, list[dict[int, float]]] = {
+        "score": [],
+        "return_mean": [],
+        "rollout_length": [],
+    }
+    for run in cell.groups[system].runs:
+        path = _log_path(run)
+        if path is None or not path.is_file():
+            continue
+        series: dict[str, dict[int, float]] = {key: {} for key in per_seed}
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            for key in per_seed:
+                if key in row and (key == "score") == (row["kind"] == "eval"):
+                    series[key][row["step"]] = float(row[key])
+        for key in per_seed:
+            if series[key]:
+                per_seed[key].append(series[key])
+    curves = {}
+    for key, seeds in per_seed.items():
+        if not seeds:
+            continue
+        steps = sorted(set.intersection(*(set(s) for s in seeds)))
+        y = np.array([[s[t] for t in steps] for s in seeds]).mean(axis=0)
+        curves[key] = (np.array(steps), y)
+    return curves
+
+
+def _smooth(y: np.ndarray, window: int = 10) -> np.ndarray:
+    if len(y) < window:
+        return y
+    kernel = np.ones(window) / window
+    return np.convolve(np.pad(y, (window - 1, 0), mode="edge"), kernel, mode="valid")
+
+
+def training_curves(cell: Cell, on_policy: Sequence[str]):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    styles = ["-", "--", "-.", ":"]
+    drawn = False
+    for i, system in enumerate(s for s in cell.groups if s in on_policy):
+        curves = _curves(cell, system)
+        style = {"color": f"C{i % 10}", "ls": styles[i // 10 % 4], "label": system_label(system)}
+        for ax, key in zip(axes, ("score", "return_mean", "rollout_length"), strict=True):
+            if key in curves:
+                x, y = curves[key]
+                ax.plot(
+                    x,
+                    y if key == "score" else _smooth(y),
+                    marker="o" if key == "score" else None,
+                    ms=3,
+                    **style,
+                )
+                drawn = True
+    labels = (
+        f"validation {cell.primary.label} (step 0 = KL warm start)",
+        "mean return per token (10-update moving average)",
+        "mean rollout length, tokens (10-update moving average)",
+    )
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_xlabel("update step")
+        ax.set_ylabel(label, fontsize=9)
+    if drawn:
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(
+            handles,
+            names,
+            loc="upper center",
+            ncol=min(6, len(names)),
+            fontsize=8,
+            bbox_to_anchor=(0.5, 1.08),
+        )
+    fig.suptitle(
+        f"{cell.task}, student {cell.student}: on-policy training, mean over seeds",
+        fontsize=10,
+        y=1.12,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def methods(cell: Cell):
+    plt = _pyplot()
+    m = cell.primary
+    rows = [(method, system) for method, system in cell.table_systems() if method != "teacher"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(rows) + 1.5), 4))
+    cis = [cell.groups[s].ci(m) for _, s in rows]
+    x = np.arange(len(rows))
+    colors = ["C3" if method in RL_METHODS else "C0" for method, _ in rows]
+    ax.bar(x, [c[0] for c in cis], color=colors, alpha=0.8)
+    ax.errorbar(
+        x,
+        [c[0] for c in cis],
+        yerr=[[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]],
+        fmt="none",
+        ecolor="black",
+        capsize=3,
+    )
+    if "teacher" in cell.groups:
+        ax.axhline(cell.groups["teacher"].mean_std(m)[0], color="black", ls="--", label="teacher")
+        ax.legend(fontsize=8)
+    ax.set_xticks(x, [system_label(s) for _, s in rows], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(f"test {m.label}" + (" (lower is better)" if m.higher_is_better is False else ""))
+    ax.set_title(
+        f"{cell.task}, student {cell.student}: test {m.label}, mean over seeds, 95% CI (red: RL)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def gain_vs_size(cells: Sequence[Cell], parameters: dict[str, int]):
+    """KETCHUP (best K) minus LLMR per student of one task; `parameters` by student name."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for cell in cells:
+        best = cell.best_k_system()
+        if best is None or "llmr" not in cell.groups or not parameters.get(cell.student):
+            continue
+        a, b = cell.groups[best], cell.groups["llmr"]
+        seeds = [s for s in a.seeds if s in b.seeds]
+        diffs = [
+            a.runs[a.seeds.index(s)].summary["metrics"][cell.primary.name]
+            - b.runs[b.seeds.index(s)].summary["metrics"][cell.primary.name]
+            for s in seeds
+        ]
+        n = parameters[cell.student]
+        ax.errorbar(
+            [n],
+            [np.mean(diffs)],
+            yerr=[np.std(diffs, ddof=1) if len(diffs) > 1 else 0],
+            fmt="o",
+            capsize=3,
+            color="C0",
+        )
+        ax.annotate(
+            f"{cell.student} (K={best[9:]})",
+            (n, np.mean(diffs)),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.axhline(0, color="black", lw=0.8)
+    if ax.lines[:-1]:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.text(
+            0.5,
+            0.6,
+            "no student with KETCHUP, LLMR and a parameter count",
+            transform=ax.transAxes,
+            ha="center",
+        )
+    ax.set_xlabel("student parameters")
+    m = cells[0].primary
+    ax.set_ylabel(f"KETCHUP − LLMR, test {m.label}")
+    ax.set_title(
+        f"{cells[0].task}: gain over LLMR by student size (mean ± std over seeds)", fontsize=10
+    )
+    fig.tight_layout()
+    return fig

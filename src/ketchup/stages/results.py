@@ -1,0 +1,167 @@
+"""Stages `generate` (a model's test outputs) and `score` (per-example scores, the run's metrics).
+
+`score` writes two files per run (the teacher, or one student system and seed):
+
+    <out>.csv    one row per example: id and every per-example column of the task's metrics
+                 (sacreBLEU sufficient statistics, ROUGE F1, answer correctness, slot error
+                 rate, words)
+    <out>.json   the run (task, student, system, method, k, seed), its metrics on the whole split
+                 (recomputed from the CSV), sacreBLEU's signatures and the model's validation score
+
+Tables and figures read only these files, so every number in them traces back to a CSV row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ketchup.config import (
+    ConfigError,
+    EvaluationConfig,
+    TaskConfig,
+    parse_section,
+    split_system,
+    to_dict,
+)
+from ketchup.files import (
+    csv_text,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_resolved_config,
+    write_text,
+)
+
+TEACHER = "teacher"
+
+
+def _task(args) -> TaskConfig:
+    return parse_section(TaskConfig, args.task_json, "task", "task")
+
+
+def generate_outputs(args) -> int:
+    """Batched (greedy by default) outputs of a model on one split, in the split's order."""
+    from ketchup.generation import generate
+    from ketchup.models import default_device, load_model, load_tokenizer, resolve_dtype
+    from ketchup.tasks import format_prompt, task_prompt
+
+    task = _task(args)
+    cfg = parse_section(EvaluationConfig, args.config_json, "evaluation", "evaluation")
+    rows = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
+    device = default_device()
+    model = load_model(args.model, dtype=resolve_dtype("auto", device), device=device)
+    tokenizer = load_tokenizer(args.model)
+    template = task_prompt(task)
+    outputs = generate(
+        model,
+        tokenizer,
+        [format_prompt(template, row["source"]) for row in rows],
+        cfg.generation,
+        max_source_length=cfg.max_source_length,
+        progress=True,
+    )
+    out = Path(args.out)
+    write_jsonl(out, ({"id": row["id"], "output": o} for row, o in zip(rows, outputs, strict=True)))
+    write_resolved_config(
+        out.parent, f"generate-{args.split}", cfg, model=args.model, task=to_dict(task)
+    )
+    print(f"generate: {len(outputs)} outputs for {args.split} from {args.model}")
+    return 0
+
+
+def parse_run(text: str) -> dict[str, Any]:
+    """The run a score file belongs to: {"task", "student", "system", "seed"}; the teacher has
+    system "teacher" and no student or seed."""
+    try:
+        run = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--run-json: not valid JSON ({e.msg})") from None
+    missing = [key for key in ("task", "student", "system", "seed") if key not in run]
+    if missing:
+        raise ConfigError(f"--run-json: missing key {missing[0]!r}")
+    if run["system"] == TEACHER:
+        return {**run, "method": TEACHER, "k": None}
+    method, k = split_system(run["system"])
+    return {**run, "method": method, "k": k}
+
+
+def validation_record(model_dir: str | None) -> dict[str, Any] | None:
+    """The validation score a model was selected with, from the resolved config its stage wrote
+    beside it (train-teacher / distill); None for a model without one (a prompted teacher)."""
+    if model_dir is None:
+        return None
+    for path in sorted(Path(model_dir).glob("*.config.json")):
+        data = json.loads(path.read_text())
+        if "best_validation_score" in data:
+            return {
+                "score": data["best_validation_score"],
+                "step": data.get("best_step"),
+                "file": str(path),
+            }
+    return None
+
+
+def model_parameters(model_dir: str | None) -> int | None:
+    """Parameters stored in a model directory's safetensors files (shared tensors once)."""
+    if model_dir is None or not Path(model_dir).is_dir():
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                total += int(np.prod(f.get_slice(name).get_shape()))
+    return total or None
+
+
+def _outputs_in_order(path: str, examples: list[dict[str, Any]]) -> list[str]:
+    """The outputs of `path` in the examples' order; every example must have exactly one."""
+    by_id: dict[str, str] = {}
+    for row in read_jsonl(path):
+        if "id" not in row or "output" not in row:
+            raise ConfigError(f"{path}: every line needs 'id' and 'output'")
+        by_id[row["id"]] = row["output"]
+    missing = [ex["id"] for ex in examples if ex["id"] not in by_id]
+    if missing:
+        raise ConfigError(
+            f"{path}: no output for {len(missing)} of {len(examples)} examples "
+            f"(first: {missing[0]!r}); regenerate it"
+        )
+    return [by_id[ex["id"]] for ex in examples]
+
+
+def score_outputs(args) -> int:
+    """Per-example scores of one run's outputs (CSV) and its metrics on the whole split (JSON)."""
+    from ketchup.scoring import metric_table, score_examples, signatures, task_metrics
+
+    task = _task(args)
+    run = parse_run(args.run_json)
+    examples = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
+    outputs = _outputs_in_order(args.outputs, examples)
+    metrics = task_metrics(task)
+    rows = score_examples(metrics, outputs, examples)
+    columns = ["id", *dict.fromkeys(c for m in metrics for c in m.columns)]
+    out = Path(args.out)
+    summary = {
+        **run,
+        "dataset": task.dataset,
+        "split": args.split,
+        "n_examples": len(rows),
+        "outputs": args.outputs,
+        "scores": str(out),
+        "metrics": {m.name: m.value(metric_table(m, rows)) for m in metrics},
+        "signatures": signatures(metrics),
+        "model": args.model,
+        "parameters": model_parameters(args.model),
+        "validation": validation_record(args.model),
+    }
+    write_text(out, csv_text(rows, columns, digits=6))
+    write_json(out.with_suffix(".json"), summary)
+    shown = ", ".join(f"{m.label} {summary['metrics'][m.name]:.2f}" for m in metrics)
+    print(f"score: {run['system']} on {len(rows)} {args.split} examples: {shown}")
+    return 0

@@ -1,0 +1,161 @@
+"""Tables and figures from score files: selection by validation, numbers traceable to the
+per-example CSVs, every file written. A fake study: real embedded examples, outputs that copy a
+reference or drop its second half at a rate set per system, real `ketchup score` files."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import sacrebleu
+from safetensors.numpy import save_file
+
+from ketchup.cli import main
+from ketchup.files import read_csv, read_jsonl, write_json, write_jsonl
+from ketchup.scoring import reference_streams
+
+TASK = {
+    "dataset": "embedded",
+    "embedded": {"n_train": 10, "n_validation": 4, "n_test": 60, "n_references": 2, "seed": 0},
+}
+# (share of outputs cut in half, validation score) per system. ketchup_k2 is better on test but
+# worse on validation than ketchup_k4: the table must show K=4 (the paper selects by validation).
+SYSTEMS = {
+    "teacher": (0.0, 90.0),
+    "sft": (0.9, 10.0),
+    "seqkd": (0.5, 40.0),
+    "kl": (0.6, 45.0),
+    "llmr": (0.95, 30.0),
+    "ketchup_k2": (0.0, 50.0),
+    "ketchup_k4": (0.2, 60.0),
+    "gkd": (0.3, 55.0),
+}
+SEEDS = (0, 1)
+
+
+def _write_run(root, examples, student, system, seed, cut_share):
+    rng = random.Random(f"{student}{system}{seed}")
+    outputs = []
+    for ex in examples:
+        ref = ex["references"][rng.randrange(len(ex["references"]))]
+        words = ref.split()
+        outputs.append(" ".join(words[: len(words) // 2]) if rng.random() < cut_share else ref)
+    name = "teacher" if system == "teacher" else f"{student}/{system}/seed{seed}"
+    run_dir = root / "runs" / name
+    write_jsonl(
+        run_dir / "out.jsonl",
+        ({"id": e["id"], "output": o} for e, o in zip(examples, outputs, strict=True)),
+    )
+    model = run_dir / "model"
+    model.mkdir(parents=True)
+    width = {"s1": 4, "s2": 16}[student]  # parameter counts for the gain-by-size figure
+    save_file({"w": np.zeros((width, width), dtype=np.float32)}, str(model / "model.safetensors"))
+    write_json(model / "distill.config.json", {"best_validation_score": SYSTEMS[system][1] + seed})
+    run = {
+        "task": "toy",
+        "student": None if system == "teacher" else student,
+        "system": system,
+        "seed": None if system == "teacher" else seed,
+    }
+    args = ["score", "--outputs", str(run_dir / "out.jsonl"), "--data-dir", str(root / "data")]
+    args += ["--task-json", json.dumps(TASK), "--run-json", json.dumps(run), "--model", str(model)]
+    assert main([*args, "--out", str(root / "scores" / f"{name}.csv")]) == 0
+    return root / "scores" / f"{name}.json", outputs
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    assert main(["prepare-data", "--task", "toy", "--config-json", json.dumps(TASK),
+                 "--out-dir", str(root / "data")]) == 0  # fmt: skip
+    examples = read_jsonl(root / "data" / "test.jsonl")
+    summaries, outputs = [], {}
+    for student in ("s1", "s2"):
+        for system, (cut, _) in SYSTEMS.items():
+            for seed in (0,) if system == "teacher" else SEEDS:
+                if system == "teacher" and student == "s2":
+                    continue
+                path, outs = _write_run(root, examples, student, system, seed, cut)
+                summaries.append(str(path))
+                outputs[(student, system, seed)] = outs
+    variance = []
+    for student in ("s1", "s2"):
+        path = root / "toy" / "students" / student / "grad_variance.csv"
+        path.parent.mkdir(parents=True)
+        path.write_text(
+            "k,variance,relative_variance,bias_norm,cosine_to_reference\n"
+            "1,100.0,1.5,0.0,1.0\n2,40.0,1.1,3.0,0.9\n4,20.0,0.9,5.0,0.7\n"
+        )
+        variance.append(str(path))
+    return {"root": root, "summaries": summaries, "variance": variance, "examples": examples,
+            "outputs": outputs}  # fmt: skip
+
+
+def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tmp_path):
+    args = ["tables", "--scores", *study["summaries"], "--variance", *study["variance"]]
+    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    main_md = (tmp_path / "main.md").read_text()
+    order = ["Teacher", "(SFT)", "SeqKD", "| KL", "| LLMR |", "KETCHUP (K=4)", "GKD"]
+    positions = [main_md.index(label) for label in order]
+    assert positions == sorted(positions)
+    assert "KETCHUP (K=2)" not in main_md  # better on test, worse on validation
+    assert "best non-RL baseline by validation: KL" in main_md
+
+    records = read_csv(tmp_path / "main.csv")
+    kl = next(
+        r for r in records if r["student"] == "s1" and r["row"] == "kl" and r["metric"] == "bleu"
+    )
+    # the table's number is the mean over seeds of sacreBLEU on the outputs themselves
+    streams = reference_streams([ex["references"] for ex in study["examples"]])
+    per_seed = [
+        sacrebleu.corpus_bleu(study["outputs"][("s1", "kl", s)], streams).score for s in SEEDS
+    ]
+    assert float(kl["mean"]) == pytest.approx(sum(per_seed) / 2, abs=1e-4)
+    assert float(kl["ci_low"]) < float(kl["mean"]) < float(kl["ci_high"])
+    assert kl["seeds"] == "2"
+
+    tests = [r for r in records if r["row"].startswith("test:") and r["student"] == "s1"]
+    assert {r["against"] for r in tests} == {"llmr", "kl"}
+    for r in tests:
+        assert 0 < float(r["p_value"]) <= 1
+    vs_llmr = next(r for r in tests if r["against"] == "llmr")
+    assert float(vs_llmr["mean"]) > 0 and float(vs_llmr["p_value"]) < 0.05  # cut 0.2 vs 0.95
+
+    grid = read_csv(tmp_path / "k_grid.csv")
+    assert [(r["student"], r["k"], r["variance"]) for r in grid if r["student"] == "s1"] == [
+        ("s1", "1", "100.0000"),
+        ("s1", "2", "40.0000"),
+        ("s1", "4", "20.0000"),
+    ]
+    assert "No task of this study is one of the paper's" in (tmp_path / "paper.md").read_text()
+    tex = (tmp_path / "main.tex").read_text()
+    assert "\\begin{tabular}" in tex and "$\\pm$" in tex
+
+
+def test_figures_are_written_for_every_kind(study, tmp_path):
+    args = ["figures", "--task", "toy", "--scores", *study["summaries"], "--variance"]
+    kinds = ["metric_vs_k", "grad_variance", "training_curves", "methods", "gain_vs_size"]
+    assert main([*args, *study["variance"], "--kinds", *kinds, "--out-dir", str(tmp_path)]) == 0
+    expected = {f"toy_{s}_{k}.{e}" for s in ("s1", "s2") for k in kinds[:4] for e in ("png", "svg")}
+    expected |= {"toy_gain_vs_size.png", "toy_gain_vs_size.svg"}
+    assert {p.name for p in tmp_path.iterdir()} == expected
+    assert all(p.stat().st_size > 1000 for p in tmp_path.iterdir())
+
+
+def test_runs_scored_on_different_examples_are_refused(study, tmp_path):
+    summaries = list(study["summaries"])
+    kl0 = next(p for p in summaries if p.endswith("s1/kl/seed0.json"))
+    with open(kl0) as f:
+        data = json.load(f)
+    rows = read_csv(data["scores"])[:-1]
+    short = tmp_path / "short.csv"
+    from ketchup.files import csv_text, write_text
+
+    write_text(short, csv_text(rows, list(rows[0])))
+    data["scores"] = str(short)
+    write_json(tmp_path / "kl0.json", data)
+    summaries[summaries.index(kl0)] = str(tmp_path / "kl0.json")
+    with pytest.raises(ValueError, match="score different examples"):
+        main(["tables", "--scores", *summaries, "--out-dir", str(tmp_path / "t")])

@@ -1,0 +1,98 @@
+# Results: each student's test outputs, per-example scores of every run (the teacher included),
+# the tables across the study and the figures per task.
+
+
+rule generate:
+    input:
+        model="results/{task}/students/{student}/{method}/seed{seed}/model",
+        data="results/{task}/data/test.jsonl",
+    output:
+        "results/{task}/students/{student}/{method}/seed{seed}/test_outputs.jsonl",
+    log:
+        "results/{task}/logs/generate_{student}_{method}_seed{seed}.log",
+    benchmark:
+        "results/{task}/benchmarks/generate_{student}_{method}_seed{seed}.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    threads: rule_threads("generate")
+    resources:
+        **rule_resources("generate"),
+    params:
+        task=lambda w: section_json(config["tasks"][w.task]),
+        cfg=section_json(config["evaluation"]),
+        data_dir=lambda w: f"results/{w.task}/data",
+    shell:
+        "python -m ketchup generate --model {input.model:q} --data-dir {params.data_dir:q}"
+        " --split test --task-json {params.task:q} --config-json {params.cfg:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule score:
+    input:
+        outputs=run_outputs,
+        data="results/{task}/data/test.jsonl",
+        model=run_model,
+    output:
+        csv="results/{task}/scores/{run}.csv",
+        summary="results/{task}/scores/{run}.json",
+    log:
+        "results/{task}/logs/score_{run}.log",
+    benchmark:
+        "results/{task}/benchmarks/score_{run}.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    threads: rule_threads("score")
+    resources:
+        **rule_resources("score"),
+    params:
+        task=lambda w: section_json(config["tasks"][w.task]),
+        run=run_json,
+        data_dir=lambda w: f"results/{w.task}/data",
+        model=lambda w, input: f"--model {input.model[0]}" if input.model else "",
+    shell:
+        "python -m ketchup score --outputs {input.outputs:q} --data-dir {params.data_dir:q}"
+        " --split test --task-json {params.task:q} --run-json {params.run:q} {params.model}"
+        " --out {output.csv:q} > {log:q} 2>&1"
+
+
+rule tables:
+    input:
+        scores=[s for task in STUDY.tasks for s in score_summaries(task)],
+        variance=[v for task in STUDY.tasks for v in variance_tables(task)],
+    output:
+        table_outputs(),
+    log:
+        "results/logs/tables.log",
+    benchmark:
+        "results/benchmarks/tables.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    threads: rule_threads("report")
+    resources:
+        **rule_resources("report"),
+    shell:
+        "python -m ketchup tables --scores {input.scores:q} --variance {input.variance:q}"
+        " --out-dir results/tables > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        scores=lambda w: score_summaries(w.task),
+        variance=lambda w: variance_tables(w.task),
+    output:
+        figure_outputs(),
+    log:
+        "results/{task}/logs/figures.log",
+    benchmark:
+        "results/{task}/benchmarks/figures.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    threads: rule_threads("report")
+    resources:
+        **rule_resources("report"),
+    params:
+        kinds=figure_kinds() + study_figure_kinds(),
+    shell:
+        "python -m ketchup figures --task {wildcards.task} --scores {input.scores:q}"
+        " --variance {input.variance:q} --kinds {params.kinds} --out-dir results/figures"
+        " > {log:q} 2>&1"
