@@ -30,8 +30,12 @@ include: "workflow/rules/distill.smk"
 include: "workflow/rules/results.smk"
 
 
+# Seconds of CPU work each: on a cluster they run where Snakemake runs instead of queueing.
 localrules:
     all,
+    score,
+    tables,
+    figures,
 
 
 rule all:

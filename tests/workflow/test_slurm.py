@@ -77,6 +77,7 @@ REQUIRED_RULES = {
     "teacher_outputs",
     "distill",
     "grad_variance",
+    "generate",
 }
 # Snakemake's line for each sbatch job: "Job 3 has been submitted with SLURM jobid 4 (log: ...)."
 SUBMITTED = re.compile(
@@ -189,7 +190,8 @@ def test_every_rule_ran_as_a_slurm_job(smoke_run):
     workdir, env, log = smoke_run
     resources = yaml.safe_load(SMOKE.read_text())["resources"]
     submitted = dict(SUBMITTED.findall(log))  # SLURM job id -> its log file
-    # every job but the local rule `all` went to the cluster, and slurmctld has exactly those
+    # every job but the local rules (all, score, tables, figures) went to the cluster, and
+    # slurmctld has exactly those
     assert len(submitted) == len(re.findall(r"^rule \w+:$", log, re.M)), log
     jobs = _slurm_jobs(env)
     assert set(jobs) == set(submitted), f"sbatch gave {sorted(submitted)}, slurmctld has {jobs}"
