@@ -36,6 +36,7 @@ localrules:
     score,
     tables,
     figures,
+    judge,
 
 
 rule all:

@@ -127,6 +127,12 @@ def _tables_args(p: argparse.ArgumentParser) -> None:
         default=[],
         help="grad_variance.csv files (results/<task>/students/<student>/)",
     )
+    p.add_argument(
+        "--judge",
+        nargs="*",
+        default=[],
+        help="judge output directories (results/<task>/judge/<student>)",
+    )
     p.add_argument("--out-dir", required=True, help="results/tables")
 
 
@@ -149,6 +155,9 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
         choices=[*KINDS, *STUDY_KINDS],
         default=list(KINDS),
         help="figures to draw",
+    )
+    p.add_argument(
+        "--judge", nargs="*", default=[], help="the task's judge output directories (win rates)"
     )
     p.add_argument("--out-dir", required=True, help="results/figures")
 
@@ -174,6 +183,13 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
         default="data-to-text",
         choices=["summarization", "translation", "dialogue", "data-to-text", "math"],
         help="picks the pointwise / pairwise rubric (default: data-to-text)",
+    )
+    p.add_argument(
+        "--scores",
+        nargs="*",
+        default=[],
+        help="score summaries (JSON) of one task and student: then a pair may name `ketchup` "
+        "(its best K by validation) and `baseline` (the best non-RL baseline by validation)",
     )
     _config_json(p, "judge")
     p.add_argument("--cache", required=True, help="SQLite cache of answers (reruns resume from it)")

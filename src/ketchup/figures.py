@@ -289,3 +289,34 @@ def gain_vs_size(cells: Sequence[Cell], parameters: dict[str, int]):
     )
     fig.tight_layout()
     return fig
+
+
+def judge_win_rates(rows: Sequence[dict[str, str]], title: str):
+    """Stacked win / tie / loss bars per judged pair (A against B, both orders combined)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(rows) + 1.6))
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
+    colors = {"win": "C2", "tie": "0.75", "loss": "C3"}
+    for outcome, color in colors.items():
+        rates = np.array([float(r[f"{outcome}_rate"] or "nan") for r in rows])
+        ax.barh(y, rates, left=left, color=color, label=outcome)
+        if outcome == "win":
+            lo = np.array([float(r["win_ci_low"] or "nan") for r in rows])
+            hi = np.array([float(r["win_ci_high"] or "nan") for r in rows])
+            ax.errorbar(
+                rates, y, xerr=[rates - lo, hi - rates], fmt="none", ecolor="black", capsize=3
+            )
+        left += np.nan_to_num(rates)
+    ax.set_yticks(
+        y,
+        [f"{system_label(r['system_a'])}\nvs {system_label(r['system_b'])}" for r in rows],
+        fontsize=8,
+    )
+    ax.set_xlim(0, 1)
+    ax.axvline(0.5, color="black", lw=0.6, ls=":")
+    ax.set_xlabel("share of examples (A's win with its 95% CI)")
+    ax.legend(ncol=3, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.set_title(f"{title}: LLM judge, pairwise (both orders)", fontsize=10)
+    fig.tight_layout()
+    return fig

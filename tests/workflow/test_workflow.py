@@ -21,13 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    *args: str, cwd: Path = ROOT, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
     if check and result.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -189,6 +192,8 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         str(tmp_path / "report.html"),
     )
     assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert "judge.enabled` is false" in (tmp_path / "results" / "tables" / "judge.md").read_text()
+    run_the_judge_on_the_finished_study(tmp_path)
 
     def dry_run(edit):
         return dry_run_smoke_edited(tmp_path, edit)
@@ -221,6 +226,82 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         "score": 12,
         **report,
     }, jobs
+
+
+def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
+    """Enable the judge against a local OpenAI-compatible server: only the judge, tables and
+    figures run; the judge's tables and win-rate figure join results/; a rerun sends nothing."""
+    import os
+
+    from fake_openai_server import FakeOpenAI
+
+    import threading
+
+    lock, pointwise_hits = threading.Lock(), []
+
+    def answer(prompt: str, hit: int) -> str:
+        if "Output to judge:" in prompt:
+            with lock:  # the server answers requests on several threads
+                pointwise_hits.append(hit)
+                first = len(pointwise_hits) == 1
+            if first:
+                return "I cannot rate this."  # counted as unparsed, never scored
+            return f'{{"score": {3 + hit % 5}, "reason": "ok"}}'
+        return json.dumps({"winner": "A" if hit % 3 else "tie", "reason": "scripted"})
+
+    server = FakeOpenAI(answer)
+    try:
+        config = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+        config["judge"] = {
+            "enabled": True,
+            "base_url": server.base_url,
+            "model": "scripted",
+            "api_key_env": "KETCHUP_TEST_JUDGE_KEY",
+            "max_examples": 4,
+        }
+        (tmp_path / "judge.yaml").write_text(yaml.safe_dump(config))
+        args = (
+            "--cores",
+            "2",
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "judge.yaml"),
+        )
+        env = {**os.environ, "KETCHUP_TEST_JUDGE_KEY": "sk-test-secret"}
+        assert job_counts(snakemake("-n", *args, env=env).stdout) == {
+            "judge": 1,
+            "tables": 1,
+            "figures": 1,
+            "all": 1,
+        }
+        snakemake(*args, env=env)
+        sent = len(server.requests)
+        # 13 systems (teacher + 12) x 4 examples pointwise, 2 pairs x 4 examples x 2 orders
+        assert sent == 13 * 4 + 2 * 4 * 2, sent
+        judge = tmp_path / "results" / "restaurants" / "judge" / "t5-micro"
+        with (judge / "pairwise_summary.csv").open() as f:
+            pairs = {(r["system_a"], r["system_b"]) for r in csv.DictReader(f)}
+        best_k = next(
+            line
+            for line in (tmp_path / "results" / "tables" / "main.md").read_text().splitlines()
+            if "KETCHUP (K=" in line
+        )
+        k = best_k.split("KETCHUP (K=")[1].split(")")[0]
+        assert ("ketchup_k" + k, "llmr") in pairs and len(pairs) == 2, pairs
+        table = (tmp_path / "results" / "tables" / "judge.md").read_text()
+        assert "Pointwise" in table and "unparsed: 1" in table, table
+        assert (
+            tmp_path / "results" / "figures" / "restaurants_t5-micro_judge_win_rates.png"
+        ).is_file()
+        for path in (tmp_path / "results").rglob("*"):
+            if path.is_file() and path.suffix in (".json", ".jsonl", ".md", ".csv", ".log"):
+                assert "sk-test-secret" not in path.read_text(errors="ignore"), path
+        # a rerun of the judge (forced) answers everything from the cache
+        snakemake(*args, "--forcerun", "judge", env=env)
+        assert len(server.requests) == sent
+    finally:
+        server.close()
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

@@ -1,5 +1,6 @@
 # Validation and every helper of the workflow. Rules call only these functions.
 import json
+import os
 import re
 
 from snakemake.exceptions import WorkflowError
@@ -15,6 +16,7 @@ from ketchup.config import (
     parse_config,
     split_system,
 )
+from ketchup.tasks import task_kind
 from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
 from ketchup.workflow_env import detect_gpus, run_this_checkout
 
@@ -263,7 +265,7 @@ def figure_stems():
     stems = [
         f"{RESULTS}/figures/{{task}}_{student}_{kind}"
         for student in STUDY.students
-        for kind in figure_kinds()
+        for kind in figure_kinds() + judge_figure_kinds()
     ]
     return stems + [
         f"{RESULTS}/figures/{{task}}_{kind}" for kind in study_figure_kinds()
@@ -274,7 +276,8 @@ def figure_outputs():
     """PNG (in the HTML report, with a caption from workflow/report/) and SVG of each figure."""
     outputs = []
     for stem in figure_stems():
-        kind = next(k for k in (*FIGURE_KINDS, *STUDY_FIGURE_KINDS) if stem.endswith(k))
+        kinds = (*FIGURE_KINDS, *STUDY_FIGURE_KINDS, "judge_win_rates")
+        kind = next(k for k in kinds if stem.endswith(k))
         outputs.append(
             in_report(
                 f"{stem}.png",
@@ -298,7 +301,89 @@ def table_outputs():
             )
         )
         outputs += [f"{RESULTS}/tables/{name}.csv", f"{RESULTS}/tables/{name}.tex"]
+    outputs.append(
+        in_report(
+            f"{RESULTS}/tables/judge.md",
+            caption="../report/judge.rst",
+            category="Tables",
+        )
+    )
     return outputs
+
+
+# ----------------------------------------------------------------------------------------------
+# LLM-as-judge (judge.enabled): per task and student, the teacher and every system's first seed
+# rated pointwise; KETCHUP at its best K against LLMR and the best non-RL baseline, pairwise.
+JUDGE_ANSWER_FILES = ["report.md", "pointwise_summary.csv", "pairwise_summary.csv"]
+JUDGE_DRY_RUN_FILES = ["dry_run.json", "prompts.jsonl"]
+
+
+def judge_dir(task, student):
+    return f"{task_dir(task)}/judge/{student}"
+
+
+def judge_outputs():
+    """The judge job's files ({task} and {student} left as wildcards)."""
+    base = f"{RESULTS}/{{task}}/judge/{{student}}"
+    if STUDY.judge.dry_run:
+        return [f"{base}/{name}" for name in JUDGE_DRY_RUN_FILES]
+    return [
+        in_report(
+            f"{base}/report.md", caption="../report/judge.rst", category="LLM judge"
+        ),
+        *(f"{base}/{name}" for name in JUDGE_ANSWER_FILES[1:]),
+    ]
+
+
+def judge_markers(task):
+    """One file per judge job of a task ([] with the judge off): what tables and figures wait for."""
+    if not STUDY.judge.enabled:
+        return []
+    name = JUDGE_DRY_RUN_FILES[0] if STUDY.judge.dry_run else JUDGE_ANSWER_FILES[0]
+    return [f"{judge_dir(task, student)}/{name}" for student in STUDY.students]
+
+
+def judge_systems(wildcards):
+    """NAME=FILE for the teacher and each system of the student at the first seed."""
+    seed = STUDY.distill.seeds[0]
+    task, student = wildcards.task, wildcards.student
+    files = {TEACHER_RUN: f"{task_dir(task)}/teacher/outputs/test.jsonl"}
+    for system in STUDY.distill.systems:
+        files[system] = (
+            f"{task_dir(task)}/students/{student}/{system}/seed{seed}/test_outputs.jsonl"
+        )
+    return files
+
+
+def judge_pairs():
+    """KETCHUP (its best K) against LLMR and the best non-RL baseline, when the study has them."""
+    methods = STUDY.distill.methods
+    if "ketchup" not in methods:
+        return []
+    pairs = ["ketchup:llmr"] if "llmr" in methods else []
+    if any(m in methods for m in ("seqkd", "kl", "js", "tvd")):
+        pairs.append("ketchup:baseline")
+    return pairs
+
+
+def judge_task_kind(task):
+    """The judge's rubric for a task (summarization, translation, dialogue, data-to-text, math)."""
+    return task_kind(STUDY.tasks[task])
+
+
+def judge_figure_kinds():
+    """The win-rate figure, when the judge answers pairwise questions (not in a dry run)."""
+    judge = STUDY.judge
+    pairwise = judge.enabled and not judge.dry_run and "pairwise" in judge.protocols
+    return ["judge_win_rates"] if pairwise and judge_pairs() else []
+
+
+def student_score_summaries(task, student):
+    return [
+        f"{task_dir(task)}/scores/{student}/{system}/seed{seed}.json"
+        for system in STUDY.distill.systems
+        for seed in STUDY.distill.seeds
+    ]
 
 
 def all_targets():
@@ -318,9 +403,10 @@ def all_targets():
             for stem in figure_stems()
             for ext in ("png", "svg")
         ]
+        targets += judge_markers(task)
     targets += [
         f"{RESULTS}/tables/{name}.{ext}"
         for name in TABLES
         for ext in ("md", "csv", "tex")
     ]
-    return targets
+    return targets + [f"{RESULTS}/tables/judge.md"]

@@ -59,6 +59,7 @@ rule tables:
     input:
         scores=[s for task in STUDY.tasks for s in score_summaries(task)],
         variance=[v for task in STUDY.tasks for v in variance_tables(task)],
+        judge=[j for task in STUDY.tasks for j in judge_markers(task)],
     output:
         table_outputs(),
     log:
@@ -70,15 +71,18 @@ rule tables:
     threads: rule_threads("report")
     resources:
         **rule_resources("report"),
+    params:
+        judge=lambda w, input: " ".join(os.path.dirname(j) for j in input.judge),
     shell:
         "python -m ketchup tables --scores {input.scores:q} --variance {input.variance:q}"
-        " --out-dir results/tables > {log:q} 2>&1"
+        " --judge {params.judge} --out-dir results/tables > {log:q} 2>&1"
 
 
 rule figures:
     input:
         scores=lambda w: score_summaries(w.task),
         variance=lambda w: variance_tables(w.task),
+        judge=lambda w: judge_markers(w.task),
     output:
         figure_outputs(),
     log:
@@ -92,7 +96,37 @@ rule figures:
         **rule_resources("report"),
     params:
         kinds=figure_kinds() + study_figure_kinds(),
+        judge=lambda w, input: " ".join(os.path.dirname(j) for j in input.judge),
     shell:
         "python -m ketchup figures --task {wildcards.task} --scores {input.scores:q}"
-        " --variance {input.variance:q} --kinds {params.kinds} --out-dir results/figures"
+        " --variance {input.variance:q} --kinds {params.kinds} --judge {params.judge}"
+        " --out-dir results/figures"
         " > {log:q} 2>&1"
+
+
+# The LLM judge: a local rule (compute nodes often have no network), in `rule all` only with
+# judge.enabled. Answers are cached in cache.sqlite beside its outputs (not an output: a failed
+# or interrupted run keeps every answer, and a rerun sends only what is missing).
+rule judge:
+    input:
+        data="results/{task}/data/test.jsonl",
+        systems=lambda w: list(judge_systems(w).values()),
+        scores=lambda w: student_score_summaries(w.task, w.student),
+    output:
+        judge_outputs(),
+    log:
+        "results/{task}/logs/judge_{student}.log",
+    conda:
+        "../../envs/ketchup.yaml"
+    params:
+        cfg=section_json(config["judge"]),
+        systems=lambda w: " ".join(
+            f"--system {name}={path}" for name, path in judge_systems(w).items()
+        ),
+        pairs=" ".join(f"--pair {pair}" for pair in judge_pairs()),
+        kind=lambda w: judge_task_kind(w.task),
+        out_dir=lambda w: judge_dir(w.task, w.student),
+    shell:
+        "python -m ketchup judge --data {input.data:q} {params.systems} {params.pairs}"
+        " --task-kind {params.kind} --scores {input.scores:q} --config-json {params.cfg:q}"
+        " --cache {params.out_dir}/cache.sqlite --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -457,6 +457,32 @@ def _write_results(cfg, rows, outputs, pairs, ids, out_dir, resolved, result) ->
     write_resolved_config(out_dir, STAGE, to_dict(cfg), **resolved)
 
 
+def resolve_pairs(
+    pairs: Sequence[tuple[str, str]], score_files: Sequence[str], names: Sequence[str]
+) -> list[tuple[str, str]]:
+    """Pairs with `ketchup` / `baseline` replaced by the systems the validation scores select
+    (KETCHUP's best K, the best non-RL baseline), as the results tables select them. A pair whose
+    alias selects nothing (no such runs) is left out, with a note."""
+    if not score_files:
+        return list(pairs)
+    from ketchup.results import collect, load_run
+
+    cells = collect([load_run(path) for path in score_files])
+    if len(cells) != 1:
+        raise ConfigError(f"--scores: expected the runs of one task and student, got {len(cells)}")
+    aliases = {"ketchup": cells[0].best_k_system(), "baseline": cells[0].best_baseline()}
+    resolved = []
+    for pair in pairs:
+        a, b = (aliases.get(name, name) for name in pair)
+        if a is None or b is None:
+            print(f"judge: pair {pair[0]}:{pair[1]} left out: no runs to select from")
+        elif a not in names or b not in names:
+            raise ConfigError(f"--pair {pair[0]}:{pair[1]} selects {a}:{b}; give both as --system")
+        else:
+            resolved.append((a, b))
+    return list(dict.fromkeys(resolved))
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 
@@ -468,7 +494,7 @@ def judge_stage(args) -> int:
     names = [name for name, _ in systems]
     if len(set(names)) != len(names):
         raise ConfigError(f"--system: a name is given twice ({', '.join(names)})")
-    pairs = [parse_pair(p) for p in args.pair or []]
+    pairs = resolve_pairs([parse_pair(p) for p in args.pair or []], args.scores, names)
     if args.task_kind not in TASK_KINDS:
         raise ConfigError(f"--task-kind {args.task_kind!r}: known kinds: {', '.join(TASK_KINDS)}")
     examples = load_examples(args.data, cfg.max_examples)

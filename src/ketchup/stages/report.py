@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ketchup.files import csv_text, read_csv, write_text
@@ -31,6 +32,38 @@ def _write(out_dir: Path, name: str, tables, records) -> None:
     )
 
 
+JUDGE_NOT_RUN = (
+    "# LLM-as-judge\n\nThe LLM judge was not run: `judge.enabled` is false in this config. To run "
+    "it, set `judge.enabled: true`, `judge.model` and `judge.base_url` (OpenAI: null; vLLM: "
+    "http://127.0.0.1:8000/v1; Ollama: http://127.0.0.1:11434/v1) and export the API key in the "
+    "variable `judge.api_key_env` names; see the README's LLM-as-judge section.\n"
+)
+
+
+def judge_summary(judge_dirs) -> str:
+    """results/tables/judge.md: each judge run's report, a dry run's totals, or how to enable it."""
+    if not judge_dirs:
+        return JUDGE_NOT_RUN
+    parts = []
+    for directory in map(Path, judge_dirs):
+        task, student = directory.parents[1].name, directory.name
+        report, dry_run = directory / "report.md", directory / "dry_run.json"
+        if report.is_file():
+            body = report.read_text().replace(
+                "# LLM-as-judge", f"# LLM-as-judge: {task}, {student}"
+            )
+        elif dry_run.is_file():
+            totals = json.loads(dry_run.read_text())
+            totals = json.dumps(totals, indent=2)
+            body = f"# LLM-as-judge (dry run): {task}, {student}\n\n```\n{totals}\n```\n"
+        else:
+            raise FileNotFoundError(
+                f"{directory}: neither report.md nor dry_run.json (run ketchup judge)"
+            )
+        parts.append(body)
+    return "\n".join(parts)
+
+
 def tables_stage(args) -> int:
     from ketchup.tables import k_table, main_table, paper_table
 
@@ -42,6 +75,7 @@ def tables_stage(args) -> int:
     _write(out_dir, "k_grid", grid, grid_records)
     paper, paper_records = paper_table(cells)
     _write(out_dir, "paper", [paper], paper_records)
+    write_text(out_dir / "judge.md", judge_summary(args.judge))
     print((out_dir / "main.md").read_text())
     return 0
 
@@ -71,6 +105,12 @@ def figures_stage(args) -> int:
             else:
                 continue
             written += figures.save(fig, Path(f"{stem}_{kind}"))
+    for directory in map(Path, args.judge):
+        summary = directory / "pairwise_summary.csv"
+        if summary.is_file() and read_csv(summary):
+            student = directory.name
+            fig = figures.judge_win_rates(read_csv(summary), f"{args.task}, student {student}")
+            written += figures.save(fig, out_dir / f"{args.task}_{student}_judge_win_rates")
     if "gain_vs_size" in args.kinds:
         parameters = {
             c.student: g.runs[0].summary.get("parameters")

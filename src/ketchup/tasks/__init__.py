@@ -21,6 +21,7 @@ from ketchup.tasks.registry import (
     extract_answer,
     format_prompt,
     load_task,
+    task_kind,
     task_metric,
     task_prompt,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "extract_answer",
     "format_prompt",
     "load_task",
+    "task_kind",
     "task_metric",
     "task_prompt",
 ]

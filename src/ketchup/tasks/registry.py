@@ -80,6 +80,8 @@ class DatasetSpec:
         default=(("train", "train"), ("validation", "validation"), ("test", "test"))
     )
     convert: Converter | None = None
+    # the LLM judge's rubric: summarization, translation, dialogue, data-to-text or math
+    kind: str = "data-to-text"
 
     def hub_split(self, split: str) -> str | None:
         """The hub's name of `split`, or None when it is carved from training."""
@@ -208,6 +210,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "xsum",
             prompt="summarize: {source}",
             metric="rouge",
+            kind="summarization",
             hub_id="EdinburghNLP/xsum",
             convert=_convert_xsum,
         ),
@@ -215,6 +218,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "europarl_en_nl",
             prompt="translate English to Dutch: {source}",
             metric="bleu",
+            kind="translation",
             hub_id="Helsinki-NLP/europarl",
             hub_config="en-nl",
             hub_splits=(("train", "train"), ("validation", None), ("test", None)),
@@ -224,6 +228,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "gsm8k",
             prompt="Question: {source}\nAnswer:",
             metric="accuracy",
+            kind="math",
             hub_id="openai/gsm8k",
             hub_config="main",
             hub_splits=(("train", "train"), ("validation", None), ("test", "test")),
@@ -233,6 +238,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "dailydialog",
             prompt="Continue the dialogue: {source}",
             metric="bleu",
+            kind="dialogue",
             hub_id="li2017dailydialog/daily_dialog",
             convert=_convert_dailydialog,
         ),
@@ -262,6 +268,11 @@ def dataset_spec(dataset: str) -> DatasetSpec:
 def task_prompt(task: TaskConfig) -> str:
     """The task's prompt template (with '{source}'): the config's, else the dataset's default."""
     return task.prompt if task.prompt is not None else dataset_spec(task.dataset).prompt
+
+
+def task_kind(task: TaskConfig) -> str:
+    """The judge's rubric for the task: the dataset's kind (your own files: data-to-text)."""
+    return dataset_spec(task.dataset).kind
 
 
 def task_metric(task: TaskConfig) -> str:
