@@ -232,10 +232,9 @@ def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
     """Enable the judge against a local OpenAI-compatible server: only the judge, tables and
     figures run; the judge's tables and win-rate figure join results/; a rerun sends nothing."""
     import os
+    import threading
 
     from fake_openai_server import FakeOpenAI
-
-    import threading
 
     lock, pointwise_hits = threading.Lock(), []
 
