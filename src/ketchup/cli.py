@@ -119,14 +119,18 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="per-example scores (CSV); a summary JSON beside")
 
 
-def _tables_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scores", nargs="+", required=True, help="score summaries (JSON) of every run")
+def _variance_files(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--variance",
         nargs="*",
         default=[],
         help="grad_variance.csv files (results/<task>/students/<student>/)",
     )
+
+
+def _tables_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scores", nargs="+", required=True, help="score summaries (JSON) of every run")
+    _variance_files(p)
     p.add_argument(
         "--judge",
         nargs="*",
@@ -143,12 +147,7 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scores", nargs="+", required=True, help="score summaries (JSON) of the task's runs"
     )
-    p.add_argument(
-        "--variance",
-        nargs="*",
-        default=[],
-        help="grad_variance.csv files (results/<task>/students/<student>/)",
-    )
+    _variance_files(p)
     p.add_argument(
         "--kinds",
         nargs="+",

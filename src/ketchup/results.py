@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,25 +19,13 @@ from typing import Any
 import numpy as np
 
 from ketchup import stats
+from ketchup.config import Method
 from ketchup.files import read_csv
 from ketchup.scoring import METRICS, Metric
 
 TEACHER = "teacher"
-# The paper's main-table order; KETCHUP stands for its best K.
-TABLE_ORDER = (
-    "teacher",
-    "sft",
-    "seqkd",
-    "kl",
-    "js",
-    "tvd",
-    "llmr",
-    "llmr_mean",
-    "llmr_minvar",
-    "ketchup",
-    "gkd",
-    "minillm",
-)
+# The paper's main-table order (the config's method order); KETCHUP stands for its best K.
+TABLE_ORDER = (TEACHER, *typing.get_args(Method))
 LABELS = {
     "teacher": "Teacher",
     "sft": "Student, no distillation (SFT)",

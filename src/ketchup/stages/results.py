@@ -35,41 +35,57 @@ from ketchup.files import (
     write_resolved_config,
     write_text,
 )
-
-TEACHER = "teacher"
+from ketchup.results import TEACHER
 
 
 def _task(args) -> TaskConfig:
     return parse_section(TaskConfig, args.task_json, "task", "task")
 
 
-def generate_outputs(args) -> int:
-    """Batched (greedy by default) outputs of a model on one split, in the split's order."""
+def write_split_outputs(
+    model_path: str,
+    precision: str,
+    rows: list[dict[str, Any]],
+    task: TaskConfig,
+    generation,
+    max_source_length: int,
+    out: str | Path,
+) -> int:
+    """Batched outputs of a model on `rows` (the task's prompt), written as JSONL (id, output)
+    in the rows' order; greedy unless `generation.num_beams` > 1. Returns the count."""
     from ketchup.generation import generate
     from ketchup.models import default_device, load_model, load_tokenizer, resolve_dtype
     from ketchup.tasks import format_prompt, task_prompt
 
-    task = _task(args)
-    cfg = parse_section(EvaluationConfig, args.config_json, "evaluation", "evaluation")
-    rows = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
     device = default_device()
-    model = load_model(args.model, dtype=resolve_dtype("auto", device), device=device)
-    tokenizer = load_tokenizer(args.model)
+    model = load_model(model_path, dtype=resolve_dtype(precision, device), device=device)
+    tokenizer = load_tokenizer(model_path)
     template = task_prompt(task)
     outputs = generate(
         model,
         tokenizer,
         [format_prompt(template, row["source"]) for row in rows],
-        cfg.generation,
-        max_source_length=cfg.max_source_length,
+        generation,
+        max_source_length=max_source_length,
         progress=True,
     )
+    pairs = zip(rows, outputs, strict=True)
+    return write_jsonl(out, ({"id": row["id"], "output": o} for row, o in pairs))
+
+
+def generate_outputs(args) -> int:
+    """`ketchup generate`: a student's outputs on one split (evaluation.generation)."""
+    task = _task(args)
+    cfg = parse_section(EvaluationConfig, args.config_json, "evaluation", "evaluation")
+    rows = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
     out = Path(args.out)
-    write_jsonl(out, ({"id": row["id"], "output": o} for row, o in zip(rows, outputs, strict=True)))
+    n = write_split_outputs(
+        args.model, "auto", rows, task, cfg.generation, cfg.max_source_length, out
+    )
     write_resolved_config(
         out.parent, f"generate-{args.split}", cfg, model=args.model, task=to_dict(task)
     )
-    print(f"generate: {len(outputs)} outputs for {args.split} from {args.model}")
+    print(f"generate: {n} outputs for {args.split} from {args.model}")
     return 0
 
 

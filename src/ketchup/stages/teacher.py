@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ketchup.config import ConfigError, TaskConfig, TeacherConfig, parse_section, to_dict
-from ketchup.files import read_jsonl, write_jsonl, write_resolved_config
+from ketchup.files import read_jsonl, write_resolved_config
 
 
 def _task(args) -> TaskConfig:
@@ -75,29 +75,21 @@ def train_teacher(args) -> int:
 
 def teacher_outputs(args) -> int:
     """Greedy teacher outputs for one split, batched, in the split's order."""
-    from ketchup.generation import generate
-    from ketchup.models import default_device, load_model, load_tokenizer, resolve_dtype
-    from ketchup.tasks import format_prompt, task_prompt
+    from ketchup.stages.results import write_split_outputs
 
     task = _task(args)
     cfg = parse_section(TeacherConfig, args.config_json, "teacher", "teacher")
     rows = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
-    device = default_device()
-    model = load_model(
-        args.teacher, dtype=resolve_dtype(cfg.model.precision, device), device=device
-    )
-    tokenizer = load_tokenizer(args.teacher)
-    template = task_prompt(task)
-    outputs = generate(
-        model,
-        tokenizer,
-        [format_prompt(template, row["source"]) for row in rows],
-        cfg.generation,
-        max_source_length=cfg.train.max_source_length,
-        progress=True,
-    )
     out = Path(args.out)
-    write_jsonl(out, ({"id": row["id"], "output": o} for row, o in zip(rows, outputs, strict=True)))
+    n = write_split_outputs(
+        args.teacher,
+        cfg.model.precision,
+        rows,
+        task,
+        cfg.generation,
+        cfg.train.max_source_length,
+        out,
+    )
     write_resolved_config(out.parent, f"teacher-outputs-{args.split}", cfg, teacher=args.teacher)
-    print(f"teacher-outputs: {len(outputs)} outputs for {args.split}")
+    print(f"teacher-outputs: {n} outputs for {args.split}")
     return 0
