@@ -75,6 +75,23 @@ def test_configfile_replaces_the_default_config(tmp_path):
     assert "results/restaurants" not in out
 
 
+def test_nested_config_on_the_command_line_is_typed(tmp_path):
+    """`--config judge='{...}'`: Snakemake hands every nested leaf over as a string; the workflow
+    reads them as YAML, so booleans and numbers validate and the judge joins the DAG."""
+    judge = "{enabled: true, base_url: 'http://127.0.0.1:9/v1', model: m, max_examples: 3}"
+    out = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "configs" / "smoke.yaml"),
+        "--config",
+        f"judge={judge}",
+    )
+    # (a string "true" or "3" would have failed validation before any job)
+    assert job_counts(out.stdout).get("judge") == 1, out.stdout + out.stderr
+
+
 def dry_run_smoke_edited(directory: Path, edit, *args: str) -> str:
     """`snakemake -n` in `directory` on the smoke config after `edit(config)`; its output."""
     config = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())

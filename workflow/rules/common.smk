@@ -4,7 +4,8 @@ import os
 import re
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+import yaml
+from snakemake.utils import update_config, validate
 
 from ketchup.config import (
     SPLITS,
@@ -42,6 +43,21 @@ def load_study(config):
     except ConfigError as e:
         raise WorkflowError(f"invalid config: {e}") from None
 
+
+def retyped(value):
+    """A nested `--config` value with its strings read again as YAML scalars (true, 3, 1e-4, null)."""
+    if isinstance(value, dict):
+        return {key: retyped(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [retyped(v) for v in value]
+    return yaml.safe_load(value) if isinstance(value, str) else value
+
+
+# Snakemake reads `--config key=value` with YAML's BaseLoader, so a nested value such as
+# judge='{enabled: true}' arrives with every leaf a string; type those leaves again.
+for key, value in workflow.config_settings.config.items():
+    if isinstance(value, (dict, list)):
+        update_config(config, {key: retyped(value)})
 
 STUDY = load_study(config)
 
