@@ -117,9 +117,12 @@ def test_a_rule_given_several_gpus_runs_its_verb_under_accelerate(tmp_path):
     out = dry_run_smoke_edited(tmp_path, two_gpus, "-p", "--resources", "gpu=2")
     commands = [line for line in out.splitlines() if "-m ketchup" in line]
     distill = [c for c in commands if " distill " in c]
-    assert distill and all("accelerate launch --multi_gpu --num_processes 2" in c for c in distill)
+    two = "python -m ketchup.gpu_slots 2 -- accelerate launch --multi_gpu --num_processes 2"
+    assert distill and all(two in c for c in distill)
+    # no GPU asked for: the verb as it is, no GPU slot
     teacher = [c for c in commands if " train-teacher " in c]
     assert teacher and all("python -m ketchup train-teacher" in c for c in teacher)
+    assert not any("gpu_slots" in c for c in commands if " distill " not in c)
 
 
 @pytest.mark.parametrize(

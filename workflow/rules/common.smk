@@ -93,17 +93,22 @@ def rule_resources(rule_name):
     return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"]}
 
 
-def launcher(rule_name):
-    """How a training job starts its verb (one process, or one per GPU when it asks for several).
+def launcher(rule_name, parallel=True):
+    """How a job starts its verb: `python -m ketchup`, on its own GPU(s) when it asks for any.
 
-    `accelerate launch` starts the data-parallel processes (see src/ketchup/distributed.py);
-    the job sees only its own GPUs (CUDA_VISIBLE_DEVICES, set by SLURM or by you locally).
+    With gpu >= 1 the job runs under `python -m ketchup.gpu_slots N --`, which gives it N free
+    GPUs of its own (CUDA_VISIBLE_DEVICES; Snakemake only counts GPUs, it does not assign them).
+    A training rule given several GPUs runs data-parallel under `accelerate launch` (see
+    src/ketchup/distributed.py); other rules just see their GPUs.
     """
     gpus = config["resources"][rule_name]["gpu"]
-    if gpus <= 1:
+    if gpus == 0:
         return "python -m ketchup"
+    slots = f"python -m ketchup.gpu_slots {gpus} --"
+    if gpus == 1 or not parallel:
+        return f"{slots} python -m ketchup"
     return (
-        f"accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1"
+        f"{slots} accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1"
         " --mixed_precision no --dynamo_backend no -m ketchup"
     )
 

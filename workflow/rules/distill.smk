@@ -70,6 +70,7 @@ rule grad_variance:
         data_dir=lambda w: f"results/{w.task}/data",
         teacher=lambda w: teacher_model(w.task),
     shell:
-        "python -m ketchup grad-variance --teacher {params.teacher:q} --student {input.student:q}"
+        launcher("grad_variance", parallel=False)
+        + " grad-variance --teacher {params.teacher:q} --student {input.student:q}"
         " --data-dir {params.data_dir:q} --task-json {params.task:q} --config-json {params.cfg:q}"
         " --out {output:q} > {log:q} 2>&1"

@@ -22,7 +22,8 @@ rule generate:
         cfg=section_json(config["evaluation"]),
         data_dir=lambda w: f"results/{w.task}/data",
     shell:
-        "python -m ketchup generate --model {input.model:q} --data-dir {params.data_dir:q}"
+        launcher("generate", parallel=False)
+        + " generate --model {input.model:q} --data-dir {params.data_dir:q}"
         " --split test --task-json {params.task:q} --config-json {params.cfg:q}"
         " --out {output:q} > {log:q} 2>&1"
 

@@ -52,6 +52,7 @@ rule teacher_outputs:
         data_dir=lambda w: f"results/{w.task}/data",
         teacher=lambda w: teacher_model(w.task),
     shell:
-        "python -m ketchup teacher-outputs --teacher {params.teacher:q} --data-dir {params.data_dir:q}"
+        launcher("teacher_outputs", parallel=False)
+        + " teacher-outputs --teacher {params.teacher:q} --data-dir {params.data_dir:q}"
         " --split {wildcards.split} --task-json {params.task:q} --config-json {params.cfg:q}"
         " --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,92 @@
+"""`python -m ketchup.gpu_slots N -- COMMAND...`: run COMMAND on N GPUs of its own.
+
+Snakemake's `gpu` resource limits how many GPU jobs run at once, but it does not say WHICH GPUs a
+job may use, so every local job would see (and crowd) GPU 0. This wrapper takes N devices from the
+pool the machine shows (CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`), holding an exclusive
+lock file per device for the command's whole life, sets CUDA_VISIBLE_DEVICES to them and execs
+COMMAND (the locks pass to it and end with it, however it ends). When the pool has exactly N devices
+(a SLURM job: SLURM already set CUDA_VISIBLE_DEVICES to the job's GPUs) they are used as they are.
+Lock files live in $KETCHUP_GPU_LOCK_DIR (default: /tmp/ketchup-gpu-locks-<uid>), per machine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ketchup.workflow_env import detect_gpus
+
+
+def gpu_pool() -> list[str]:
+    """The device ids jobs may use: CUDA_VISIBLE_DEVICES when set, else 0..count-1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    return [str(i) for i in range(detect_gpus())]
+
+
+def lock_dir() -> Path:
+    default = f"/tmp/ketchup-gpu-locks-{os.getuid()}"
+    return Path(os.environ.get("KETCHUP_GPU_LOCK_DIR", default))
+
+
+def acquire(
+    n: int,
+    pool: Sequence[str],
+    directory: Path,
+    *,
+    poll_s: float = 1.0,
+    timeout_s: float | None = None,
+) -> tuple[list[str], list[int]]:
+    """Lock n devices of `pool` (waiting for free ones); returns their ids and the open lock fds."""
+    if n > len(pool):
+        raise RuntimeError(f"{n} GPU(s) asked for, but only {len(pool)} visible ({pool})")
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    while True:
+        ids, fds = [], []
+        for device in pool:
+            fd = os.open(directory / f"gpu{device}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            ids.append(device)
+            fds.append(fd)
+            if len(ids) == n:
+                return ids, fds
+        for fd in fds:  # not enough free: let the others go and try again
+            os.close(fd)
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"no {n} free GPU(s) of {pool} within {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3 or args[1] != "--" or not args[0].isdigit():
+        print("usage: python -m ketchup.gpu_slots N -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    n, command = int(args[0]), args[2:]
+    pool = gpu_pool()
+    if n == 0:
+        ids, fds = [], []
+    elif len(pool) == n:
+        ids, fds = pool, []  # exactly the job's GPUs already (SLURM)
+    else:
+        ids, fds = acquire(n, pool, lock_dir())
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(ids) if ids else "-1"}
+    if ids:
+        print(f"gpu_slots: running on GPU(s) {','.join(ids)}", file=sys.stderr, flush=True)
+    for fd in fds:
+        os.set_inheritable(fd, True)  # the locks live as long as the command
+    os.execvpe(command[0], command, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

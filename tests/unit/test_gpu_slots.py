@@ -1,0 +1,63 @@
+"""GPU slots: each local GPU job gets GPUs of its own, held for the command's whole life."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ketchup.gpu_slots import acquire, gpu_pool
+
+PRINT_DEVICES = [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]
+
+
+def run_slots(n: int, visible: str, lock_dir) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible, "KETCHUP_GPU_LOCK_DIR": str(lock_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "ketchup.gpu_slots", str(n), "--", *PRINT_DEVICES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_pool_is_what_the_machine_shows(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3,-1")
+    assert gpu_pool() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_pool() == []
+
+
+def test_concurrent_jobs_get_different_gpus_and_wait_for_a_free_one(tmp_path):
+    first, fds = acquire(1, ["0", "1", "2"], tmp_path)
+    second, more = acquire(2, ["0", "1", "2"], tmp_path)
+    assert first == ["0"] and second == ["1", "2"]
+    with pytest.raises(TimeoutError, match="no 1 free GPU"):
+        acquire(1, ["0", "1", "2"], tmp_path, poll_s=0.01, timeout_s=0.05)
+    os.close(fds[0])  # the first job ends: its GPU is free again
+    assert acquire(1, ["0", "1", "2"], tmp_path, timeout_s=1)[0] == ["0"]
+    with pytest.raises(RuntimeError, match="only 3 visible"):
+        acquire(4, ["0", "1", "2"], tmp_path)
+
+
+def test_the_command_sees_only_its_gpus(tmp_path):
+    held, _fds = acquire(1, ["5"], tmp_path)  # another job holds GPU 5
+    result = run_slots(1, "5,7", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "7"
+    # a SLURM job: the pool is exactly the job's GPUs, used as they are without locks
+    result = run_slots(2, "5,7", tmp_path)
+    assert result.stdout.strip() == "5,7", result.stderr
+
+
+def test_bad_usage_is_explained():
+    result = subprocess.run(
+        [sys.executable, "-m", "ketchup.gpu_slots", "two", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "usage" in result.stderr
