@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     verb: Verb = args._verb
     module, function = verb.target.split(":")
     from ketchup.config import ConfigError
+    from ketchup.signals import Preempted
     from ketchup.tasks import TaskDataError
 
     try:
@@ -337,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input, not a bug: one line naming the key or file, no traceback.
         print(f"ketchup {verb.name}: error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(f"ketchup {verb.name}: {e}", file=sys.stderr)
+        return Preempted.exit_code
     return int(result or 0)
 
 

@@ -31,6 +31,7 @@ import torch
 from ketchup import distributed, loggers
 from ketchup.config import TrainConfig
 from ketchup.files import atomic_path
+from ketchup.signals import Preempted, sigterm_flag
 
 STATE_FILE = "trainer_state.pt"
 
@@ -216,59 +217,71 @@ def fit(
         total=cfg.steps, initial=state.step, disable=not (progress and procs.is_main), desc="train"
     )
     model.train()
-    while state.step < cfg.steps:
-        started = time.perf_counter()
-        indices = batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
-        rows = [train_rows[i] for i in distributed.shard(indices, procs)]
-        loss, n_tokens, *extra = loss_fn(model, rows)
-        stats = extra[0] if extra else {}
-        # every process sees the same mean loss, so a NaN anywhere stops them all at this step
-        loss_sum, n_tokens = distributed.sum_over_processes(
-            [loss.item(), n_tokens], procs, loss.device
-        )
-        mean_loss = loss_sum / procs.world
-        if not math.isfinite(mean_loss):
-            raise DivergedError(
-                f"loss is {mean_loss} at step {state.step + 1}; the last good checkpoint "
-                f"(step {state.step}) is kept in {checkpoint.dir}"
+    with sigterm_flag() as sigterm:
+        while state.step < cfg.steps:
+            started = time.perf_counter()
+            indices = batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
+            rows = [train_rows[i] for i in distributed.shard(indices, procs)]
+            loss, n_tokens, *extra = loss_fn(model, rows)
+            stats = extra[0] if extra else {}
+            # every process sees the same mean loss, so a NaN anywhere stops them all at this step
+            # (and a SIGTERM to any process stops them all after this update)
+            loss_sum, n_tokens, stop = distributed.sum_over_processes(
+                [loss.item(), n_tokens, float(sigterm["set"])], procs, loss.device
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(list(model.parameters()), procs)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        elapsed = time.perf_counter() - started
-        log.write(
-            kind="train",
-            step=state.step,
-            loss=mean_loss,
-            lr=scheduler.get_last_lr()[0],
-            grad_norm=float(grad_norm),
-            tokens_per_s=n_tokens / max(elapsed, 1e-9),
-            **stats,
-        )
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.3f}")
+            mean_loss = loss_sum / procs.world
+            if not math.isfinite(mean_loss):
+                raise DivergedError(
+                    f"loss is {mean_loss} at step {state.step + 1}; the last good checkpoint "
+                    f"(step {state.step}) is kept in {checkpoint.dir}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.average_gradients(list(model.parameters()), procs)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            elapsed = time.perf_counter() - started
+            log.write(
+                kind="train",
+                step=state.step,
+                loss=mean_loss,
+                lr=scheduler.get_last_lr()[0],
+                grad_norm=float(grad_norm),
+                tokens_per_s=n_tokens / max(elapsed, 1e-9),
+                **stats,
+            )
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
 
-        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-            score = validate(model)
-            improved = score > state.best_score
-            if improved:
-                state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                score = validate(model)
+                improved = score > state.best_score
+                if improved:
+                    state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
+                    if procs.is_main:
+                        save_model(model, tokenizer, best_dir)
+                else:
+                    state.evals_since_best += 1
+                log.write(kind="eval", step=state.step, score=score, best=improved)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{score:.2f}")
                 if procs.is_main:
-                    save_model(model, tokenizer, best_dir)
-            else:
-                state.evals_since_best += 1
-            log.write(kind="eval", step=state.step, score=score, best=improved)
-            bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{score:.2f}")
-            if procs.is_main:
-                checkpoint.save(model, optimizer, scheduler, state)
-            distributed.barrier(procs)
-            if cfg.patience and state.evals_since_best >= cfg.patience:
-                print(f"early stop at step {state.step}: no improvement in {cfg.patience} evals")
-                break
+                    checkpoint.save(model, optimizer, scheduler, state)
+                distributed.barrier(procs)
+                if cfg.patience and state.evals_since_best >= cfg.patience:
+                    print(
+                        f"early stop at step {state.step}: no improvement in {cfg.patience} evals"
+                    )
+                    break
+            if stop:
+                if procs.is_main:
+                    checkpoint.save(model, optimizer, scheduler, state)
+                distributed.barrier(procs)
+                raise Preempted(
+                    f"stopped by SIGTERM after step {state.step}; its checkpoint is saved in "
+                    f"{checkpoint.dir}: rerun the job to resume from it"
+                )
     bar.close()
 
     if procs.is_main:

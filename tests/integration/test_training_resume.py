@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from ketchup.batching import encode_pairs
 from ketchup.config import ModelConfig, TrainConfig
 from ketchup.models import build_model
+from ketchup.signals import Preempted
 from ketchup.tokenizer import train_tokenizer
 from ketchup.training import DivergedError, fit
 
@@ -49,7 +52,7 @@ def new_model(tokenizer, arch):
     return build_model(ModelConfig(None, arch, "float32"), tokenizer)
 
 
-def run(tokenizer, arch, out_dir, *, interrupt_at=None, nan_at=None):
+def run(tokenizer, arch, out_dir, *, interrupt_at=None, nan_at=None, sigterm_at=None):
     model = new_model(tokenizer, arch)
     calls = {"n": 0}
 
@@ -57,6 +60,8 @@ def run(tokenizer, arch, out_dir, *, interrupt_at=None, nan_at=None):
         calls["n"] += 1
         if calls["n"] == interrupt_at:
             raise KeyboardInterrupt  # what SIGINT does mid-update
+        if calls["n"] == sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # what SLURM sends before a preemption
         batch = encode_pairs(
             tokenizer, [r["source"] for r in rows], [r["target"] for r in rows], 16, 16, True
         )
@@ -114,6 +119,25 @@ def test_interrupted_run_resumes_to_the_same_model(tokenizer, t5_with_dropout, t
     ]
     assert [row["step"] for row in log if row["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "straight" / "log.jsonl").read_text() != ""
+
+
+def test_sigterm_saves_a_checkpoint_after_the_update_and_resumes_to_the_same_model(
+    tokenizer, t5_with_dropout, tmp_path
+):
+    run(tokenizer, t5_with_dropout, tmp_path / "straight")
+    # SIGTERM during update 5 (checkpoints are otherwise written at steps 3 and 6 only)
+    with pytest.raises(Preempted, match="after step 5"):
+        run(tokenizer, t5_with_dropout, tmp_path / "resumed", sigterm_at=5)
+    saved = torch.load(tmp_path / "resumed" / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert saved["state"]["step"] == 5
+    assert not (tmp_path / "resumed" / "model").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    state = run(tokenizer, t5_with_dropout, tmp_path / "resumed")
+    assert state.step == CFG.steps
+    straight = weights(tmp_path / "straight" / "model")
+    resumed = weights(tmp_path / "resumed" / "model")
+    for name in straight:
+        torch.testing.assert_close(straight[name], resumed[name], rtol=0, atol=0)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(
