@@ -329,12 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     verb: Verb = args._verb
     module, function = verb.target.split(":")
     from ketchup.config import ConfigError
+    from ketchup.files import CorruptFileError
     from ketchup.signals import Preempted
     from ketchup.tasks import TaskDataError
 
     try:
         result = getattr(importlib.import_module(module), function)(args)
-    except (ConfigError, TaskDataError, FileNotFoundError) as e:
+    except (ConfigError, TaskDataError, FileNotFoundError, CorruptFileError) as e:
         # Bad input, not a bug: one line naming the key or file, no traceback.
         print(f"ketchup {verb.name}: error: {e}", file=sys.stderr)
         return 1

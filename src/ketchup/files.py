@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 
+class CorruptFileError(ValueError):
+    """A file that exists but cannot be read back (truncated, malformed); the message names it and
+    what to delete."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; on success rename it to `path`, on error remove it."""
@@ -79,7 +84,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+                raise CorruptFileError(
+                    f"{path}, line {lineno}: not valid JSON ({e.msg}); fix or delete the file"
+                ) from None
     return rows
 
 

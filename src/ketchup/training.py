@@ -30,7 +30,7 @@ import torch
 
 from ketchup import distributed, loggers
 from ketchup.config import TrainConfig
-from ketchup.files import atomic_path
+from ketchup.files import CorruptFileError, atomic_path
 from ketchup.signals import Preempted, sigterm_flag
 
 STATE_FILE = "trainer_state.pt"
@@ -120,8 +120,9 @@ class Checkpoint:
         try:
             saved = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # a truncated file: name it and what to delete
-            raise RuntimeError(
-                f"{path}: cannot be read ({e}); delete {self.dir} to train from the start"
+            raise CorruptFileError(
+                f"{path}: cannot be read ({type(e).__name__}); delete {self.dir} to train "
+                "this job from the start"
             ) from e
         if saved.get("fingerprint") != self.fingerprint:
             print(f"{self.dir}: written under another config; training from the start")

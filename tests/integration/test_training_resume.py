@@ -175,3 +175,17 @@ def test_an_unknown_or_missing_logger_is_named(tokenizer, archs, tmp_path, monke
     monkeypatch.setenv("KETCHUP_LOGGERS", "wandb")
     with pytest.raises(ConfigError, match="pip install wandb"):
         run(tokenizer, archs["t5"], tmp_path)
+
+
+def test_a_truncated_checkpoint_is_named_with_what_to_delete(tokenizer, archs, tmp_path):
+    from ketchup.files import CorruptFileError
+
+    run(tokenizer, archs["t5"], tmp_path)
+    state_file = tmp_path / "checkpoint" / "trainer_state.pt"
+    data = state_file.read_bytes()
+    state_file.write_bytes(data[: len(data) // 2])  # a disk that filled up, a copy cut short
+    with pytest.raises(CorruptFileError) as error:
+        run(tokenizer, archs["t5"], tmp_path)
+    assert str(state_file) in str(error.value) and f"delete {tmp_path / 'checkpoint'}" in str(
+        error.value
+    )
