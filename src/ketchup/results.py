@@ -126,9 +126,9 @@ class Group:
 
 
 def paired_test(a: Group, b: Group, metric: Metric) -> dict[str, float]:
-    """KETCHUP-style comparison of system a against b on the same test examples: the difference
-    of their seed means and a paired permutation test's p-value (seeds paired by seed number,
-    each example's outputs swapped between the systems for every seed at once)."""
+    """System a against system b on the same test examples: the difference of their seed means
+    and a paired permutation test's p-value (seeds paired by seed number; a permutation swaps an
+    example's outputs between the two systems at every seed at once)."""
     seeds = [s for s in a.seeds if s in b.seeds]
     if not seeds:
         return {"difference": math.nan, "p_value": math.nan, "seeds": 0}
