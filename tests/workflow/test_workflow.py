@@ -213,7 +213,6 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     )
     assert (tmp_path / "report.html").stat().st_size > 10_000
     assert "judge.enabled` is false" in (tmp_path / "results" / "tables" / "judge.md").read_text()
-    run_the_judge_on_the_finished_study(tmp_path)
 
     def dry_run(edit):
         return dry_run_smoke_edited(tmp_path, edit)
@@ -246,6 +245,8 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         "score": 12,
         **report,
     }, jobs
+    # last (it changes the study's config): the judge against a local server
+    run_the_judge_on_the_finished_study(tmp_path)
 
 
 def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
