@@ -63,10 +63,24 @@ def metric_vs_k(cell: Cell):
     ks = [_k_of(s) for s in systems]
     cis = [cell.groups[s].ci(m) for s in systems]
     ax.fill_between(ks, [c[1] for c in cis], [c[2] for c in cis], alpha=0.2, color="C0")
-    ax.plot(ks, [c[0] for c in cis], "o-", color="C0", label="KETCHUP (mean over seeds)")
-    for k, s in zip(ks, systems, strict=True):
+    n_seeds = len(cell.groups[systems[0]].runs) if systems else 0
+    ax.plot(
+        ks,
+        [c[0] for c in cis],
+        "o-",
+        color="C0",
+        label=f"KETCHUP, mean of {n_seeds} seeds (band: 95% CI over test examples)",
+    )
+    for i, (k, s) in enumerate(zip(ks, systems, strict=True)):
         vals = cell.groups[s].values(m)
-        ax.plot([k] * len(vals), vals, ".", color="C0", alpha=0.5)
+        ax.plot(
+            [k] * len(vals),
+            vals,
+            ".",
+            color="C0",
+            alpha=0.5,
+            label="KETCHUP, each seed" if i == 0 else None,
+        )
     refs = [("llmr", "C3", "--")]
     if cell.best_baseline():
         refs.append((cell.best_baseline(), "C2", ":"))
@@ -161,12 +175,12 @@ def _smooth(y: np.ndarray, window: int = 10) -> np.ndarray:
 
 def training_curves(cell: Cell, on_policy: Sequence[str]):
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    styles = ["-", "--", "-.", ":"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    colors = plt.get_cmap("tab20").colors
     drawn = False
     for i, system in enumerate(s for s in cell.groups if s in on_policy):
         curves = _curves(cell, system)
-        style = {"color": f"C{i % 10}", "ls": styles[i // 10 % 4], "label": system_label(system)}
+        style = {"color": colors[(2 * i) % 20 + (2 * i) // 20], "label": system_label(system)}
         for ax, key in zip(axes, ("score", "return_mean", "rollout_length"), strict=True):
             if key in curves:
                 x, y = curves[key]
@@ -179,29 +193,22 @@ def training_curves(cell: Cell, on_policy: Sequence[str]):
                 )
                 drawn = True
     labels = (
-        f"validation {cell.primary.label} (step 0 = KL warm start)",
-        "mean return per token (10-update moving average)",
-        "mean rollout length, tokens (10-update moving average)",
+        f"validation {cell.primary.label}\n(step 0: the KL warm start)",
+        "mean return per token\n(each method's own return; 10-update average)",
+        "rollout length, tokens\n(10-update average)",
     )
     for ax, label in zip(axes, labels, strict=True):
         ax.set_xlabel("update step")
         ax.set_ylabel(label, fontsize=9)
+    fig.suptitle(
+        f"{cell.task}, student {cell.student}: on-policy training from the KL warm start, "
+        "mean over seeds",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     if drawn:
         handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(
-            handles,
-            names,
-            loc="upper center",
-            ncol=min(6, len(names)),
-            fontsize=8,
-            bbox_to_anchor=(0.5, 1.08),
-        )
-    fig.suptitle(
-        f"{cell.task}, student {cell.student}: on-policy training, mean over seeds",
-        fontsize=10,
-        y=1.12,
-    )
-    fig.tight_layout()
+        fig.legend(handles, names, loc="lower center", ncol=min(6, len(names)), fontsize=8)
     return fig
 
 
