@@ -228,14 +228,26 @@ def methods(cell: Cell):
         fmt="none",
         ecolor="black",
         capsize=3,
+        label="95% CI over test examples",
     )
+    for i, (_, system) in enumerate(rows):
+        values = cell.groups[system].values(m)
+        ax.plot(
+            [i] * len(values),
+            values,
+            "o",
+            ms=3,
+            color="black",
+            alpha=0.6,
+            label="each seed" if i == 0 else None,
+        )
     if "teacher" in cell.groups:
         ax.axhline(cell.groups["teacher"].mean_std(m)[0], color="black", ls="--", label="teacher")
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_xticks(x, [system_label(s) for _, s in rows], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"test {m.label}" + (" (lower is better)" if m.higher_is_better is False else ""))
     ax.set_title(
-        f"{cell.task}, student {cell.student}: test {m.label}, mean over seeds, 95% CI (red: RL)",
+        f"{cell.task}, student {cell.student}: test {m.label}, mean over seeds (red: RL methods)",
         fontsize=10,
     )
     fig.tight_layout()
