@@ -144,7 +144,8 @@ def _record(cell, method, system, group, metric, mean, std) -> dict[str, Any]:
 def _main_notes(group: Sequence[Cell]) -> list[str]:
     notes = [
         "Mean ± standard deviation over seeds (the teacher: one model). "
-        f"CI: {stats.METHOD}, of the mean over seeds.",
+        f"CI: {stats.METHOD}, of the mean over seeds; it covers the choice of test examples "
+        "only, not the seed-to-seed spread that the ± std shows.",
         "↑ higher is better, ↓ lower is better. KETCHUP's K and the best non-RL baseline are "
         "chosen by mean validation score, never by test score.",
     ]
