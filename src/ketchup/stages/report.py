@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ketchup.files import csv_text, read_csv, write_text
@@ -49,12 +48,10 @@ def judge_summary(judge_dirs) -> str:
         task, student = directory.parents[1].name, directory.name
         report, dry_run = directory / "report.md", directory / "dry_run.json"
         if report.is_file():
-            body = report.read_text().replace(
-                "# LLM-as-judge", f"# LLM-as-judge: {task}, {student}"
-            )
+            title = f"# LLM-as-judge: {task}, {student}"
+            body = report.read_text().replace("# LLM-as-judge", title, 1)
         elif dry_run.is_file():
-            totals = json.loads(dry_run.read_text())
-            totals = json.dumps(totals, indent=2)
+            totals = dry_run.read_text().strip()  # the verb writes it indented
             body = f"# LLM-as-judge (dry run): {task}, {student}\n\n```\n{totals}\n```\n"
         else:
             raise FileNotFoundError(
