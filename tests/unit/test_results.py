@@ -159,3 +159,20 @@ def test_runs_scored_on_different_examples_are_refused(study, tmp_path):
     summaries[summaries.index(kl0)] = str(tmp_path / "kl0.json")
     with pytest.raises(ValueError, match="score different examples"):
         main(["tables", "--scores", *summaries, "--out-dir", str(tmp_path / "t")])
+
+
+def test_judge_table_says_what_ran(tmp_path):
+    from ketchup.stages.report import JUDGE_NOT_RUN, judge_summary
+
+    assert judge_summary([]) == JUDGE_NOT_RUN and "judge.enabled: true" in JUDGE_NOT_RUN
+    ran = tmp_path / "toy" / "judge" / "s1"
+    ran.mkdir(parents=True)
+    (ran / "report.md").write_text("# LLM-as-judge\n\n## Pointwise\n| teacher | 4 |\n")
+    dry = tmp_path / "toy" / "judge" / "s2"
+    dry.mkdir(parents=True)
+    write_json(dry / "dry_run.json", {"requests": 12, "prompt_tokens": 3400})
+    text = judge_summary([ran, dry])
+    assert "# LLM-as-judge: toy, s1" in text and "| teacher | 4 |" in text
+    assert "# LLM-as-judge (dry run): toy, s2" in text and '"prompt_tokens": 3400' in text
+    with pytest.raises(FileNotFoundError, match="neither report.md nor dry_run.json"):
+        judge_summary([tmp_path / "toy" / "judge" / "missing"])
