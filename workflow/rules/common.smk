@@ -183,12 +183,7 @@ def distill_job_json(wildcards):
 
 def student_models(task):
     """Every distilled student of a task: (student, system, seed) checkpoints."""
-    return [
-        student_model(task, student, system, seed)
-        for student in STUDY.students
-        for system in STUDY.distill.systems
-        for seed in STUDY.distill.seeds
-    ]
+    return [student_model(task, *run_parts(run)) for run in student_runs()]
 
 
 def variance_student(wildcards):
@@ -239,12 +234,21 @@ def run_parts(run):
     return student, system, int(seed.removeprefix("seed"))
 
 
+def teacher_test_outputs(task):
+    return f"{task_dir(task)}/teacher/outputs/test.jsonl"
+
+
+def student_test_outputs(task, student, system, seed):
+    """A student's test outputs (the generate rule's output)."""
+    return f"{task_dir(task)}/students/{student}/{system}/seed{seed}/test_outputs.jsonl"
+
+
 def run_outputs(wildcards):
     """The test outputs a run is scored on: the teacher's, or the student's `generate` file."""
     parts = run_parts(wildcards.run)
     if parts is None:
-        return f"{task_dir(wildcards.task)}/teacher/outputs/test.jsonl"
-    return f"{task_dir(wildcards.task)}/students/{parts[0]}/{parts[1]}/seed{parts[2]}/test_outputs.jsonl"
+        return teacher_test_outputs(wildcards.task)
+    return student_test_outputs(wildcards.task, *parts)
 
 
 def run_model(wildcards):
@@ -368,11 +372,9 @@ def judge_systems(wildcards):
     """NAME=FILE for the teacher and each system of the student at the first seed."""
     seed = STUDY.distill.seeds[0]
     task, student = wildcards.task, wildcards.student
-    files = {TEACHER_RUN: f"{task_dir(task)}/teacher/outputs/test.jsonl"}
+    files = {TEACHER_RUN: teacher_test_outputs(task)}
     for system in STUDY.distill.systems:
-        files[system] = (
-            f"{task_dir(task)}/students/{student}/{system}/seed{seed}/test_outputs.jsonl"
-        )
+        files[system] = student_test_outputs(task, student, system, seed)
     return files
 
 
@@ -400,10 +402,11 @@ def judge_figure_kinds():
 
 
 def student_score_summaries(task, student):
+    """The score summaries of one student's runs (every system and seed)."""
     return [
-        f"{task_dir(task)}/scores/{student}/{system}/seed{seed}.json"
-        for system in STUDY.distill.systems
-        for seed in STUDY.distill.seeds
+        f"{task_dir(task)}/scores/{run}.json"
+        for run in student_runs()
+        if run_parts(run)[0] == student
     ]
 
 
