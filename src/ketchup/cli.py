@@ -141,8 +141,6 @@ def _tables_args(p: argparse.ArgumentParser) -> None:
 
 
 def _figures_args(p: argparse.ArgumentParser) -> None:
-    from ketchup.figures import KINDS, STUDY_KINDS
-
     p.add_argument("--task", required=True, help="the task whose figures to draw")
     p.add_argument(
         "--scores", nargs="+", required=True, help="score summaries (JSON) of the task's runs"
@@ -151,9 +149,8 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kinds",
         nargs="+",
-        choices=[*KINDS, *STUDY_KINDS],
-        default=list(KINDS),
-        help="figures to draw",
+        help="figures to draw: metric_vs_k, grad_variance, training_curves, methods, gain_vs_size "
+        "(default: all but gain_vs_size)",
     )
     p.add_argument(
         "--judge", nargs="*", default=[], help="the task's judge output directories (win rates)"

@@ -176,3 +176,10 @@ def test_judge_table_says_what_ran(tmp_path):
     assert "# LLM-as-judge (dry run): toy, s2" in text and '"prompt_tokens": 3400' in text
     with pytest.raises(FileNotFoundError, match="neither report.md nor dry_run.json"):
         judge_summary([tmp_path / "toy" / "judge" / "missing"])
+
+
+def test_an_unknown_figure_kind_is_named(study, tmp_path, capsys):
+    args = ["figures", "--task", "toy", "--scores", *study["summaries"], "--kinds", "histogram"]
+    assert main([*args, "--out-dir", str(tmp_path)]) == 1
+    assert "unknown figure 'histogram'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

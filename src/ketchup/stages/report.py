@@ -79,8 +79,14 @@ def tables_stage(args) -> int:
 
 def figures_stage(args) -> int:
     from ketchup import figures
-    from ketchup.config import WARM_STARTED_METHODS, split_system
+    from ketchup.config import WARM_STARTED_METHODS, ConfigError, split_system
 
+    # checked here, not by argparse choices: the CLI stays free of the plotting imports
+    kinds = list(args.kinds or figures.KINDS)
+    unknown = [k for k in kinds if k not in (*figures.KINDS, *figures.STUDY_KINDS)]
+    if unknown:
+        known = ", ".join((*figures.KINDS, *figures.STUDY_KINDS))
+        raise ConfigError(f"--kinds: unknown figure {unknown[0]!r}; known: {known}")
     cells = [c for c in _cells(args.scores) if c.task == args.task]
     variance = _variance(args.variance)
     out_dir = Path(args.out_dir)
@@ -90,7 +96,7 @@ def figures_stage(args) -> int:
         on_policy = [
             s for s in cell.groups if s != "teacher" and split_system(s)[0] in WARM_STARTED_METHODS
         ]
-        for kind in args.kinds:
+        for kind in kinds:
             if kind == "metric_vs_k":
                 fig = figures.metric_vs_k(cell)
             elif kind == "grad_variance":
@@ -108,7 +114,7 @@ def figures_stage(args) -> int:
             student = directory.name
             fig = figures.judge_win_rates(read_csv(summary), f"{args.task}, student {student}")
             written += figures.save(fig, out_dir / f"{args.task}_{student}_judge_win_rates")
-    if "gain_vs_size" in args.kinds:
+    if "gain_vs_size" in kinds:
         parameters = {
             c.student: g.runs[0].summary.get("parameters")
             for c in cells
