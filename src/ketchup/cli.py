@@ -327,13 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     module, function = verb.target.split(":")
     from ketchup.config import ConfigError
     from ketchup.files import CorruptFileError
-    from ketchup.signals import Preempted
+    from ketchup.signals import DivergedError, Preempted
     from ketchup.tasks import TaskDataError
 
     try:
         result = getattr(importlib.import_module(module), function)(args)
-    except (ConfigError, TaskDataError, FileNotFoundError, CorruptFileError) as e:
-        # Bad input, not a bug: one line naming the key or file, no traceback.
+    except (ConfigError, TaskDataError, FileNotFoundError, CorruptFileError, DivergedError) as e:
+        # Bad input or a diverged run, not a bug: one line naming the key, file or step.
         print(f"ketchup {verb.name}: error: {e}", file=sys.stderr)
         return 1
     except Preempted as e:

@@ -1,5 +1,6 @@
-"""Stopping a job cleanly: SIGTERM (SLURM's preemption or time-limit signal, `kill`) becomes a flag
-that the training loop reads after each update, so it can save a checkpoint before it exits.
+"""How a training job stops early, cleanly: SIGTERM (SLURM's preemption or time-limit signal, `kill`)
+becomes a flag that the training loop reads after each update, so it can save a checkpoint before
+it exits; a loss that turns NaN stops the job with the last good checkpoint kept.
 No torch here: the CLI imports it for every verb."""
 
 from __future__ import annotations
@@ -8,6 +9,10 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite: the job stopped, its last good checkpoint kept."""
 
 
 class Preempted(RuntimeError):

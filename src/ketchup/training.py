@@ -31,13 +31,9 @@ import torch
 from ketchup import distributed, loggers
 from ketchup.config import TrainConfig
 from ketchup.files import CorruptFileError, atomic_path
-from ketchup.signals import Preempted, sigterm_flag
+from ketchup.signals import DivergedError, Preempted, sigterm_flag
 
 STATE_FILE = "trainer_state.pt"
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -131,7 +127,9 @@ class Checkpoint:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"])
-        return TrainState(**saved["state"])
+        state = TrainState(**saved["state"])
+        print(f"resuming from {self.dir} at step {state.step}")
+        return state
 
 
 class StepLog:
@@ -143,9 +141,14 @@ class StepLog:
             return
         kept = []
         if resume_step > 0 and path.is_file():
-            # drop what was logged after the checkpoint: those updates are redone
+            # drop what was logged after the checkpoint: those updates are redone (a line cut
+            # short by a kill is one of them: the checkpoint is written after its step's lines)
             for line in path.read_text().splitlines():
-                if line.strip() and json.loads(line)["step"] <= resume_step:
+                try:
+                    step = json.loads(line)["step"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if step <= resume_step:
                     kept.append(line + "\n")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(kept))
@@ -218,7 +221,8 @@ def fit(
         total=cfg.steps, initial=state.step, disable=not (progress and procs.is_main), desc="train"
     )
     model.train()
-    with sigterm_flag() as sigterm:
+    # the bar is closed however the loop ends, so an error is printed on a line of its own
+    with sigterm_flag() as sigterm, bar:
         while state.step < cfg.steps:
             started = time.perf_counter()
             indices = batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
@@ -283,7 +287,6 @@ def fit(
                     f"stopped by SIGTERM after step {state.step}; its checkpoint is saved in "
                     f"{checkpoint.dir}: rerun the job to resume from it"
                 )
-    bar.close()
 
     if procs.is_main:
         with atomic_path(out_dir / "model", directory=True) as tmp:

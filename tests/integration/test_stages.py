@@ -258,7 +258,9 @@ def teacher_dir(prepared, archs, tmp_path_factory):
     return train_teacher_with_outputs(prepared, archs["t5"], tmp_path_factory.mktemp("t"), "train")
 
 
-def distill_argv(prepared, teacher_dir, arch, system, out_dir, *, seed=3, config=None, extra=()):
+def distill_argv(
+    prepared, teacher_dir, arch, system, out_dir, *, seed=3, config=None, extra=(), train=TRAIN
+):
     """The `distill` command line the workflow's rule builds, for one system."""
     return [
         "distill",
@@ -277,7 +279,7 @@ def distill_argv(prepared, teacher_dir, arch, system, out_dir, *, seed=3, config
         "--task-json",
         json.dumps(TASK),
         "--student-json",
-        json.dumps({"model": {"architecture": arch}, "train": TRAIN}),
+        json.dumps({"model": {"architecture": arch}, "train": train}),
         "--generation-json",
         json.dumps(GENERATION),
         "--config-json",
@@ -399,6 +401,85 @@ def test_onpolicy_resume_matches_an_uninterrupted_run(
         for r in read_jsonl(resumed / "log.jsonl")
     ]
     assert strip == again
+
+
+def test_sigkilled_job_resumes_from_its_checkpoint_to_the_same_model(
+    prepared, teacher_dir, archs, warm_start, tmp_path
+):
+    """`kill -9` of a real `ketchup distill` process (llmr: sampled rollouts, so the RNG state
+    matters) after its first checkpoint; the rerun resumes there and ends bit-identical to an
+    uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    onpolicy = {**ONPOLICY, "train": {**ONPOLICY["train"], "steps": 60, "eval_every": 10}}
+
+    def command(out):
+        argv = distill_argv(
+            prepared,
+            teacher_dir,
+            archs["t5"],
+            "llmr",
+            out,
+            config=onpolicy,
+            extra=("--warm-start", str(warm_start)),
+        )
+        return [sys.executable, "-m", "ketchup", *argv]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def finish(out):
+        done = subprocess.run(command(out), capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    finish(tmp_path / "whole")
+    killed = tmp_path / "killed"
+    job = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL)
+    checkpoint = killed / "checkpoint" / "trainer_state.pt"
+    while not checkpoint.exists() and job.poll() is None:
+        time.sleep(0.005)
+    job.send_signal(signal.SIGKILL)
+    assert job.wait() == -signal.SIGKILL, "the job ended before it could be killed"
+    assert not (killed / "model").exists()
+    stdout = finish(killed)
+    resumed_at = int(stdout.split("resuming from ")[1].split(" at step ")[1].split()[0])
+    assert 10 <= resumed_at < 60, stdout
+    a, b = _weights(tmp_path / "whole" / "model"), _weights(killed / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train = [r["step"] for r in read_jsonl(killed / "log.jsonl") if r["kind"] == "train"]
+    assert train == list(range(1, 61))
+
+
+def test_nan_loss_stops_the_job_naming_the_step(
+    prepared, teacher_dir, archs, warm_start, tmp_path, monkeypatch, capsys
+):
+    """A NaN injected into update 3's loss: exit 1, one line naming the step, no model published,
+    the step-2 checkpoint kept (the job's rerun resumes from it)."""
+    import torch
+
+    from ketchup import objectives
+
+    real, calls = objectives.policy_gradient_objective, []
+
+    def nan_at_step_3(*args, **kwargs):
+        calls.append(1)
+        loss, stats = real(*args, **kwargs)
+        return (loss * float("nan"), stats) if len(calls) == 3 else (loss, stats)
+
+    monkeypatch.setattr(objectives, "policy_gradient_objective", nan_at_step_3)
+    assert _run_onpolicy(prepared, teacher_dir, archs, warm_start, "ketchup_k2", tmp_path) == 1
+    err = capsys.readouterr().err  # progress bars, then the error on one line
+    line = next(x for x in err.splitlines() if x.startswith("ketchup distill: error: "))
+    assert "loss is nan at step 3" in line and "(step 2) is kept" in line, err
+    assert not (tmp_path / "model").exists()
+    saved = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert saved["state"]["step"] == 2
 
 
 def test_distill_argument_errors_name_what_is_missing(

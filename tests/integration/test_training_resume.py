@@ -12,9 +12,9 @@ import torch
 from ketchup.batching import encode_pairs
 from ketchup.config import ModelConfig, TrainConfig
 from ketchup.models import build_model
-from ketchup.signals import Preempted
+from ketchup.signals import DivergedError, Preempted
 from ketchup.tokenizer import train_tokenizer
-from ketchup.training import DivergedError, fit
+from ketchup.training import fit
 
 ROWS = [
     {"source": f"name[Place {i}] | food[{food}]", "target": f"Place {i} serves {food} food."}

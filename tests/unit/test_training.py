@@ -44,6 +44,8 @@ def test_resumed_log_drops_entries_after_the_checkpoint(tmp_path):
     log = StepLog(path, resume_step=0)
     for step in range(1, 6):
         log.write(kind="train", step=step, loss=1.0 / step)
+    with path.open("a") as f:
+        f.write('{"kind": "train", "st')  # a line cut short by SIGKILL
     StepLog(path, resume_step=3)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
     StepLog(path, resume_step=0)

@@ -4,6 +4,7 @@ import os
 import re
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 import yaml
 from snakemake.utils import update_config, validate
 
@@ -19,12 +20,28 @@ from ketchup.config import (
 )
 from ketchup.tasks import task_kind
 from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
-from ketchup.workflow_env import detect_gpus, run_this_checkout
+from ketchup.workflow_env import (
+    detect_gpus,
+    record_lock_owner,
+    remove_stale_lock,
+    run_this_checkout,
+)
 
 RESULTS = "results"
 
 
 run_this_checkout(workflow.basedir)
+
+# A run killed with SIGKILL leaves Snakemake's lock behind; the next run removes it when the run
+# that took it is dead (so `snakemake --cores all` just resumes), and records itself as the owner.
+if workflow.is_main_process:
+    stale = remove_stale_lock()
+    if stale:
+        logger.warning(f"ketchup: {stale}")
+
+
+onstart:
+    record_lock_owner()
 
 
 def load_study(config):
