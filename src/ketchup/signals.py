@@ -1,6 +1,6 @@
-"""How a training job stops early, cleanly: SIGTERM (SLURM's preemption or time-limit signal, `kill`)
-becomes a flag that the training loop reads after each update, so it can save a checkpoint before
-it exits; a loss that turns NaN stops the job with the last good checkpoint kept.
+"""How a training job stops early, cleanly: SIGTERM (SLURM's preemption or time-limit signal,
+`kill`) becomes a flag that the training loop reads after each update, so it can save a
+checkpoint before it exits; a loss that turns NaN stops the job with the last good checkpoint kept.
 No torch here: the CLI imports it for every verb."""
 
 from __future__ import annotations
