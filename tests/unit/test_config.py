@@ -7,6 +7,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
+import hypothesis
 import pytest
 import yaml
 
@@ -210,3 +211,72 @@ def test_a_job_sees_only_the_distill_keys_its_method_reads():
     assert after["llmr"] == before["llmr"] and after["js"] == before["js"]
     assert after["gkd"] != before["gkd"]
     assert cfg.job_distill_section(data["distill"], "ketchup_k32") == after["llmr"]
+
+
+# Generated bad configs: a leaf of a shipped config given a value of the wrong type, or an unknown
+# key added to one of its sections. Every one must fail with one line naming exactly that key,
+# never a traceback or a silent default.
+def _leaves(node, path=()):
+    """(path, value) of every leaf; list items are leaves of their own."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
+        if isinstance(value, (dict, list)) and value:
+            yield from _leaves(value, (*path, key))
+        else:
+            yield (*path, key), value
+
+
+def _sections(node, path=()):
+    """Paths of the closed sections (dicts with a fixed set of keys), for unknown keys."""
+    open_maps = {("tasks",), ("students",), ("resources",)}  # keys are names the user picks
+    if isinstance(node, dict) and "architecture" not in path and path not in open_maps:
+        yield path
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from _sections(value, (*path, key))
+
+
+def _dotted(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _wrong_type(value):
+    if isinstance(value, bool):
+        return "yes"
+    if isinstance(value, (int, float)):
+        return "12 steps"
+    if isinstance(value, (list, dict)):  # empty ones
+        return 3.5
+    return [1, 2]  # a string or null where a list never goes
+
+
+def _get(node, path):
+    for part in path:
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(data=hypothesis.strategies.data())
+def test_generated_bad_configs_fail_naming_the_key(path, data):
+    config = yaml.safe_load(path.read_text())
+    leaves = [p for p, _ in _leaves(config) if "architecture" not in p]
+    sections = list(_sections(config))
+    if data.draw(hypothesis.strategies.booleans(), label="unknown key"):
+        section = data.draw(hypothesis.strategies.sampled_from(sections), label="section")
+        _get(config, section)["zz_unknown"] = 1
+        target = (*section, "zz_unknown")
+    else:
+        target = data.draw(hypothesis.strategies.sampled_from(leaves), label="leaf")
+        parent = _get(config, target[:-1])
+        parent[target[-1]] = _wrong_type(parent[target[-1]])
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse_config(config)
+    message = str(err.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"config key '{_dotted(target)}': "), (target, message)

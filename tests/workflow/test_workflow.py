@@ -18,6 +18,7 @@ from ketchup.config import parse_config
 from ketchup.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "smoke.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -247,6 +248,113 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     }, jobs
     # last (it changes the study's config): the judge against a local server
     run_the_judge_on_the_finished_study(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_study_killed_at_a_random_point_resumes(tmp_path):
+    """The whole smoke workflow SIGKILLed (process group: Snakemake and its jobs) at a random
+    moment. While it runs, a second invocation in the same directory is refused by Snakemake's
+    lock. After the kill every file under results/ is whole (what looks complete is complete);
+    the next plain run removes the dead run's lock, leaves the finished jobs' outputs alone
+    (same modification times), redoes the rest, resuming training from checkpoints, and ends."""
+    import os
+    import random
+    import signal
+    import time
+
+    delay = float(os.environ.get("KETCHUP_KILL_AFTER_S") or random.uniform(5, 60))
+    print(f"killing the study {delay:.1f} s after it took its lock (KETCHUP_KILL_AFTER_S)")
+    work = tmp_path / "work"
+    args = ("--cores", "2", "--directory", str(work), "--configfile", str(SMOKE))
+    with (tmp_path / "first.log").open("w") as log:
+        first = subprocess.Popen(
+            [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so that one kill reaches every job
+        )
+    try:
+        owner = work / ".snakemake" / "locks" / "ketchup-owner.json"
+        deadline = time.monotonic() + 600
+        while not owner.exists():
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "the study never took its lock"
+            time.sleep(0.1)
+        locked_at = time.monotonic()
+        second = snakemake(*args, check=False)
+        assert second.returncode != 0
+        assert "Directory cannot be locked" in second.stdout + second.stderr
+        time.sleep(max(0.0, delay - (time.monotonic() - locked_at)))
+        assert first.poll() is None, f"the study ended within {delay:.1f} s, before the kill"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+    results = work / "results"
+    incomplete = snakemake_incomplete(work)
+    finished = {}
+    for path in results.rglob("*"):
+        if path.is_file():
+            assert_whole(path)
+            if is_output(path, results) and not any(p in incomplete for p in (path, *path.parents)):
+                finished[path] = path.stat().st_mtime_ns
+    interrupted = [
+        d.parent
+        for d in results.glob("*/students/*/*/seed*/checkpoint")
+        if not (d.parent / "model").exists()
+    ]
+    print(
+        f"at the kill: {len(finished)} finished output files, {len(incomplete)} marked "
+        f"incomplete, training interrupted after a checkpoint in {interrupted}"
+    )
+
+    rerun = snakemake(*args)
+    assert "removed the lock of an earlier Snakemake run" in rerun.stdout + rerun.stderr
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert (results / "tables" / "main.md").is_file()
+    assert "Nothing to be done" in snakemake("-n", *args).stdout
+    for out_dir in interrupted:
+        job_log = results / "restaurants" / "logs" / f"distill_{'_'.join(out_dir.parts[-3:])}.log"
+        assert "resuming from" in job_log.read_text(), job_log
+
+
+def snakemake_incomplete(workdir: Path) -> set[Path]:
+    """The outputs Snakemake marked incomplete (jobs that started and did not finish)."""
+    import base64
+
+    marks = workdir / ".snakemake" / "incomplete"
+    paths = set()
+    for mark in marks.rglob("*") if marks.exists() else ():
+        if mark.is_file() and mark.name != "migration_underway":
+            encoded = "".join(p.lstrip("@") for p in mark.relative_to(marks).parts)
+            paths.add(workdir / base64.urlsafe_b64decode(encoded).decode())
+    return paths
+
+
+def is_output(path: Path, results: Path) -> bool:
+    """A file of a rule's declared output (not a log, a checkpoint or a temporary)."""
+    parts = path.relative_to(results).parts
+    scratch = {"logs", "benchmarks", "checkpoint", "best", "tables", "figures"}
+    return not (scratch & set(parts) or path.name.startswith(".") or path.name == "log.jsonl")
+
+
+def assert_whole(path: Path) -> None:
+    """Parse the file by its kind: a file cut short by the kill fails here."""
+    from safetensors.torch import load_file
+
+    if any(p.startswith(".") and p.endswith(".tmp") for p in path.parts) or path.suffix == ".log":
+        return  # in a temporary (never read) or a job's console log
+    if path.suffix == ".jsonl" and path.name != "log.jsonl":  # the step log is append-only
+        read_jsonl(path)
+    elif path.suffix == ".json":
+        json.loads(path.read_text())
+    elif path.suffix == ".csv":
+        with path.open() as f:
+            rows = list(csv.reader(f))
+        assert rows and len({len(r) for r in rows}) == 1, path
+    elif path.suffix == ".safetensors":
+        load_file(str(path))
 
 
 def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
