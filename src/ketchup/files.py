@@ -77,8 +77,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _utf8_line(path, lineno, raw)
             if not line.strip():
                 continue
             try:
@@ -88,6 +89,24 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                     f"{path}, line {lineno}: not valid JSON ({e.msg}); fix or delete the file"
                 ) from None
     return rows
+
+
+def _utf8_line(path: Path, lineno: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(
+            f"{path}, line {lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+            f"{e.start + 1}); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def check_utf8(path: str | Path) -> None:
+    """Raise CorruptFileError naming the first line of a text file that is not UTF-8."""
+    path = Path(path)
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            _utf8_line(path, lineno, raw)
 
 
 def _cell(value: Any, digits: int) -> Any:
@@ -111,6 +130,7 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    check_utf8(path)
     with path.open(encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 

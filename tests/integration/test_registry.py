@@ -365,6 +365,21 @@ def test_missing_field_names_file_split_and_row(tmp_path):
     )
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_wrong_encoding_names_file_and_line(tmp_path, suffix):
+    good = write_jsonl(tmp_path / "good.jsonl", xsum_rows(3))
+    bad = tmp_path / f"latin1.{suffix}"
+    if suffix == "jsonl":
+        text = '{"document": "ok", "summary": "ok"}\n{"document": "Café", "summary": "ok"}\n'
+    else:
+        text = "document,summary\nok,ok\nCafé,ok\n"
+    bad.write_bytes(text.encode("latin-1"))
+    with pytest.raises(TaskDataError) as info:
+        load_task("t", make_task("xsum", (good, str(bad), good)))
+    line = 2 if suffix == "jsonl" else 3
+    assert str(info.value).startswith(f"{bad}, line {line}: not UTF-8 text (byte 0xe9"), info.value
+
+
 def test_absent_column_is_missing(tmp_path):
     path = write_jsonl(tmp_path / "ep.jsonl", [{"translation": {"en": "a", "de": "b"}}] * 3)
     with pytest.raises(

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from ketchup.files import atomic_path, read_jsonl, write_jsonl, write_text
+from ketchup.files import CorruptFileError, atomic_path, read_jsonl, write_jsonl, write_text
 
 
 def test_write_then_read_jsonl(tmp_path):
@@ -58,6 +58,9 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
         read_jsonl(path)
     with pytest.raises(FileNotFoundError, match="missing"):
         read_jsonl(tmp_path / "missing.jsonl")
+    path.write_bytes('{"a": 1}\n{"a": "Café"}\n'.encode("latin-1"))
+    with pytest.raises(CorruptFileError, match=r"bad\.jsonl, line 2: not UTF-8 text"):
+        read_jsonl(path)
 
 
 def test_outputs_get_the_usual_permissions(tmp_path):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ketchup.config import SPLITS, ConfigError
+from ketchup.files import CorruptFileError, check_utf8
 
 if TYPE_CHECKING:
     from ketchup.config import TaskConfig
@@ -342,13 +343,18 @@ def _read_file(path: str, task_name: str, split: str):
             f"use one of {', '.join(FILE_FORMATS)}"
         )
     fmt = FILE_FORMATS[suffix]
+    if fmt != "parquet":
+        try:
+            check_utf8(file)  # else a UnicodeDecodeError from deep inside datasets
+        except CorruptFileError as e:
+            raise TaskDataError(str(e)) from None
     # datasets fails on a file without rows with an obscure message (or StopIteration).
     if _has_no_rows(file, fmt):
         raise TaskDataError(f"{path}: split {split} is empty")
     kwargs: dict[str, Any] = {}
     if fmt == "csv":
         # Every column as text: pandas would turn an id "007" or an answer "42" into a number.
-        with file.open(newline="") as f:
+        with file.open(encoding="utf-8", newline="") as f:
             header = next(csv.reader(f), [])
         kwargs["features"] = datasets.Features({col: datasets.Value("string") for col in header})
     try:
@@ -366,7 +372,7 @@ def _has_no_rows(file: Path, fmt: str) -> bool:
             return pq.ParquetFile(file).metadata.num_rows == 0
         except Exception:  # not Parquet: let datasets report it
             return False
-    with file.open(newline="") as f:
+    with file.open(encoding="utf-8", newline="") as f:
         if fmt == "csv":
             reader = csv.reader(f)
             next(reader, None)  # the header
