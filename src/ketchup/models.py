@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ketchup.config import ConfigError, ModelConfig
+from ketchup.files import CorruptFileError
 
 if TYPE_CHECKING:
     import torch
@@ -246,6 +247,24 @@ def _hub_error(what: str, name: str, err: Exception) -> OSError:
     )
 
 
+@contextlib.contextmanager
+def _loading(what: str, source: str, local: bool):
+    """A hub failure names the id; a local directory that cannot be read (a truncated or damaged
+    file) is named with what to do, instead of a parser's traceback."""
+    try:
+        yield
+    except Exception as err:
+        if not local:
+            if isinstance(err, OSError):
+                raise _hub_error(what, source, err) from err
+            raise
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise CorruptFileError(
+            f"{source}: the {what} cannot be loaded ({type(err).__name__}: {reason}); if a "
+            f"workflow job wrote it, delete {source} and rerun to rebuild it"
+        ) from err
+
+
 def load_model(name_or_path: str, *, dtype: Any = None, device: Any = None) -> PreTrainedModel:
     """Load a pretrained model from a local directory or a hub id.
 
@@ -256,18 +275,15 @@ def load_model(name_or_path: str, *, dtype: Any = None, device: Any = None) -> P
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     source, local = _resolve_source(name_or_path, "model")
-    try:
+    with _loading("model", source, local):
         config = AutoConfig.from_pretrained(source, local_files_only=local)
-    except OSError as err:
-        if local:
-            raise
-        raise _hub_error("model", source, err) from err
     auto_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     kwargs: dict[str, Any] = {"config": config, "local_files_only": local}
     resolved = _as_dtype(dtype, device)
     if resolved is not None:
         kwargs["dtype"] = resolved  # transformers 5 name (was torch_dtype)
-    model = auto_cls.from_pretrained(source, **kwargs)
+    with _loading("model", source, local):
+        model = auto_cls.from_pretrained(source, **kwargs)
     return _place(model, device).eval()
 
 
@@ -280,12 +296,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     source, local = _resolve_source(name_or_path, "tokenizer")
-    try:
+    with _loading("tokenizer", source, local):
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-    except OSError as err:
-        if local:
-            raise
-        raise _hub_error("tokenizer", source, err) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

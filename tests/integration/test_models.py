@@ -227,6 +227,24 @@ def test_save_model_interrupted_leaves_nothing(tokenizer, tmp_path, monkeypatch,
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_damaged_saved_model_names_the_directory_and_what_to_do(
+    tokenizer, tmp_path, archs, damaged
+):
+    """A cached model cut short (a full disk, a copy interrupted): one clear error, no parser
+    traceback."""
+    from ketchup.files import CorruptFileError
+
+    save_model(build_model(model_config(archs["t5"]), tokenizer), tokenizer, tmp_path / "m")
+    path = tmp_path / "m" / damaged
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    load = load_tokenizer if damaged == "tokenizer.json" else load_model
+    with pytest.raises(CorruptFileError) as err:
+        load(str(tmp_path / "m"))
+    assert str(err.value).startswith(f"{tmp_path / 'm'}: the ")
+    assert f"delete {tmp_path / 'm'} and rerun" in str(err.value)
+
+
 @pytest.mark.parametrize("relative", [False, True])
 def test_load_missing_path_names_it(tmp_path, monkeypatch, relative):
     monkeypatch.chdir(tmp_path)
