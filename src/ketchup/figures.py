@@ -175,13 +175,14 @@ def _smooth(y: np.ndarray, window: int = 10) -> np.ndarray:
 
 def training_curves(cell: Cell, on_policy: Sequence[str]):
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
     colors = plt.get_cmap("tab20").colors
     drawn = False
     for i, system in enumerate(s for s in cell.groups if s in on_policy):
         curves = _curves(cell, system)
         style = {"color": colors[(2 * i) % 20 + (2 * i) // 20], "label": system_label(system)}
-        for ax, key in zip(axes, ("score", "return_mean", "rollout_length"), strict=True):
+        keys = ("score", "return_mean", "rollout_length", "clipped_share")
+        for ax, key in zip(axes, keys, strict=True):
             if key in curves:
                 x, y = curves[key]
                 ax.plot(
@@ -196,6 +197,7 @@ def training_curves(cell: Cell, on_policy: Sequence[str]):
         f"validation {cell.primary.label}\n(step 0: the KL warm start)",
         "mean return per token\n(each method's own return; 10-update average)",
         "rollout length, tokens\n(10-update average)",
+        "share of clipped advantages\n(policy-gradient methods; 10-update average)",
     )
     for ax, label in zip(axes, labels, strict=True):
         ax.set_xlabel("update step")
