@@ -10,9 +10,10 @@ teacher and warm starts, e.g. for config.yaml:
     python scripts/rl_sweep.py --parallel 2
 
 Writes results/sweep/<lever>/<system>/seed<S>/ (the job's out-dir: model, log.jsonl, then
-validation.jsonl and its scores) and results/sweep/summary.{csv,md}: per lever and system, the
-mean and standard deviation over seeds of the validation metric, slot error rate and words per
-output of the selected checkpoint, with the warm start's and the teacher's as reference rows. A
+validation.jsonl and its scores), results/sweep/summary.{csv,md}: per lever and system, the mean
+and standard deviation over seeds of the validation metric, slot error rate and words per output of
+the selected checkpoint, the rollout length at the end of training and the step kept, with the
+warm start's and the teacher's as reference rows, and results/sweep/curves_<system>.png. A
 finished run is skipped when the sweep is run again.
 """
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from ketchup.config import job_distill_section, parse_config, split_system
-from ketchup.files import csv_text, write_text
+from ketchup.files import csv_text, read_jsonl, write_text
 from ketchup.tasks import task_metric
 
 # name -> (change to the `distill` section, why it is a lever: its source or reason)
@@ -61,7 +62,7 @@ LEVERS: dict[str, tuple[dict, str]] = {
 }
 SYSTEMS = ["llmr", "ketchup_k4"]
 # what the summary reports for each run, from its validation scores
-COLUMNS = ("metric", "ser", "words")
+COLUMNS = ("metric", "ser", "words", "end_length", "best_step")
 
 
 def deep_update(base: dict, change: dict) -> dict:
@@ -167,13 +168,54 @@ def run_commands(commands: list[list[str]], log: Path) -> None:
                 raise RuntimeError(f"{' '.join(command[:4])} failed: see {log}")
 
 
+def training_log(out: Path) -> list[dict]:
+    return read_jsonl(out / "log.jsonl") if (out / "log.jsonl").is_file() else []
+
+
 def summary_of(out: Path, primary: str) -> dict[str, float]:
     scores = json.loads((out / "validation_scores.json").read_text())["metrics"]
+    log = training_log(out)
+    lengths = [r["rollout_length"] for r in log if r["kind"] == "train"][-10:]
+    best = [r["step"] for r in log if r["kind"] == "eval" and r["best"]]
+    nan = float("nan")
     return {
         "metric": scores[primary],
-        "ser": scores.get("ser", float("nan")),
+        "ser": scores.get("ser", nan),
         "words": scores["words"],
+        "end_length": statistics.mean(lengths) if lengths else nan,
+        "best_step": best[-1] if best else nan,
     }
+
+
+def plot_curves(sweep: Path, levers: list[str], systems: list[str], primary: str) -> None:
+    """Validation metric and rollout length against updates, mean over seeds, a line per lever."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for system in systems:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        for lever in levers:
+            logs = [training_log(d) for d in sorted((sweep / lever / system).glob("seed*"))]
+            for ax, kind, key in zip(
+                axes, ("eval", "train"), ("score", "rollout_length"), strict=True
+            ):
+                series = [[r[key] for r in log if r["kind"] == kind] for log in logs]
+                steps = [r["step"] for r in logs[0] if r["kind"] == kind] if logs else []
+                if steps and all(len(x) == len(steps) for x in series):
+                    ax.plot(
+                        steps, [statistics.mean(v) for v in zip(*series, strict=True)], label=lever
+                    )
+        axes[0].set_ylabel(f"validation {primary} (step 0: the KL warm start)")
+        axes[1].set_ylabel("rollout length, tokens (per update)")
+        for ax in axes:
+            ax.set_xlabel("update step")
+        axes[0].legend(fontsize=8, ncol=2)
+        fig.suptitle(f"{system}: one lever at a time, mean over seeds", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(sweep / f"curves_{system}.png", dpi=110)
+        plt.close(fig)
 
 
 def main() -> int:
@@ -254,7 +296,14 @@ def main() -> int:
         "why",
     ]
     write_text(sweep / "summary.csv", csv_text(rows, columns, digits=2))
-    label = {"metric": f"val {study.primary}", "ser": "val SER %", "words": "words"}
+    plot_curves(sweep, levers, systems, study.primary)
+    label = {
+        "metric": f"val {study.primary}",
+        "ser": "val SER %",
+        "words": "val words",
+        "end_length": "rollout tokens, last 10 updates",
+        "best_step": "step kept",
+    }
     lines = [
         "| lever | system | " + " | ".join(label[c] for c in COLUMNS) + " |",
         "|---|---|" + "---:|" * len(COLUMNS),
