@@ -158,6 +158,29 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, help="results/figures")
 
 
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ks", default="1,4,16", help="KETCHUP's K values (1 = LLMR)")
+    p.add_argument("--batch-size", type=int, default=16, help="rollouts per update")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="rollout length")
+    p.add_argument("--repeats", type=int, default=5, help="timed updates per configuration")
+    p.add_argument("--student-width", type=int, default=64)
+    p.add_argument("--student-layers", type=int, default=2)
+    p.add_argument("--teacher-width", type=int, default=128)
+    p.add_argument("--teacher-layers", type=int, default=4)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the best available)")
+    p.add_argument("--no-trl", action="store_true", help="leave TRL out (not installed)")
+    p.add_argument("--out", default="results/bench/update.csv", help="CSV of the table")
+    p.add_argument(
+        "--study", default=None, help="a finished study's results/: summarise its benchmarks"
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="KETCHUP's update at the paper's scale on a GPU (flan-t5-xl teacher, t5-base "
+        "student, random weights, 512-token sources, 64-token rollouts)",
+    )
+
+
 def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="the task's examples (prepare-data's test.jsonl)")
     p.add_argument(
@@ -198,6 +221,16 @@ def _check_config_args(p: argparse.ArgumentParser) -> None:
 
 
 VERBS: tuple[Verb, ...] = (
+    Verb(
+        "bench",
+        "time one distillation update beside TRL and the paper's one-at-a-time loop",
+        "Not a workflow stage. Prints a table (updates/s, examples/s, tokens/s, min/median/max "
+        "over repeats, ratios) and the share of each phase of our update, and writes OUT and "
+        "OUT_phases.csv. Needs `pip install trl` unless --no-trl. With --study DIR: wall time, "
+        "job time and peak memory of a finished study from its Snakemake benchmark files.",
+        _bench_args,
+        "ketchup.bench:bench_main",
+    ),
     Verb(
         "check-config",
         "validate a study config against the schema and the typed config",
