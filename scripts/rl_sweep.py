@@ -262,15 +262,25 @@ def main() -> int:
                 ]
                 jobs.append((lever, system, seed, out, commands))
 
-    def work(job):
+    def work(job) -> str | None:
+        """Run one job (unless done); a failure is reported, and the other jobs go on."""
         lever, system, seed, out, commands = job
-        if not (out / "validation_scores.json").is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            run_commands(commands, out / "sweep.log")
+        try:
+            if not (out / "validation_scores.json").is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                run_commands(commands, out / "sweep.log")
+        except RuntimeError as e:
+            print(f"{lever} {system} seed{seed}: FAILED, {e}", flush=True)
+            return str(e)
         print(f"{lever} {system} seed{seed}: {summary_of(out, study.primary)}", flush=True)
+        return None
 
     with ThreadPoolExecutor(args.parallel) as pool:
-        list(pool.map(work, jobs))
+        failures = [f for f in pool.map(work, jobs) if f]
+    if failures:
+        print(f"{len(failures)} run(s) failed; fix and rerun (finished runs are kept):")
+        print("\n".join(failures))
+        return 1
 
     rows = []
     for lever in ["reference", *levers]:

@@ -365,6 +365,27 @@ def test_distill_onpolicy_methods(prepared, teacher_dir, archs, warm_start, syst
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_greedy_rollouts_with_the_default_sampling_settings(
+    prepared, teacher_dir, archs, warm_start, tmp_path
+):
+    """`rollout.greedy: true` (the released code, configs/paper.yaml) beside the default top_k
+    and temperature, which apply to sampling only: it trains (it used to stop with a ValueError)."""
+    greedy = {**ONPOLICY, "rollout": {**ONPOLICY["rollout"], "greedy": True, "temperature": 0.7}}
+    argv = distill_argv(
+        prepared,
+        teacher_dir,
+        archs["t5"],
+        "llmr",
+        tmp_path,
+        config=greedy,
+        extra=("--warm-start", str(warm_start)),
+    )
+    assert main(argv) == 0
+    resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
+    assert resolved["config"]["rollout"]["greedy"] is True
+    assert resolved["config"]["rollout"]["top_k"] == 10
+
+
 def test_onpolicy_resume_matches_an_uninterrupted_run(
     prepared, teacher_dir, archs, warm_start, tmp_path, monkeypatch
 ):

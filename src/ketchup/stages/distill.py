@@ -129,8 +129,9 @@ def _sequences(models: Models, model, rows, cfg: DistillConfig, n_sampled: int):
             GenerationConfig(rollout.max_new_tokens, n_sampled, 1),
             max_source_length=rollout.max_source_length,
             do_sample=not rollout.greedy,
-            top_k=rollout.top_k or None,
-            temperature=rollout.temperature,
+            # top_k and temperature shape sampling only; greedy rollouts ignore them
+            top_k=None if rollout.greedy else rollout.top_k or None,
+            temperature=1.0 if rollout.greedy else rollout.temperature,
         )
         sampled_lengths = sample.mask.sum(dim=1).tolist()
         sequences += [
