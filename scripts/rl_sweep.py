@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -295,6 +296,9 @@ def main() -> int:
             }
             for column in COLUMNS:
                 xs = [v[column] for v in values]
+                if any(math.isnan(x) for x in xs):  # the references have no training log
+                    row[column] = row[f"{column}_std"] = float("nan")
+                    continue
                 row[column] = statistics.mean(xs)
                 row[f"{column}_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
             rows.append(row)
