@@ -61,6 +61,18 @@ def test_dry_run_resolves_the_dag(configfile, tmp_path):
         assert "rule tokenizer" in out
 
 
+def test_local_runs_read_the_default_profile(tmp_path):
+    """workflow/profiles/default (through the link profiles/ beside the Snakefile, where Snakemake
+    looks) is used without any flag: rerun-incomplete, and the gpu limit from this machine."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    result = snakemake("-n", "--cores", "all", "--directory", str(tmp_path))
+    output = result.stdout + result.stderr
+    assert "Using workflow specific profile profiles/default for" in output
+    assert (ROOT / "profiles" / "default" / "config.v8+.yaml").resolve() == (
+        ROOT / "workflow" / "profiles" / "default" / "config.v8+.yaml"
+    )
+
+
 def test_configfile_replaces_the_default_config(tmp_path):
     """--configfile must not merge the embedded task into the paper's study."""
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")

@@ -93,9 +93,10 @@ def global_resource(name):
     )
 
 
-# workflow/profiles/default sets `gpu=auto`: local runs then never start more GPU jobs than there
-# are GPUs (Snakemake ignores a resource that has no global limit). Other profiles leave it alone.
-if global_resource("gpu") == "auto":
+# workflow/profiles/default sets `gpu_autodetect=1`: local runs then never start more GPU jobs than
+# there are GPUs (Snakemake ignores a resource that has no global limit). Other profiles, and an
+# explicit `--resources gpu=N`, leave it alone.
+if global_resource("gpu_autodetect") and global_resource("gpu") is None:
     workflow.register_resource("gpu", detect_gpus())
 
 
