@@ -323,17 +323,15 @@ def _weights(model_dir):
     return load_model(str(model_dir)).state_dict()
 
 
-def _run_onpolicy(prepared, teacher_dir, archs, warm_start, system, out_dir):
-    argv = distill_argv(
-        prepared,
-        teacher_dir,
-        archs["t5"],
-        system,
-        out_dir,
-        config=ONPOLICY,
-        extra=("--warm-start", str(warm_start)),
+def _onpolicy_argv(prepared, teacher_dir, archs, warm_start, system, out_dir, config=ONPOLICY):
+    extra = ("--warm-start", str(warm_start))
+    return distill_argv(
+        prepared, teacher_dir, archs["t5"], system, out_dir, config=config, extra=extra
     )
-    return main(argv)
+
+
+def _run_onpolicy(prepared, teacher_dir, archs, warm_start, system, out_dir):
+    return main(_onpolicy_argv(prepared, teacher_dir, archs, warm_start, system, out_dir))
 
 
 @pytest.mark.parametrize(
@@ -371,15 +369,7 @@ def test_greedy_rollouts_with_the_default_sampling_settings(
     """`rollout.greedy: true` (the released code, configs/paper.yaml) beside the default top_k
     and temperature, which apply to sampling only: it trains (it used to stop with a ValueError)."""
     greedy = {**ONPOLICY, "rollout": {**ONPOLICY["rollout"], "greedy": True, "temperature": 0.7}}
-    argv = distill_argv(
-        prepared,
-        teacher_dir,
-        archs["t5"],
-        "llmr",
-        tmp_path,
-        config=greedy,
-        extra=("--warm-start", str(warm_start)),
-    )
+    argv = _onpolicy_argv(prepared, teacher_dir, archs, warm_start, "llmr", tmp_path, greedy)
     assert main(argv) == 0
     resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
     assert resolved["config"]["rollout"]["greedy"] is True
@@ -441,15 +431,7 @@ def test_sigkilled_job_resumes_from_its_checkpoint_to_the_same_model(
     onpolicy = {**ONPOLICY, "train": {**ONPOLICY["train"], "steps": 60, "eval_every": 10}}
 
     def command(out):
-        argv = distill_argv(
-            prepared,
-            teacher_dir,
-            archs["t5"],
-            "llmr",
-            out,
-            config=onpolicy,
-            extra=("--warm-start", str(warm_start)),
-        )
+        argv = _onpolicy_argv(prepared, teacher_dir, archs, warm_start, "llmr", out, onpolicy)
         return [sys.executable, "-m", "ketchup", *argv]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
