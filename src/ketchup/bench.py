@@ -400,6 +400,23 @@ def _params(model) -> str:
     return f"{count_parameters(model):,}"
 
 
+# the workflow's rules, longest first where one name starts another; a benchmark file is
+# <rule>.tsv or <rule>_<wildcards>.tsv
+RULES = (
+    "prepare_data",
+    "tokenizer",
+    "teacher_outputs",
+    "teacher",
+    "distill",
+    "grad_variance",
+    "generate",
+    "score",
+    "tables",
+    "figures",
+    "judge",
+)
+
+
 def study_summary(results: Path) -> int:
     """Wall time, job time and peak memory of a finished study, from its benchmark files."""
     files = sorted(results.glob("*/benchmarks/*.tsv"))
@@ -411,7 +428,9 @@ def study_summary(results: Path) -> int:
         with path.open() as f:
             row = next(csv.DictReader(f, delimiter="\t"))
         seconds = float(row["s"])
-        rule = path.stem.split("_")[0]
+        rule = next(
+            (r for r in RULES if path.stem == r or path.stem.startswith(f"{r}_")), path.stem
+        )
         by_rule.setdefault(rule, []).append(seconds)
         ends.append(path.stat().st_mtime)
         starts.append(ends[-1] - seconds)
