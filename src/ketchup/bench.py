@@ -26,7 +26,7 @@ import csv
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,6 @@ class Setup:
     rows: list[dict[str, Any]]
     device: Any
     max_new_tokens: int
-    optimizer: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _sync(device) -> Callable[[], None]:
@@ -169,16 +167,22 @@ def _distill_config(max_new_tokens: int, max_source_length: int = 64):
     return parse_section(DistillConfig, section, "distill", "distill")
 
 
-def ours(setup: Setup, system: str, batch: int, timer: PhaseTimer | None):
-    """The workflow's update for `system` on `batch` rollouts: returns (examples, tokens)."""
-    import torch
-
+def _production_loss(setup: Setup, system: str):
+    """The distill stage's own on-policy loss for `system` (rollouts, teacher pass, objective)."""
     from ketchup.config import split_system
     from ketchup.stages.distill import Models, onpolicy_loss
 
     method, k = split_system(system)
     models = Models(setup.student, setup.teacher, setup.tokenizer, "{source}", 64)
-    loss_fn = onpolicy_loss(models, method, k, _distill_config(setup.max_new_tokens))
+    return onpolicy_loss(models, method, k, _distill_config(setup.max_new_tokens))
+
+
+def ours(setup: Setup, system: str, batch: int, timer: PhaseTimer | None):
+    """The workflow's update for `system` on `batch` rollouts, as a function of the rows that
+    returns (examples, tokens)."""
+    import torch
+
+    loss_fn = _production_loss(setup, system)
     optimizer = torch.optim.AdamW(setup.student.parameters(), lr=1e-5)
     phase = timer.phase if timer else (lambda name: contextlib.nullcontext())
 
@@ -199,12 +203,7 @@ def paper_loop(setup: Setup, system: str, accumulation: int = 8):
     """One sequence per forward pass, gradients accumulated over `accumulation` sequences."""
     import torch
 
-    from ketchup.config import split_system
-    from ketchup.stages.distill import Models, onpolicy_loss
-
-    method, k = split_system(system)
-    models = Models(setup.student, setup.teacher, setup.tokenizer, "{source}", 64)
-    loss_fn = onpolicy_loss(models, method, k, _distill_config(setup.max_new_tokens))
+    loss_fn = _production_loss(setup, system)
     optimizer = torch.optim.AdamW(setup.student.parameters(), lr=1e-5)
 
     def update(rows):
