@@ -116,23 +116,25 @@ def _sync(device) -> Callable[[], None]:
     return lambda: None
 
 
+def _embedded_rows_and_tokenizer(n_train: int):
+    """Training rows of the embedded task and a 1,000-token BPE tokenizer trained on them."""
+    from ketchup.config import TaskConfig, parse_section
+    from ketchup.tasks import load_task
+    from ketchup.tokenizer import train_tokenizer
+
+    task = {"dataset": "embedded", "embedded": {"n_train": n_train, "n_validation": 4, "n_test": 4}}
+    rows = load_task("bench", parse_section(TaskConfig, task, "task", "task"))["train"]
+    return rows, train_tokenizer([t for r in rows for t in (r["source"], r["target"])], 1000)
+
+
 def build_setup(args) -> Setup:
     """Tokenizer trained on the embedded task; GPT-2 student and teacher from configs."""
     import torch
 
-    from ketchup.config import ModelConfig, TaskConfig, parse_section
+    from ketchup.config import ModelConfig
     from ketchup.models import build_model, default_device, disable_dropout
-    from ketchup.tasks import load_task
-    from ketchup.tokenizer import train_tokenizer
 
-    task = parse_section(
-        TaskConfig,
-        {"dataset": "embedded", "embedded": {"n_train": 512, "n_validation": 4, "n_test": 4}},
-        "task",
-        "task",
-    )
-    rows = load_task("bench", task)["train"]
-    tokenizer = train_tokenizer([t for r in rows for t in (r["source"], r["target"])], 1000)
+    rows, tokenizer = _embedded_rows_and_tokenizer(512)
     device = torch.device(args.device) if args.device else default_device()
 
     def gpt2(width: int, layers: int):
@@ -515,15 +517,11 @@ def paper_scale_update(
     rollouts. Returns updates/s, tokens/s, peak memory, achieved and matmul-peak FLOP/s."""
     import torch
 
-    from ketchup.config import ModelConfig, TaskConfig, parse_section
+    from ketchup.config import ModelConfig
     from ketchup.models import build_model, disable_dropout, resolve_dtype
     from ketchup.stages.distill import Models, onpolicy_loss
-    from ketchup.tasks import load_task
-    from ketchup.tokenizer import train_tokenizer
 
-    task = {"dataset": "embedded", "embedded": {"n_train": 256, "n_validation": 4, "n_test": 4}}
-    rows = load_task("bench", parse_section(TaskConfig, task, "task", "task"))["train"]
-    tokenizer = train_tokenizer([t for r in rows for t in (r["source"], r["target"])], 1000)
+    rows, tokenizer = _embedded_rows_and_tokenizer(256)
     tokenizer.add_tokens([f"<unused_{i}>" for i in range(vocab - len(tokenizer))])
     # prompts of `source` tokens at least (cut to `source`): several records joined
     text = " ".join(r["source"] for r in rows)
@@ -558,9 +556,9 @@ def paper_scale_update(
             tokens += n_tokens
     median = statistics.median(times)
     student_pass = _forward_flops(student, source, target)
-    # rollout (encoder once, decoder per token with the KV cache), teacher pass, student forward
-    # and backward (twice the forward)
-    flops = batch * (_forward_flops(teacher, source, target) + student_pass + 3 * student_pass)
+    # teacher pass; student: rollout (encoder once, decoder per token with the KV cache), forward,
+    # backward (twice the forward): four passes
+    flops = batch * (_forward_flops(teacher, source, target) + 4 * student_pass)
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     )
@@ -579,6 +577,8 @@ def paper_scale_update(
 def run_gpu_bench(args) -> int:
     import torch
 
+    from ketchup.models import resolve_dtype
+
     if not torch.cuda.is_available():
         raise RuntimeError("ketchup bench --gpu: no CUDA device here")
     device = torch.device("cuda")
@@ -592,9 +592,10 @@ def run_gpu_bench(args) -> int:
         repeats=args.repeats,
     )
     name = torch.cuda.get_device_name(device)
+    dtype = str(resolve_dtype("auto", device)).removeprefix("torch.")
     print(
         f"{name}: KETCHUP (K=4) update, teacher flan-t5-xl / student t5-base architectures "
-        f"(random weights, {resolve_name(device)}), batch {args.batch_size}, 512-token sources, "
+        f"(random weights, {dtype}), batch {args.batch_size}, 512-token sources, "
         f"64-token rollouts, {args.repeats} repeats"
     )
     for key, value in result.items():
@@ -602,12 +603,6 @@ def run_gpu_bench(args) -> int:
     share = result["achieved_tflops"] / result["matmul_peak_tflops"]
     print(f"  model FLOP/s are {100 * share:.1f}% of the measured matmul peak")
     return 0
-
-
-def resolve_name(device) -> str:
-    from ketchup.models import resolve_dtype
-
-    return str(resolve_dtype("auto", device)).removeprefix("torch.")
 
 
 def bench_main(args) -> int:
