@@ -4,10 +4,13 @@
 Every run is the workflow's `ketchup distill` job for one (lever, system, seed), with the lever's
 change applied to the config's `distill` section, then `ketchup generate` and `ketchup score` on
 the VALIDATION split (the test split is left for the final tables). First build the study's
-teacher and warm starts, e.g. for config.yaml:
+teacher and warm starts, e.g. for the long study that docs/rl_sweep.md used:
 
-    snakemake --cores all results/restaurants/students/t5-tiny/kl/seed{0,1,2}/model
-    python scripts/rl_sweep.py --parallel 2
+    snakemake --cores all --configfile config.yaml configs/long.yaml \
+        results/restaurants/students/t5-tiny/kl/seed{0,1,2}/model
+    python scripts/rl_sweep.py --config config.yaml configs/long.yaml --parallel 2
+
+(several config files are merged in order, as Snakemake merges its --configfile list).
 
 Writes results/sweep/<lever>/<system>/seed<S>/ (the job's out-dir: model, log.jsonl, then
 validation.jsonl and its scores), results/sweep/summary.{csv,md}: per lever and system, the mean
@@ -20,7 +23,6 @@ finished run is skipped when the sweep is run again.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -30,15 +32,19 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
-from ketchup.config import job_distill_section, parse_config, split_system
+from ketchup.config import (
+    job_distill_section,
+    merge_configs,
+    parse_config,
+    read_config_files,
+    split_system,
+)
 from ketchup.files import csv_text, read_jsonl, write_text
 from ketchup.tasks import task_metric
 
 # name -> (change to the `distill` section, why it is a lever: its source or reason)
 LEVERS: dict[str, tuple[dict, str]] = {
-    "config": ({}, "the config as it is: hard-max value, top-k 10, lr 1e-4, std normalisation"),
+    "config": ({}, "the config as it is (docs/rl_sweep.md: long.yaml at lr 1e-4)"),
     "soft_value": ({"value": "soft"}, "LLMR's runs used the soft (log-sum-exp) value"),
     "lr_1e-5": ({"train": {"learning_rate": 1e-5}}, "the paper family trained at 1e-5 to 1e-6"),
     "lr_1e-6": ({"train": {"learning_rate": 1e-6}}, "the paper family trained at 1e-5 to 1e-6"),
@@ -66,18 +72,11 @@ SYSTEMS = ["llmr", "ketchup_k4"]
 COLUMNS = ("metric", "ser", "words", "end_length", "best_step")
 
 
-def deep_update(base: dict, change: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in change.items():
-        out[key] = deep_update(out[key], value) if isinstance(value, dict) else value
-    return out
-
-
 class Study:
     """The config's paths and sections, as the workflow's rules pass them to the verbs."""
 
-    def __init__(self, config_path: Path, results: Path):
-        self.raw = yaml.safe_load(config_path.read_text())
+    def __init__(self, config_paths: list[Path], results: Path):
+        self.raw = read_config_files(*config_paths)  # later files override earlier ones
         self.study = parse_config(self.raw)  # fills the schema's defaults into self.raw
         (self.task, task), (self.student, student) = (
             next(iter(self.raw["tasks"].items())),
@@ -221,7 +220,9 @@ def plot_curves(sweep: Path, levers: list[str], systems: list[str], primary: str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=Path("config.yaml"))
+    parser.add_argument(
+        "--config", type=Path, nargs="+", default=[Path("config.yaml")], help="merged in order"
+    )
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
@@ -252,7 +253,7 @@ def main() -> int:
     out = sweep / "reference" / "teacher" / "seed0"
     jobs.append(("reference", "teacher", 0, out, study.validate(teacher, out, run)))
     for lever in levers:
-        distill = deep_update(study.raw["distill"], LEVERS[lever][0])
+        distill = merge_configs(study.raw["distill"], LEVERS[lever][0])
         for system in systems:
             for seed in study.seeds:
                 out = sweep / lever / system / f"seed{seed}"

@@ -577,10 +577,11 @@ def paper_scale_update(
 def run_gpu_bench(args) -> int:
     import torch
 
+    from ketchup.config import ConfigError
     from ketchup.models import resolve_dtype
 
-    if not torch.cuda.is_available():
-        raise RuntimeError("ketchup bench --gpu: no CUDA device here")
+    if not torch.cuda.is_available():  # a bad request, not a bug: one line from the CLI
+        raise ConfigError("--gpu needs a CUDA device and torch sees none here")
     device = torch.device("cuda")
     result = paper_scale_update(
         device,

@@ -217,7 +217,12 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("configfile", help="a study config (config.yaml or configs/*.yaml)")
+    p.add_argument(
+        "configfile",
+        nargs="+",
+        help="a study config (config.yaml, configs/paper.yaml), or several merged in order as "
+        "Snakemake merges its --configfile list (config.yaml configs/seeds.yaml)",
+    )
 
 
 VERBS: tuple[Verb, ...] = (
@@ -234,7 +239,8 @@ VERBS: tuple[Verb, ...] = (
     Verb(
         "check-config",
         "validate a study config against the schema and the typed config",
-        "Reads CONFIGFILE, fills the schema's defaults and reports the first problem by key name.",
+        "Reads CONFIGFILE (several: merged in order), fills the schema's defaults and reports the "
+        "first problem by key name.",
         _check_config_args,
         "ketchup.config:check_config_main",
     ),

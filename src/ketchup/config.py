@@ -532,26 +532,46 @@ def parse_config(data: dict[str, Any]) -> StudyConfig:
     return study
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with path.open() as f:
+def merge_configs(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `change` applied key by key (nested mappings merged, anything else replaced),
+    as Snakemake merges the files of `--configfile A B`; neither input is modified."""
+    out = copy.deepcopy(base)
+    for key, value in change.items():
+        both_mappings = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_configs(out[key], value) if both_mappings else copy.deepcopy(value)
+    return out
+
+
+def read_config_files(*paths: str | Path) -> dict[str, Any]:
+    """The mapping of one config file, or of several merged in order (later keys win)."""
+    data: dict[str, Any] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(f)
+            loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = merge_configs(data, loaded or {})
+    return data
+
+
+def load_config(*paths: str | Path) -> StudyConfig:
+    """The study of one config file, or of several merged in order (config.yaml seeds.yaml)."""
+    data = read_config_files(*paths)
     try:
-        return parse_config(data if data is not None else {})
+        return parse_config(data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{' + '.join(map(str, paths))}: {e}") from None
 
 
 def check_config_main(args) -> int:
-    """`ketchup check-config FILE`: validate a study config and summarise it."""
-    study = load_config(args.configfile)
+    """`ketchup check-config FILE [FILE ...]`: validate a study config and summarise it."""
+    study = load_config(*args.configfile)
     print(
-        f"{args.configfile}: valid; tasks: {', '.join(study.tasks)}; students: "
+        f"{' + '.join(args.configfile)}: valid; tasks: {', '.join(study.tasks)}; students: "
         f"{', '.join(study.students)}; methods: {', '.join(study.distill.methods)}; "
         f"K grid: {study.distill.ks}; seeds: {study.distill.seeds}"
     )

@@ -104,3 +104,10 @@ def test_study_summary_from_benchmark_files(tmp_path, capsys):
     # 3 job-minutes; wall from the first start (1000 - 120) to the last end (1100): 220 s
     assert "3 jobs, 3.0 job-minutes, wall 3.7 min" in out and "peak job memory 700 MB" in out
     assert "teacher_outputs     1 jobs" in out and "teacher             1 jobs" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_gpu_bench_without_cuda_says_so_in_one_line(capsys):
+    assert main(["bench", "--gpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "ketchup bench: error: --gpu needs a CUDA device and torch sees none here"

@@ -22,11 +22,33 @@ def default_config() -> dict:
     return yaml.safe_load((ROOT / "config.yaml").read_text())
 
 
+def is_overlay(path: Path) -> bool:
+    """A file that holds only what differs from config.yaml says how it is run with it."""
+    return f"--configfile config.yaml configs/{path.name}" in path.read_text()
+
+
+def config_files(path: Path) -> list[Path]:
+    return [ROOT / "config.yaml", path] if is_overlay(path) else [path]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    study = cfg.load_config(path)
+    study = cfg.load_config(*config_files(path))
     assert study.tasks and study.students
     assert all(k >= 1 for k in study.distill.ks)
+    if is_overlay(path):  # and each of its keys differs from config.yaml's
+        base = default_config()
+        for key_path, value in _mapping_leaves(yaml.safe_load(path.read_text())):
+            assert _get(base, key_path) != value, f"{path.name}: {key_path} repeats config.yaml"
+
+
+def _mapping_leaves(node, path=()):
+    """(path, value) of every value that is not a mapping (a list is one value)."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _mapping_leaves(value, (*path, key))
+        else:
+            yield (*path, key), value
 
 
 def test_defaults_are_filled_from_the_schema():
@@ -174,6 +196,9 @@ def test_check_config_verb(tmp_path, capsys):
     assert "distill.ks[0]" in capsys.readouterr().err
     assert main(["check-config", str(tmp_path / "missing.yaml")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    # several files: merged in order, as `snakemake --configfile A B` merges them
+    assert main(["check-config", str(ROOT / "config.yaml"), str(ROOT / "configs/seeds.yaml")]) == 0
+    assert "seeds: [0, 1, 2]" in capsys.readouterr().out
 
 
 def test_enabled_judge_needs_a_model():
@@ -264,7 +289,7 @@ def _get(node, path):
 @hypothesis.settings(max_examples=60, deadline=None)
 @hypothesis.given(data=hypothesis.strategies.data())
 def test_generated_bad_configs_fail_naming_the_key(path, data):
-    config = yaml.safe_load(path.read_text())
+    config = cfg.read_config_files(*config_files(path))
     leaves = [p for p, _ in _leaves(config) if "architecture" not in p]
     sections = list(_sections(config))
     if data.draw(hypothesis.strategies.booleans(), label="unknown key"):
@@ -280,3 +305,18 @@ def test_generated_bad_configs_fail_naming_the_key(path, data):
     message = str(err.value)
     assert "\n" not in message, message
     assert message.startswith(f"config key '{_dotted(target)}': "), (target, message)
+
+
+def test_config_files_merge_in_order_without_changing_their_inputs(tmp_path):
+    base = {"a": {"b": 1, "c": [1]}, "x": 1}
+    merged = cfg.merge_configs(base, {"a": {"b": 2}, "d": {"e": 3}, "x": {"y": 1}})
+    assert merged == {"a": {"b": 2, "c": [1]}, "d": {"e": 3}, "x": {"y": 1}}
+    assert base == {"a": {"b": 1, "c": [1]}, "x": 1}
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("distill: {seeds: [3, 4], train: {steps: 7}}\n")
+    study = cfg.load_config(ROOT / "config.yaml", overlay)
+    assert study.distill.seeds == [3, 4] and study.distill.train.steps == 7
+    assert study.distill.train.batch_size == 32  # config.yaml's, untouched by the overlay
+    overlay.write_text("distill: {seeds: [3, 3]}\n")
+    with pytest.raises(cfg.ConfigError, match=r"overlay.yaml: config key 'distill.seeds'"):
+        cfg.load_config(ROOT / "config.yaml", overlay)

@@ -88,6 +88,25 @@ def test_configfile_replaces_the_default_config(tmp_path):
     assert "results/restaurants" not in out
 
 
+@pytest.mark.parametrize("overlay,seeds", [("seeds.yaml", 3), ("long.yaml", 3)])
+def test_overlay_configs_run_on_top_of_the_default(overlay, seeds, tmp_path):
+    """configs/seeds.yaml and configs/long.yaml hold only what differs from config.yaml, and are
+    run as their header says: `--configfile config.yaml configs/<overlay>`."""
+    out = snakemake(
+        "-n",
+        "--cores",
+        "all",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "config.yaml"),
+        str(ROOT / "configs" / overlay),
+    ).stdout
+    # sft, seqkd, kl; seven on-policy methods; ketchup once per K
+    systems = 3 + 7 + len(yaml.safe_load((ROOT / "config.yaml").read_text())["distill"]["ks"])
+    assert job_counts(out)["distill"] == systems * seeds
+
+
 def test_nested_config_on_the_command_line_is_typed(tmp_path):
     """`--config judge='{...}'`: Snakemake hands every nested leaf over as a string; the workflow
     reads them as YAML, so booleans and numbers validate and the judge joins the DAG."""
