@@ -131,18 +131,18 @@ def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
     return fig
 
 
+# training_curves' panels after the validation score: fields of log.jsonl's train rows
+TRAINING_KEYS = ("return_mean", "rollout_length", "clipped_share")
+
+
 def _log_path(run) -> Path | None:
     model = run.summary.get("model")
     return Path(model).parent / "log.jsonl" if model else None
 
 
 def _curves(cell: Cell, system: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Mean over seeds of validation score (eval rows), return and rollout length (train rows)."""
-    per_seed: dict[str, list[dict[int, float]]] = {
-        "score": [],
-        "return_mean": [],
-        "rollout_length": [],
-    }
+    """Mean over seeds of validation score (eval rows) and of each TRAINING_KEYS (train rows)."""
+    per_seed: dict[str, list[dict[int, float]]] = {key: [] for key in ("score", *TRAINING_KEYS)}
     for run in cell.groups[system].runs:
         path = _log_path(run)
         if path is None or not path.is_file():
@@ -181,7 +181,7 @@ def training_curves(cell: Cell, on_policy: Sequence[str]):
     for i, system in enumerate(s for s in cell.groups if s in on_policy):
         curves = _curves(cell, system)
         style = {"color": colors[(2 * i) % 20 + (2 * i) // 20], "label": system_label(system)}
-        keys = ("score", "return_mean", "rollout_length", "clipped_share")
+        keys = ("score", *TRAINING_KEYS)
         for ax, key in zip(axes, keys, strict=True):
             if key in curves:
                 x, y = curves[key]

@@ -53,6 +53,14 @@ def _write_run(root, examples, student, system, seed, cut_share):
     width = {"s1": 4, "s2": 16}[student]  # parameter counts for the gain-by-size figure
     save_file({"w": np.zeros((width, width), dtype=np.float32)}, str(model / "model.safetensors"))
     write_json(model / "distill.config.json", {"best_validation_score": SYSTEMS[system][1] + seed})
+    if system in ("llmr", "ketchup_k2", "ketchup_k4", "gkd"):  # on-policy: a training log
+        train = {"return_mean": -1.0, "rollout_length": 20.0, "clipped_share": 0.1}
+        write_jsonl(
+            run_dir / "log.jsonl",
+            [{"kind": "eval", "step": 0, "score": 40.0}]
+            + [{"kind": "train", "step": t, "loss": 0.1, **train} for t in (1, 2, 3)]
+            + [{"kind": "eval", "step": 3, "score": 45.0}],
+        )
     run = {
         "task": "toy",
         "student": None if system == "teacher" else student,
@@ -142,6 +150,17 @@ def test_figures_are_written_for_every_kind(study, tmp_path):
     expected |= {"toy_gain_vs_size.png", "toy_gain_vs_size.svg"}
     assert {p.name for p in tmp_path.iterdir()} == expected
     assert all(p.stat().st_size > 1000 for p in tmp_path.iterdir())
+
+
+def test_training_curves_draw_every_panel(study):
+    from ketchup import figures
+    from ketchup.stages.report import _cells
+
+    cell = next(c for c in _cells(study["summaries"]) if c.student == "s1")
+    on_policy = ["llmr", "ketchup_k2", "ketchup_k4", "gkd"]
+    fig = figures.training_curves(cell, on_policy)
+    # one line per on-policy system in each panel: validation score and each training field
+    assert [len(ax.get_lines()) for ax in fig.axes] == [len(on_policy)] * 4
 
 
 def test_runs_scored_on_different_examples_are_refused(study, tmp_path):
