@@ -14,6 +14,8 @@ def _task(args) -> TaskConfig:
 
 def train_teacher(args) -> int:
     """Fine-tune the teacher on the task's references; keep the best by validation metric."""
+    import torch
+
     from ketchup.distributed import processes
     from ketchup.models import (
         count_parameters,
@@ -36,6 +38,7 @@ def train_teacher(args) -> int:
 
     tokenizer = load_tokenizer(args.tokenizer)
     device = default_device()
+    torch.manual_seed(cfg.train.seed)  # the initial weights too: a rerun gives the same teacher
     model = init_model(cfg.model, tokenizer, where="teacher.model").to(device)
     print(f"train-teacher: {count_parameters(model):,} parameters on {device}, metric {metric}")
     loss_fn = cross_entropy_loss(
