@@ -33,6 +33,7 @@ SYSTEMS = {
     "gkd": (0.3, 55.0),
 }
 SEEDS = (0, 1)
+ON_POLICY = ("llmr", "ketchup_k2", "ketchup_k4", "gkd")  # these runs get a training log
 
 
 def _write_run(root, examples, student, system, seed, cut_share):
@@ -53,7 +54,7 @@ def _write_run(root, examples, student, system, seed, cut_share):
     width = {"s1": 4, "s2": 16}[student]  # parameter counts for the gain-by-size figure
     save_file({"w": np.zeros((width, width), dtype=np.float32)}, str(model / "model.safetensors"))
     write_json(model / "distill.config.json", {"best_validation_score": SYSTEMS[system][1] + seed})
-    if system in ("llmr", "ketchup_k2", "ketchup_k4", "gkd"):  # on-policy: a training log
+    if system in ON_POLICY:
         train = {"return_mean": -1.0, "rollout_length": 20.0, "clipped_share": 0.1}
         write_jsonl(
             run_dir / "log.jsonl",
@@ -157,10 +158,9 @@ def test_training_curves_draw_every_panel(study):
     from ketchup.stages.report import _cells
 
     cell = next(c for c in _cells(study["summaries"]) if c.student == "s1")
-    on_policy = ["llmr", "ketchup_k2", "ketchup_k4", "gkd"]
-    fig = figures.training_curves(cell, on_policy)
+    fig = figures.training_curves(cell, ON_POLICY)
     # one line per on-policy system in each panel: validation score and each training field
-    assert [len(ax.get_lines()) for ax in fig.axes] == [len(on_policy)] * 4
+    assert [len(ax.get_lines()) for ax in fig.axes] == [len(ON_POLICY)] * 4
 
 
 def test_runs_scored_on_different_examples_are_refused(study, tmp_path):
