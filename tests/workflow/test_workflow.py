@@ -266,6 +266,7 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     }, jobs
     # last (it changes the study's config): the judge against a local server
     run_the_judge_on_the_finished_study(tmp_path)
+    assert_every_file_is_declared(tmp_path)
 
 
 @pytest.mark.slow
@@ -310,7 +311,7 @@ def test_a_study_killed_at_a_random_point_resumes(tmp_path):
         first.wait()
 
     results = work / "results"
-    incomplete = snakemake_incomplete(work)
+    incomplete = snakemake_records(work, "incomplete")
     finished = {}
     for path in results.rglob("*"):
         if path.is_file():
@@ -337,11 +338,12 @@ def test_a_study_killed_at_a_random_point_resumes(tmp_path):
         assert "resuming from" in job_log.read_text(), job_log
 
 
-def snakemake_incomplete(workdir: Path) -> set[Path]:
-    """The outputs Snakemake marked incomplete (jobs that started and did not finish)."""
+def snakemake_records(workdir: Path, kind: str) -> set[Path]:
+    """The output paths Snakemake keeps a record of in .snakemake/<kind>/: "incomplete" (jobs
+    that started and did not finish) or "metadata" (outputs of finished jobs)."""
     import base64
 
-    marks = workdir / ".snakemake" / "incomplete"
+    marks = workdir / ".snakemake" / kind
     paths = set()
     for mark in marks.rglob("*") if marks.exists() else ():
         if mark.is_file() and mark.name != "migration_underway":
@@ -351,10 +353,28 @@ def snakemake_incomplete(workdir: Path) -> set[Path]:
 
 
 def is_output(path: Path, results: Path) -> bool:
-    """A file of a rule's declared output (not a log, a checkpoint or a temporary)."""
+    """A file a rule declares (not a log, a checkpoint, a temporary or the judge's answer cache,
+    which outlive a job on purpose)."""
     parts = path.relative_to(results).parts
-    scratch = {"logs", "benchmarks", "checkpoint", "best", "tables", "figures"}
-    return not (scratch & set(parts) or path.name.startswith(".") or path.name == "log.jsonl")
+    scratch = {"logs", "benchmarks", "checkpoint", "best"}
+    kept = path.name in ("log.jsonl", "cache.sqlite")
+    return not (scratch & set(parts) or path.name.startswith(".") or kept)
+
+
+def assert_every_file_is_declared(workdir: Path) -> None:
+    """Every file a job leaves under results/ is an output Snakemake knows (or inside one), so an
+    interrupted job's files are all marked incomplete and redone: a file written beside a rule's
+    outputs but not declared would survive the kill and look finished."""
+    results = workdir / "results"
+    recorded = snakemake_records(workdir, "metadata")
+    undeclared = [
+        path.relative_to(results)
+        for path in sorted(results.rglob("*"))
+        if path.is_file()
+        and is_output(path, results)
+        and not any(p in recorded for p in (path, *path.parents))
+    ]
+    assert not undeclared, f"written by a job but no rule's output: {undeclared}"
 
 
 def assert_whole(path: Path) -> None:

@@ -357,8 +357,17 @@ def table_outputs():
 # ----------------------------------------------------------------------------------------------
 # LLM-as-judge (judge.enabled): per task and student, the teacher and every system's first seed
 # rated pointwise; KETCHUP at its best K against LLMR and the best non-RL baseline, pairwise.
-JUDGE_ANSWER_FILES = ["report.md", "pointwise_summary.csv", "pairwise_summary.csv"]
-JUDGE_DRY_RUN_FILES = ["dry_run.json", "prompts.jsonl"]
+# Every file the judge job writes but its answer cache (cache.sqlite, kept across runs on
+# purpose); the first is the one tables and figures wait for.
+JUDGE_ANSWER_FILES = [
+    "report.md",
+    "pointwise_summary.csv",
+    "pairwise_summary.csv",
+    "judgments.jsonl",
+    "pairwise_examples.jsonl",
+    "judge.config.json",
+]
+JUDGE_DRY_RUN_FILES = ["dry_run.json", "prompts.jsonl", "judge.config.json"]
 
 
 def judge_dir(task, student):

@@ -4,6 +4,7 @@
 rule prepare_data:
     output:
         expand("results/{{task}}/data/{split}.jsonl", split=SPLITS),
+        config="results/{task}/data/prepare-data.config.json",
     log:
         "results/{task}/logs/prepare_data.log",
     benchmark:

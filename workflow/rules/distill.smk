@@ -49,7 +49,8 @@ rule grad_variance:
         ),
         student=variance_student,
     output:
-        "results/{task}/students/{student}/grad_variance.csv",
+        table="results/{task}/students/{student}/grad_variance.csv",
+        config="results/{task}/students/{student}/grad-variance.config.json",
     log:
         "results/{task}/logs/grad_variance_{student}.log",
     benchmark:
@@ -73,4 +74,4 @@ rule grad_variance:
         launcher("grad_variance", parallel=False)
         + " grad-variance --teacher {params.teacher:q} --student {input.student:q}"
         " --data-dir {params.data_dir:q} --task-json {params.task:q} --config-json {params.cfg:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.table:q} > {log:q} 2>&1"

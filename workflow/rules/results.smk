@@ -7,7 +7,8 @@ rule generate:
         model="results/{task}/students/{student}/{method}/seed{seed}/model",
         data="results/{task}/data/test.jsonl",
     output:
-        "results/{task}/students/{student}/{method}/seed{seed}/test_outputs.jsonl",
+        outputs="results/{task}/students/{student}/{method}/seed{seed}/test_outputs.jsonl",
+        config="results/{task}/students/{student}/{method}/seed{seed}/generate-test.config.json",
     log:
         "results/{task}/logs/generate_{student}_{method}_seed{seed}.log",
     benchmark:
@@ -25,7 +26,7 @@ rule generate:
         launcher("generate", parallel=False)
         + " generate --model {input.model:q} --data-dir {params.data_dir:q}"
         " --split test --task-json {params.task:q} --config-json {params.cfg:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.outputs:q} > {log:q} 2>&1"
 
 
 rule score:

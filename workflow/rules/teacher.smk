@@ -36,7 +36,8 @@ rule teacher_outputs:
             [teacher_model(w.task)] if STUDY.teacher.mode == "finetune" else []
         ),
     output:
-        "results/{task}/teacher/outputs/{split}.jsonl",
+        outputs="results/{task}/teacher/outputs/{split}.jsonl",
+        config="results/{task}/teacher/outputs/teacher-outputs-{split}.config.json",
     log:
         "results/{task}/logs/teacher_outputs_{split}.log",
     benchmark:
@@ -55,4 +56,4 @@ rule teacher_outputs:
         launcher("teacher_outputs", parallel=False)
         + " teacher-outputs --teacher {params.teacher:q} --data-dir {params.data_dir:q}"
         " --split {wildcards.split} --task-json {params.task:q} --config-json {params.cfg:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.outputs:q} > {log:q} 2>&1"
