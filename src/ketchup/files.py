@@ -135,9 +135,15 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def resolved_config_name(stage: str) -> str:
+    """The file name under which `stage` records its resolved config."""
+    return f"{stage}.config.json"
+
+
 def write_resolved_config(out_dir: str | Path, stage: str, config: Any, **inputs: Any) -> None:
     """Write `<out_dir>/<stage>.config.json`: the stage's resolved config and its inputs."""
     import dataclasses
 
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    write_json(Path(out_dir) / f"{stage}.config.json", {"stage": stage, "config": data, **inputs})
+    record = {"stage": stage, "config": data, **inputs}
+    write_json(Path(out_dir) / resolved_config_name(stage), record)

@@ -20,6 +20,10 @@ from ketchup.config import (
 )
 from ketchup.tasks import task_kind
 from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
+from ketchup.judge.stage import (
+    ANSWER_FILES as JUDGE_ANSWER_FILES,
+    DRY_RUN_FILES as JUDGE_DRY_RUN_FILES,
+)
 from ketchup.workflow_env import (
     detect_gpus,
     record_lock_owner,
@@ -357,19 +361,6 @@ def table_outputs():
 # ----------------------------------------------------------------------------------------------
 # LLM-as-judge (judge.enabled): per task and student, the teacher and every system's first seed
 # rated pointwise; KETCHUP at its best K against LLMR and the best non-RL baseline, pairwise.
-# Every file the judge job writes but its answer cache (cache.sqlite, kept across runs on
-# purpose); the first is the one tables and figures wait for.
-JUDGE_ANSWER_FILES = [
-    "report.md",
-    "pointwise_summary.csv",
-    "pairwise_summary.csv",
-    "judgments.jsonl",
-    "pairwise_examples.jsonl",
-    "judge.config.json",
-]
-JUDGE_DRY_RUN_FILES = ["dry_run.json", "prompts.jsonl", "judge.config.json"]
-
-
 def judge_dir(task, student):
     return f"{task_dir(task)}/judge/{student}"
 

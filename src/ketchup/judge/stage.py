@@ -32,6 +32,7 @@ from ketchup.config import ConfigError, JudgeConfig, parse_section, to_dict
 from ketchup.files import (
     csv_text,
     read_jsonl,
+    resolved_config_name,
     write_json,
     write_jsonl,
     write_resolved_config,
@@ -74,6 +75,11 @@ PAIRWISE_CSV = "pairwise_summary.csv"
 REPORT = "report.md"
 PROMPTS = "prompts.jsonl"
 DRY_RUN = "dry_run.json"
+CONFIG = resolved_config_name(STAGE)
+# Every file a judge run writes (the workflow declares them as the job's outputs), all but the
+# answer cache, which outlives a run on purpose; the first is the one tables and figures wait for.
+ANSWER_FILES = (REPORT, POINTWISE_CSV, PAIRWISE_CSV, JUDGMENTS, PAIRWISE_EXAMPLES, CONFIG)
+DRY_RUN_FILES = (DRY_RUN, PROMPTS, CONFIG)
 
 POINTWISE_COLUMNS = [
     "system",
