@@ -402,7 +402,8 @@ def _params(model) -> str:
 
 
 # the workflow's rules, longest first where one name starts another; a benchmark file is
-# <rule>.tsv or <rule>_<wildcards>.tsv
+# benchmarks/<rule>.tsv or benchmarks/<rule>_<wildcards>.tsv, where a wildcard may hold slashes
+# (score_<student>/<system>/seed<s>.tsv); a task's under results/<task>/, the study's under results/
 RULES = (
     "prepare_data",
     "tokenizer",
@@ -420,18 +421,18 @@ RULES = (
 
 def study_summary(results: Path) -> int:
     """Wall time, job time and peak memory of a finished study, from its benchmark files."""
-    files = sorted(results.glob("*/benchmarks/*.tsv"))
+    files = sorted(p for p in results.rglob("*.tsv") if "benchmarks" in p.parent.parts)
     if not files:
-        raise FileNotFoundError(f"{results}: no */benchmarks/*.tsv (run the study first)")
+        raise FileNotFoundError(f"{results}: no benchmarks/*.tsv (run the study first)")
     by_rule: dict[str, list[float]] = {}
     starts, ends, peak = [], [], 0.0
     for path in files:
         with path.open() as f:
             row = next(csv.DictReader(f, delimiter="\t"))
         seconds = float(row["s"])
-        rule = next(
-            (r for r in RULES if path.stem == r or path.stem.startswith(f"{r}_")), path.stem
-        )
+        # the file's name below its benchmarks folder: its first part names the rule
+        name = path.relative_to(results).as_posix().split("benchmarks/", 1)[1]
+        rule = next((r for r in RULES if name == f"{r}.tsv" or name.startswith(f"{r}_")), name)
         by_rule.setdefault(rule, []).append(seconds)
         ends.append(path.stat().st_mtime)
         starts.append(ends[-1] - seconds)

@@ -87,23 +87,28 @@ def test_paper_scale_update_runs_on_tiny_models():
 
 
 def test_study_summary_from_benchmark_files(tmp_path, capsys):
-    bench = tmp_path / "results" / "task" / "benchmarks"
-    bench.mkdir(parents=True)
+    """Every job's file counts: a task's, one nested by a run wildcard with slashes (a student's
+    score) and the study-wide ones under results/benchmarks/ (the tables)."""
+    results = tmp_path / "results"
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     jobs = (
-        ("teacher", 120, 700, 1000),
-        ("teacher_outputs_train", 0, 100, 1000),
-        ("distill_a", 60, 300, 1100),
+        ("task/benchmarks/teacher", 120, 700, 1000),
+        ("task/benchmarks/teacher_outputs_train", 0, 100, 1000),
+        ("task/benchmarks/distill_a", 60, 300, 1100),
+        ("task/benchmarks/score_s/a/seed0", 0, 50, 1100),
+        ("benchmarks/tables", 0, 50, 1100),
     )
     for name, seconds, rss, end in jobs:
-        path = bench / f"{name}.tsv"
+        path = results / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + f"{seconds}\t-\t{rss}\t0\t0\t0\t0\t0\t0\t0\n")
         os.utime(path, (end, end))
-    assert main(["bench", "--study", str(tmp_path / "results")]) == 0
+    assert main(["bench", "--study", str(results)]) == 0
     out = capsys.readouterr().out
     # 3 job-minutes; wall from the first start (1000 - 120) to the last end (1100): 220 s
-    assert "3 jobs, 3.0 job-minutes, wall 3.7 min" in out and "peak job memory 700 MB" in out
+    assert "5 jobs, 3.0 job-minutes, wall 3.7 min" in out and "peak job memory 700 MB" in out
     assert "teacher_outputs     1 jobs" in out and "teacher             1 jobs" in out
+    assert "score               1 jobs" in out and "tables              1 jobs" in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
