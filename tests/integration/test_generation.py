@@ -20,6 +20,7 @@ PROMPTS = [
     "name[Zizzi] | food[French]",
     "name[Zizzi] | food[Italian] | area[city centre]",
 ]
+TRAINING_PROMPTS = (0, 2, 4)
 GREEDY = GenerationConfig(max_new_tokens=24, batch_size=4, num_beams=1)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -52,7 +53,10 @@ def test_greedy_is_deterministic_and_batch_size_invariant(model, tokenizer):
         model, tokenizer, PROMPTS, dataclasses.replace(GREEDY, batch_size=1), max_source_length=64
     )
     assert batched == again == one_by_one
-    assert len(batched) == len(PROMPTS) and all(batched)
+    assert len(batched) == len(PROMPTS)
+    # The training sources get real text; an unseen one may get EOS at once, depending on the CPU's
+    # floating-point kernels (seen: "name[Cotto]" empty on one machine, a sentence on another).
+    assert all(batched[i] for i in TRAINING_PROMPTS)
     assert all("<pad>" not in text and "</s>" not in text for text in batched)
     # Training worked: the first prompt's output is a sentence about its restaurant.
     assert "Golden" in batched[0] or "Fork" in batched[0]
