@@ -68,7 +68,8 @@ class PhaseTimer:
 @contextlib.contextmanager
 def timed_phases(timer: PhaseTimer) -> Iterator[PhaseTimer]:
     """Count the production code's rollout, teacher pass, forward, returns and loss as phases."""
-    from ketchup import generation, objectives
+    from ketchup import generation
+    from ketchup.math import objectives
     from ketchup.stages import distill
 
     restore = [

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ketchup import stats
 from ketchup.config import Method
 from ketchup.files import read_csv
+from ketchup.math import stats
 from ketchup.scoring import METRICS, Metric
 
 TEACHER = "teacher"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ketchup import stats
+from ketchup.math import stats
 from ketchup.results import Cell, paired_test, system_label
 
 # Published results, flan-t5-xl -> t5-base (the paper's main table): XSum ROUGE-1, Europarl EN-NL

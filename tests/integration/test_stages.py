@@ -398,7 +398,7 @@ def test_onpolicy_resume_matches_an_uninterrupted_run(
     """Killed after the step-2 checkpoint and rerun: same rollouts, same final model."""
     import torch
 
-    from ketchup import objectives
+    from ketchup.math import objectives
 
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert _run_onpolicy(prepared, teacher_dir, archs, warm_start, "ketchup_k2", whole) == 0
@@ -482,7 +482,7 @@ def test_nan_loss_stops_the_job_naming_the_step(
     the step-2 checkpoint kept (the job's rerun resumes from it)."""
     import torch
 
-    from ketchup import objectives
+    from ketchup.math import objectives
 
     real, calls = objectives.policy_gradient_objective, []
 

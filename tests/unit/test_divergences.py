@@ -1,4 +1,4 @@
-"""Tests for ketchup.divergences: reference values, symmetries and bounds, masking, -inf
+"""Tests for ketchup.math.divergences: reference values, symmetries and bounds, masking, -inf
 safety, temperature, gradients and argument checking."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ketchup.divergences import (
+from ketchup.math.divergences import (
     forward_kl,
     generalized_jsd,
     js_divergence,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ketchup.objectives import (
+from ketchup.math.objectives import (
     Reinforce,
     divergence_objective,
     minillm_objective,

@@ -1,4 +1,4 @@
-"""Tests for ketchup.rewards: K-step returns against a brute-force reference, hand-computed
+"""Tests for ketchup.math.returns: K-step returns against a brute-force reference, hand-computed
 cases, edge cases, gradients of the policy-gradient loss, baselines and argument checking."""
 
 from __future__ import annotations
@@ -8,15 +8,17 @@ import math
 import pytest
 import torch
 
-from ketchup.rewards import (
+from ketchup.math.policy_gradient import (
     gradient_norm_weights,
+    mean_baseline,
+    min_variance_baseline,
+    policy_gradient_loss,
+)
+from ketchup.math.returns import (
     kstep_returns,
     kstep_returns_from_values,
     kstep_rewards,
-    mean_baseline,
-    min_variance_baseline,
     one_step_rewards,
-    policy_gradient_loss,
     q_values,
     reward_to_go,
     state_values,

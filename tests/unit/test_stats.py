@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ketchup.stats import N_PERMUTATIONS, bootstrap_ci, permutation_test
+from ketchup.math.stats import N_PERMUTATIONS, bootstrap_ci, permutation_test
 
 
 def test_bootstrap_interval_of_a_mean_brackets_it_and_shrinks_with_n():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ketchup.variance import GradientMoments
+from ketchup.math.variance import GradientMoments
 
 
 def test_variance_is_the_trace_of_the_sample_covariance():

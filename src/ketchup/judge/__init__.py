@@ -27,7 +27,7 @@ from ketchup.judge.prompts import (
 )
 from ketchup.judge.protocols import COMBINATION_RULE, combine_orders, outcome_for_a
 from ketchup.judge.stage import JudgeResult, judge_stage, run_judge
-from ketchup.stats import mean_ci, rate_cis
+from ketchup.math.stats import mean_ci, rate_cis
 
 __all__ = [
     "COMBINATION_RULE",

@@ -19,7 +19,7 @@ from typing import Any
 
 from ketchup.judge.parsing import parse_score, parse_winner
 from ketchup.judge.prompts import Template, pairwise_prompt, pointwise_prompt
-from ketchup.stats import mean_ci, rate_cis
+from ketchup.math.stats import mean_ci, rate_cis
 
 ORDERS = ("AB", "BA")  # AB: system A is shown as Response A; BA: system B is shown first
 OUTCOME_VALUE = {"win": 1, "tie": 0, "loss": -1}

@@ -61,7 +61,7 @@ from ketchup.judge.protocols import (
     pointwise_requests,
     pointwise_summary,
 )
-from ketchup.stats import METHOD as CI_METHOD
+from ketchup.math.stats import METHOD as CI_METHOD
 from ketchup.tasks import TaskDataError
 
 STAGE = "judge"

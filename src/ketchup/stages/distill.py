@@ -10,7 +10,7 @@ On-policy methods, from the kl student of the same seed (`distill.train`), dropo
 sequences the student samples each update (batched, KV cache), scored by ONE teacher-forced
 teacher pass per batch under no_grad:
 - llmr (K = 1), llmr_mean, llmr_minvar (mean / minimum-variance baseline), ketchup_k<K>: REINFORCE
-  on the teacher-induced K-step returns (`ketchup.objectives.policy_gradient_objective`);
+  on the teacher-induced K-step returns (`ketchup.math.objectives.policy_gradient_objective`);
 - minillm: REINFORCE on the reverse-KL reward-to-go;
 - gkd: the generalized JSD at every visited state; js, tvd (f-distill): JS / total variation on a
   batch mixing student samples and teacher outputs (`distill.f_distill.student_fraction`).
@@ -89,7 +89,7 @@ class Models:
 def _kl_loss(models: Models, max_target_length: int):
     """Word-level KL(p_T || p_S) on the teacher's outputs: one no-grad teacher pass per batch."""
     from ketchup.batching import encode_target_ids, pad_batch, pad_token_id
-    from ketchup.divergences import forward_kl
+    from ketchup.math.divergences import forward_kl
 
     def loss_fn(model, rows):
         ids, mask = pad_batch(
@@ -158,7 +158,7 @@ def _sequences(models: Models, model, rows, cfg: DistillConfig, n_sampled: int):
 
 def onpolicy_loss(models: Models, method: str, k: int, cfg: DistillConfig):
     """`loss_fn` for :func:`ketchup.training.fit`: sample, one teacher pass, the method's loss."""
-    from ketchup import objectives
+    from ketchup.math import objectives
 
     settings = objectives.Reinforce(**to_dict(cfg.policy_gradient))
 

@@ -18,6 +18,14 @@ def grad_variance(args) -> int:
     from ketchup.batching import encode_sources, token_logits
     from ketchup.config import GenerationConfig
     from ketchup.generation import generate_ids
+    from ketchup.math.policy_gradient import (
+        policy_gradient_loss,
+    )
+    from ketchup.math.returns import (
+        kstep_returns_from_values,
+        taken_q_and_values,
+    )
+    from ketchup.math.variance import GradientMoments
     from ketchup.models import (
         check_same_vocabulary,
         default_device,
@@ -25,9 +33,7 @@ def grad_variance(args) -> int:
         load_tokenizer,
         resolve_dtype,
     )
-    from ketchup.rewards import kstep_returns_from_values, policy_gradient_loss, taken_q_and_values
     from ketchup.tasks import format_prompt, task_prompt
-    from ketchup.variance import GradientMoments
 
     task = parse_section(TaskConfig, args.task_json, "task", "task")
     cfg = parse_section(DistillConfig, args.config_json, "distill", "distill")

@@ -22,19 +22,21 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ketchup.divergences import (
+from ketchup.math.divergences import (
     generalized_jsd,
     js_divergence,
     reverse_kl_rewards,
     total_variation,
     uniform_cross_entropy,
 )
-from ketchup.rewards import (
-    kstep_returns_from_values,
-    kstep_rewards_from_values,
+from ketchup.math.policy_gradient import (
     mean_baseline,
     min_variance_baseline,
     policy_gradient_loss,
+)
+from ketchup.math.returns import (
+    kstep_returns_from_values,
+    kstep_rewards_from_values,
     reward_to_go,
     taken_q_and_values,
 )
@@ -136,7 +138,8 @@ def policy_gradient_objective(
     """LLMR (k = 1) and KETCHUP (k > 1): REINFORCE on the teacher-induced K-step returns.
 
     Eq.: ``q = f_T - mean_a f_T``; ``G^K_t = sum_j q(s_{t+jK}, y_{t+jK}) - V(s_{min(t+(j+1)K, L)})``
-    (:func:`ketchup.rewards.kstep_returns_from_values`); loss ``-(1/N) sum_t clip(w_t (G_t - b_t) /
+    (:func:`ketchup.math.returns.kstep_returns_from_values`); loss
+    ``-(1/N) sum_t clip(w_t (G_t - b_t) /
     denom) log pi(y_t | s_t)`` + ``uniform_ce * H(U, pi)`` (see :class:`Reinforce`), with ``b``
     none, the batch mean, or the gradient-norm weighted (minimum-variance) mean of the returns.
 

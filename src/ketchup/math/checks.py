@@ -1,4 +1,4 @@
-"""Argument checks shared by :mod:`ketchup.rewards` and :mod:`ketchup.divergences`.
+"""Argument checks shared by :mod:`ketchup.math.returns` and :mod:`ketchup.math.divergences`.
 
 Pure torch, no I/O. Every check raises ``ValueError`` with a message that names the offending
 argument, so a caller several layers up can tell which of its inputs was wrong.

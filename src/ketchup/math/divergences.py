@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ketchup.tensor_checks import check_ids, check_logits, check_mask, check_number, check_positive
+from ketchup.math.checks import check_ids, check_logits, check_mask, check_number, check_positive
 
 __all__ = [
     "forward_kl",
@@ -255,7 +255,8 @@ def reverse_kl_rewards(
     """MiniLLM per-token reward (Gu et al. 2024), detached.
 
     Eq.: ``r_t = log p_T(y_t | s_t) - log p_S(y_t | s_t)``; its reward-to-go
-    (:func:`ketchup.rewards.reward_to_go`) fed to :func:`ketchup.rewards.policy_gradient_loss`
+    (:func:`ketchup.math.returns.reward_to_go`) fed to
+    :func:`ketchup.math.policy_gradient.policy_gradient_loss`
     is the sequence-level reverse-KL policy gradient.
 
     Args:
