@@ -48,6 +48,10 @@ __all__ = [
 
 ValueMode = Literal["max", "soft"]
 _VALUE_MODES = ("max", "soft")
+# How the last K-segment of each chain is treated: the paper's equations (V(s_L) = 0) or the
+# released code's rule (see kstep_returns_from_values).
+SequenceEnd = Literal["equations", "released"]
+SEQUENCE_ENDS = ("equations", "released")
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +74,11 @@ def _check_k(k: int) -> int:
     if k < 1:
         raise ValueError(f"k must be an int >= 1, got {k}")
     return k
+
+
+def _check_sequence_end(sequence_end: str) -> None:
+    if sequence_end not in SEQUENCE_ENDS:
+        raise ValueError(f"sequence_end must be one of {SEQUENCE_ENDS}, got {sequence_end!r}")
 
 
 def _check_value(value: str) -> None:
@@ -314,33 +323,78 @@ def kstep_rewards_from_values(q_taken: Tensor, values: Tensor, mask: Tensor, k: 
     return _kstep_rewards_from_values(q_taken, values.detach().float(), m, k)
 
 
-def kstep_returns_from_values(q_taken: Tensor, values: Tensor, mask: Tensor, k: int) -> Tensor:
+def kstep_returns_from_values(
+    q_taken: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    k: int,
+    sequence_end: SequenceEnd = "equations",
+) -> Tensor:
     """K-step returns from precomputed ``(q_taken, values)`` (see :func:`taken_q_and_values`).
 
-    Eq. (KETCHUP, Fan et al. 2025): ``G^K_t = sum_{j >= 0, t + jK < L} R^K_{t+jK}`` with
-    ``R^K_t = q_taken_t - V(s_{min(t+K, L)})`` and ``V(s_L) = 0``.
+    ``sequence_end="equations"`` (Eq. of KETCHUP, Fan et al. 2025, with ``V(s_L) = 0``):
+    ``G^K_t = sum_{j >= 0, t + jK < L} R^K_{t+jK}``, ``R^K_t = q_t - V(s_{min(t+K, L)})``, so the
+    last K-segment of every chain gets ``R = q_t``.
+
+    ``sequence_end="released"`` (the released KETCHUP code, jiabinfan/KETCHUP ``reward_fn`` and
+    ``utils/helper.py:n_step_reward_shift_upgrade``, read per row): for ``t < L - 1``
+    ``R_t = q_t - V(s_{min(t+K, L-1)})``, the EOS step keeps ``R_{L-1} = q_{L-1}``, and that EOS
+    reward is added to every residue chain:
+    ``G_t = sum_{j >= 0, t + jK <= L - 2} R_{t+jK} + q_{L-1}`` (``G_{L-1} = q_{L-1}``). So the
+    teacher's "stop here?" signal ``q(s_{L-1}, EOS) - V(s_{L-1})`` reaches all K chains, not only
+    the one through ``L - 1``. Two departures from that code, both on purpose: each row uses its
+    own length (the code reads the padded width, so in a batch short rows would read the teacher at
+    pad positions), and ``K >= L`` gives ``V(s_{L-1})`` (the code's ``torch.roll`` wraps around to
+    the start of the sequence there). K = 1 is the same in both conventions.
 
     Args:
         q_taken: (B, T) ``q(s_t, y_t)``.
         values: (B, T) ``V(s_t)``; entries at padding are ignored.
         mask: (B, T) 0/1 mask, a prefix of ones per row.
         k: step size K >= 1.
+        sequence_end: "equations" or "released".
 
     Returns:
         (B, T) float32 ``G^K``, 0 at padding, no gradient.
     """
-    rewards = kstep_rewards_from_values(q_taken, values, mask, k)
-    return torch.where(mask.bool(), _kstep_returns_from_rewards(rewards, _check_k(k)), 0)
+    k = _check_k(k)
+    _check_sequence_end(sequence_end)
+    shape = _check_2d(q_taken, "q_taken")
+    check_shape(values, shape, "values")
+    m = check_mask(mask, shape, prefix=True)
+    q_taken = torch.where(m, q_taken.detach().float(), 0)
+    return _kstep_returns(q_taken, values.detach().float(), m, k, sequence_end)
+
+
+def _kstep_returns(q_taken: Tensor, values: Tensor, m: Tensor, k: int, sequence_end: str) -> Tensor:
+    """Unchecked body of :func:`kstep_returns_from_values`; ``q_taken`` 0 at padding."""
+    if sequence_end == "equations":
+        rewards = _kstep_rewards_from_values(q_taken, values, m, k)
+        return torch.where(m, _kstep_returns_from_rewards(rewards, k), 0)
+    # released: index of each row's EOS step, L - 1 (0 for empty rows, which stay all zero)
+    last = (m.sum(1, keepdim=True) - 1).clamp_min(0)  # (B, 1)
+    t = torch.arange(m.shape[1], device=m.device).unsqueeze(0)  # (1, T)
+    v_next = values.gather(1, torch.minimum(t + k, last).clamp_max(m.shape[1] - 1))
+    before_eos = m & (t < last)
+    rewards = torch.where(before_eos, q_taken - v_next, 0)  # R_{L-1} left out: added below
+    q_eos = q_taken.gather(1, last)  # (B, 1) q(s_{L-1}, EOS), 0 for empty rows
+    return torch.where(m, _kstep_returns_from_rewards(rewards, k) + q_eos, 0)
 
 
 def kstep_returns(
-    teacher_logits: Tensor, actions: Tensor, mask: Tensor, k: int, value: ValueMode = "max"
+    teacher_logits: Tensor,
+    actions: Tensor,
+    mask: Tensor,
+    k: int,
+    value: ValueMode = "max",
+    sequence_end: SequenceEnd = "equations",
 ) -> Tensor:
     """K-step returns, KETCHUP's policy-gradient signal.
 
     Eq. (KETCHUP, Fan et al. 2025): ``G^K_t = sum_{j >= 0, t + jK < L} R^K_{t+jK}`` with
     ``R^K_t = q(s_t, y_t) - V(s_{min(t+K, L)})``, ``V(s_L) = 0``. K = 1 is LLMR's reward-to-go
-    ``sum_{i >= t} r_i``; K >= L gives ``q(s_t, y_t)``.
+    ``sum_{i >= t} r_i``; K >= L gives ``q(s_t, y_t)``. ``sequence_end="released"`` gives the
+    released code's treatment of the sequence end instead (see :func:`kstep_returns_from_values`).
 
     Args:
         teacher_logits: (B, T, V) raw teacher logits (any float dtype, upcast to float32) where
@@ -350,16 +404,17 @@ def kstep_returns(
             float); a prefix of ones per row, any mix of lengths including 0 and 1.
         k: step size K >= 1.
         value: "max" (hard, KETCHUP's default) or "soft".
+        sequence_end: "equations" (default) or "released".
 
     Returns:
         (B, T) float32 ``G^K``, 0 at padding, no gradient. -inf where a taken token has a -inf
         teacher logit at or after t in its residue class (the teacher forbids that action).
     """
     k = _check_k(k)
+    _check_sequence_end(sequence_end)
     m, a = _check_rollout(teacher_logits, actions, mask, value)
     q_taken, values = _taken_q_and_values(teacher_logits, a, m, value)
-    rewards = _kstep_rewards_from_values(q_taken, values, m, k)
-    return torch.where(m, _kstep_returns_from_rewards(rewards, k), 0)
+    return _kstep_returns(q_taken, values, m, k, sequence_end)
 
 
 def reward_to_go(rewards: Tensor, mask: Tensor) -> Tensor:

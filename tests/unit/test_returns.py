@@ -1,5 +1,6 @@
-"""Tests for ketchup.math.returns: K-step returns against a brute-force reference, hand-computed
-cases, edge cases, gradients of the policy-gradient loss, baselines and argument checking."""
+"""Tests for ketchup.math.returns: K-step returns against brute-force references of both
+sequence-end conventions (the paper's equations, the released code's rule), hand-computed cases,
+edge cases and argument checking."""
 
 from __future__ import annotations
 
@@ -8,12 +9,6 @@ import math
 import pytest
 import torch
 
-from ketchup.math.policy_gradient import (
-    gradient_norm_weights,
-    mean_baseline,
-    min_variance_baseline,
-    policy_gradient_loss,
-)
 from ketchup.math.returns import (
     kstep_returns,
     kstep_returns_from_values,
@@ -118,6 +113,103 @@ def test_reference_with_masked_vocabulary(value: str) -> None:
             torch.testing.assert_close(
                 got, reference_returns(logits, actions, mask, k, value).float(), **F32
             )
+
+
+# --------------------------------------------------------------------------------------------
+# The released code's sequence end, against a transcription of that code
+# --------------------------------------------------------------------------------------------
+
+
+def released_code_row(logits: torch.Tensor, actions: list[int], k: int, value: str) -> list:
+    """One row (batch 1, length L, the last token EOS) through the released KETCHUP code, in
+    float64 and Python loops: `reward_fn` in reinforce.py (V read from torch.roll(logits, -K),
+    zeroed at the EOS position) and `n_step_reward_shift_upgrade` in utils/helper.py."""
+    n = len(actions)
+    c = [_ref_q(logits[t]) for t in range(n)]  # logits centred by their mean
+    selection_value = [c[t][actions[t]] for t in range(n)]
+    next_state_value = [_ref_value(c[(t + k) % n], value) for t in range(n)]  # the roll
+    next_state_value[n - 1] = 0.0  # masked where the token is EOS
+    reward = [selection_value[t] - next_state_value[t] for t in range(n)]
+    for t in range(n):
+        if t + k >= n - 1 and t != n - 1 and k < n:
+            reward[t] = selection_value[t] - next_state_value[-((1 + k) % n)]
+    returns = [0.0] * n
+    for start in range(k):
+        chain = [
+            reward[t] if (t % k == start % k and t >= start) or t == n - 1 else 0.0
+            for t in range(n)
+        ]
+        for t in range(start, n, k):
+            returns[t] = sum(chain[t:])
+    return returns
+
+
+def released_rule_returns(logits, actions, mask, k: int, value: str) -> torch.Tensor:
+    """The released code applied to each row at its own length (the batch-1 case it runs)."""
+    out = torch.zeros(mask.shape, dtype=torch.float64)
+    lg = logits.double().tolist()
+    for b in range(mask.shape[0]):
+        length = int(mask[b].sum())
+        if length:
+            row = released_code_row(lg[b][:length], actions[b, :length].tolist(), k, value)
+            out[b, :length] = torch.tensor(row, dtype=torch.float64)
+    return out
+
+
+@pytest.mark.parametrize("value", ["max", "soft"])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
+def test_released_end_matches_the_released_code_per_row(k: int, value: str) -> None:
+    for seed in range(20):
+        # rows of different lengths in one batch (random_batch mixes 0, 1 and full lengths)
+        logits, actions, mask = random_batch(seed, b=5, t=11)
+        got = kstep_returns(logits, actions, mask, k, value=value, sequence_end="released")
+        # the code's K < L branch is the rule; rows with L <= K wrap around there (below)
+        long_rows = mask.sum(1) > k
+        want = released_rule_returns(logits, actions, mask, k, value).float()
+        torch.testing.assert_close(got[long_rows], want[long_rows], **F32)
+        assert (got[~mask.bool()] == 0).all()
+
+
+def test_released_end_without_the_wrap_around_for_k_at_least_length() -> None:
+    """K >= L: R_t = q_t - V(s_{L-1}) before EOS plus the EOS reward; the released code's
+    torch.roll reads V from the start of the sequence instead (a bug, not copied)."""
+    logits, actions, mask = random_batch(3, b=1, t=6)
+    mask = torch.ones(1, 6)
+    q, values = taken_q_and_values(logits, actions, mask)
+    for k in (6, 9):
+        got = kstep_returns(logits, actions, mask, k, sequence_end="released")
+        want = q - values[:, 5:6] + q[:, 5:6]
+        want[:, 5] = q[:, 5]
+        torch.testing.assert_close(got, want, **F32)
+        code = released_rule_returns(logits, actions, mask, k, "max").float()
+        assert not torch.allclose(got, code)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_the_two_ends_differ_by_the_eos_signal_on_chains_off_the_eos(k: int) -> None:
+    """released - equations = q(s_{L-1}, EOS) - V(s_{L-1}) at every position whose chain
+    misses L - 1, and 0 on the chain through L - 1: the teacher's stop signal reaching them."""
+    logits, actions, _ = random_batch(5, b=1, t=9)
+    mask = torch.ones(1, 9)
+    q, values = taken_q_and_values(logits, actions, mask)
+    diff = kstep_returns(logits, actions, mask, k, sequence_end="released") - kstep_returns(
+        logits, actions, mask, k
+    )
+    eos_signal = float(q[0, 8] - values[0, 8])
+    for t in range(9):
+        expected = 0.0 if (8 - t) % k == 0 else eos_signal
+        assert diff[0, t].item() == pytest.approx(expected, abs=1e-5)
+    assert eos_signal <= 0  # the hard value is the max of q
+
+
+def test_k1_is_the_same_under_both_ends() -> None:
+    for seed in range(10):
+        logits, actions, mask = random_batch(seed)
+        torch.testing.assert_close(
+            kstep_returns(logits, actions, mask, 1, sequence_end="released"),
+            kstep_returns(logits, actions, mask, 1),
+            **F32,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,13 +329,9 @@ def test_all_padding_rows_and_batch() -> None:
     empty = torch.zeros(3, 5, dtype=torch.bool)
     for value in ("max", "soft"):
         assert (kstep_returns(logits, actions, empty, 1, value=value) == 0).all()
-    assert mean_baseline(g, empty).item() == 0.0
-    assert min_variance_baseline(g, empty, logits, actions).item() == 0.0
-    lp = torch.randn(3, 5, requires_grad=True)
-    loss = policy_gradient_loss(lp, g, empty)
-    assert loss.item() == 0.0
-    loss.backward()
-    assert (lp.grad == 0).all()
+        for end in ("equations", "released"):
+            g = kstep_returns(logits, actions, empty, 3, value=value, sequence_end=end)
+            assert (g == 0).all()
 
 
 def test_length_one_rows() -> None:
@@ -340,124 +428,6 @@ def test_vectorised_speed_smoke() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Policy-gradient loss
-# --------------------------------------------------------------------------------------------
-
-
-def test_policy_gradient_analytic_gradient() -> None:
-    returns = torch.tensor([[2.0, -1.0, 0.5], [3.0, 7.0, 0.0]])
-    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    weight = torch.tensor([[0.5, 1.0, 2.0], [1.0, 1.0, 1.0]], requires_grad=True)
-    baseline = torch.tensor(1.0, requires_grad=True)
-    lp = torch.tensor([[-0.1, -2.0, -0.7], [-1.5, -0.3, -9.0]], requires_grad=True)
-    loss = policy_gradient_loss(lp, returns, mask, baseline=baseline, weight=weight, denom=2.0)
-    # adv = w (G - b) / 2 on valid tokens:
-    #   row 0: [0.5 (2 - 1), 1 (-1 - 1), 2 (0.5 - 1)] / 2 = [0.25, -1, -0.5]; row 1: [(3 - 1) / 2]
-    # N = 4 valid tokens.
-    adv = torch.tensor([[0.25, -1.0, -0.5], [1.0, 0.0, 0.0]])
-    want_loss = -(adv * lp.detach()).sum() / 4
-    torch.testing.assert_close(loss, want_loss)
-    loss.backward()
-    torch.testing.assert_close(lp.grad, -adv / 4)
-    assert weight.grad is None and baseline.grad is None
-
-
-def test_policy_gradient_clip_and_denom() -> None:
-    returns = torch.tensor([[10.0, -10.0, 0.2]])
-    lp = torch.zeros(1, 3, requires_grad=True)
-    mask = torch.ones(1, 3)
-    loss = policy_gradient_loss(lp, returns, mask, denom=4.0, clip=1.0)
-    loss.backward()
-    # adv = clip([2.5, -2.5, 0.05], -1, 1) = [1, -1, 0.05]; d loss / d lp = -adv / 3
-    torch.testing.assert_close(lp.grad, -torch.tensor([[1.0, -1.0, 0.05]]) / 3)
-
-
-def test_policy_gradient_baseline_forms() -> None:
-    logits, actions, mask = random_batch(11)
-    g = kstep_returns(logits, actions, mask, 2)
-    lp = torch.randn(mask.shape, requires_grad=True)
-    b = mean_baseline(g, mask)
-    l0 = policy_gradient_loss(lp, g, mask, baseline=b)
-    l1 = policy_gradient_loss(lp, g, mask, baseline=float(b))
-    l2 = policy_gradient_loss(lp, g, mask, baseline=b.expand(mask.shape).clone())
-    l3 = policy_gradient_loss(lp, g - b, mask)
-    for other in (l1, l2, l3):
-        torch.testing.assert_close(l0, other)
-
-
-def test_policy_gradient_padding_garbage_ignored() -> None:
-    returns = torch.tensor([[1.0, math.inf]])
-    lp = torch.tensor([[-1.0, -math.inf]], requires_grad=True)
-    loss = policy_gradient_loss(lp, returns, torch.tensor([[1, 0]]))
-    loss.backward()
-    torch.testing.assert_close(loss, torch.tensor(1.0))
-    torch.testing.assert_close(lp.grad, torch.tensor([[-1.0, 0.0]]))
-
-
-# --------------------------------------------------------------------------------------------
-# Baselines
-# --------------------------------------------------------------------------------------------
-
-
-def test_mean_baseline_is_masked_mean() -> None:
-    logits, actions, mask = random_batch(12)
-    g = kstep_returns(logits, actions, mask, 1)
-    want = g[mask.bool()].mean()
-    torch.testing.assert_close(mean_baseline(g, mask), want)
-    assert mean_baseline(g, mask).dim() == 0
-
-
-def test_gradient_norm_weights_match_autograd() -> None:
-    g = torch.Generator().manual_seed(13)
-    logits = torch.randn(3, 4, 6, generator=g) * 2
-    actions = torch.randint(0, 6, (3, 4), generator=g)
-    got = gradient_norm_weights(logits, actions)
-    want = torch.empty(3, 4)
-    for b in range(3):
-        for t in range(4):
-            z = logits[b, t].clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(torch.log_softmax(z, -1)[actions[b, t]], z)
-            want[b, t] = grad.pow(2).sum()
-    torch.testing.assert_close(got, want, **F32)
-    assert got.dtype == torch.float32 and got.grad_fn is None
-    # bf16 logits are handled in float32.
-    low = gradient_norm_weights(logits.bfloat16(), actions)
-    assert low.dtype == torch.float32
-    torch.testing.assert_close(low, want, rtol=0.05, atol=0.02)
-
-
-def test_gradient_norm_weights_mask_and_no_grad() -> None:
-    logits = torch.randn(2, 3, 5, requires_grad=True)
-    actions = torch.tensor([[1, 2, -100], [0, -100, -100]])
-    mask = actions >= 0
-    w = gradient_norm_weights(logits, actions, mask)
-    assert w.grad_fn is None
-    assert (w[~mask] == 0).all() and (w[mask] > 0).all()
-
-
-def test_min_variance_baseline_formula() -> None:
-    logits, actions, mask = random_batch(14)
-    student = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
-    g = kstep_returns(logits, actions, mask, 2)
-    p = torch.softmax(student.double(), -1)
-    py = p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    w = (1 - 2 * py + (p * p).sum(-1)) * mask
-    want = (w * g.double()).sum() / w.sum()
-    got = min_variance_baseline(g, mask, student, actions)
-    assert got.dim() == 0
-    torch.testing.assert_close(got, want.float(), **F32)
-
-
-def test_min_variance_baseline_deterministic_policy() -> None:
-    # pi(y) = 1 exactly: every score function is 0, baseline falls back to 0 (not NaN).
-    student = torch.full((1, 2, 3), NEG_INF)
-    student[..., 0] = 0.0
-    actions = torch.zeros(1, 2, dtype=torch.long)
-    b = min_variance_baseline(torch.ones(1, 2), torch.ones(1, 2), student, actions)
-    assert b.item() == 0.0
-
-
-# --------------------------------------------------------------------------------------------
 # Argument checking
 # --------------------------------------------------------------------------------------------
 
@@ -486,17 +456,4 @@ def test_invalid_arguments() -> None:
     _raises("q_taken", lambda: kstep_returns_from_values(logits, mask, mask, 1))
     _raises("values", lambda: kstep_returns_from_values(mask.float(), mask[:1].float(), mask, 1))
     _raises("rewards", lambda: reward_to_go(logits, mask))
-    _raises("returns", lambda: mean_baseline(logits, mask))
-    _raises(
-        "student_logits", lambda: min_variance_baseline(mask.float(), mask, logits[:1], actions)
-    )
-
-    lp = torch.zeros(2, 4, requires_grad=True)
-    ret = torch.zeros(2, 4)
-    for bad in (0.0, -1.0, math.inf, math.nan):
-        _raises("denom", lambda bad=bad: policy_gradient_loss(lp, ret, mask, denom=bad))
-        _raises("clip", lambda bad=bad: policy_gradient_loss(lp, ret, mask, clip=bad))
-    _raises("baseline", lambda: policy_gradient_loss(lp, ret, mask, baseline=torch.zeros(4)))
-    _raises("weight", lambda: policy_gradient_loss(lp, ret, mask, weight=torch.zeros(4)))
-    _raises("returns", lambda: policy_gradient_loss(lp, ret[:1], mask))
-    _raises("logprobs", lambda: policy_gradient_loss(lp[0], ret, mask))
+    _raises("sequence_end", lambda: kstep_returns(logits, actions, mask, 2, sequence_end="eos"))
