@@ -57,6 +57,10 @@ LEVERS: dict[str, tuple[dict, str]] = {
         {"policy_gradient": {"weight": "none"}},
         "plain REINFORCE, without the released code's stop-gradient weight pi(y_t)",
     ),
+    "weight_ratio": (
+        {"policy_gradient": {"weight": "ratio"}},
+        "LLMR's importance ratio pi / q against the top-k sampler instead of pi",
+    ),
     "uniform_ce": (
         {"policy_gradient": {"uniform_ce": 0.1}},
         "LLMR's entropy-like regulariser: cross-entropy to the uniform distribution, 0.1",

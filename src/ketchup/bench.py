@@ -89,7 +89,12 @@ def timed_phases(timer: PhaseTimer) -> Iterator[PhaseTimer]:
         ),
         *(
             timer.wrap(objectives, name, "loss")
-            for name in ("policy_gradient_objective", "divergence_objective")
+            for name in (
+                "policy_gradient_objective",
+                "minillm_objective",
+                "fdistill_objective",
+                "gkd_objective",
+            )
         ),
     ]
     try:
@@ -156,8 +161,9 @@ def build_setup(args) -> Setup:
 
 
 def _distill_config(max_new_tokens: int, max_source_length: int = 64):
-    """The on-policy settings: sampling from the full distribution (as TRL's GKD), every rollout
-    kept, no clipping; the rest the schema's defaults."""
+    """The on-policy settings: sampling from the full distribution at temperature 1, GKD always
+    on-policy (as TRL's GKD is run beside it: lmbda 1), every rollout kept, no clipping; the rest
+    the schema's defaults."""
     from ketchup.config import DistillConfig, parse_section
 
     rollout = {
@@ -166,7 +172,11 @@ def _distill_config(max_new_tokens: int, max_source_length: int = 64):
         "drop_truncated": False,
         "max_source_length": max_source_length,
     }
-    section = {"rollout": rollout, "policy_gradient": {"clip": None}}
+    section = {
+        "rollout": rollout,
+        "policy_gradient": {"clip": None},
+        "gkd": {"lmbda": 1.0, "temperature": 1.0, "top_k": 0},
+    }
     return parse_section(DistillConfig, section, "distill", "distill")
 
 

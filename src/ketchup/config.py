@@ -89,6 +89,7 @@ class TaskConfig:
     target_field: str | None
     prompt: str | None
     metric: Literal["bleu", "rouge", "accuracy"] | None
+    selection_metric: Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL", "accuracy"] | None
     max_examples: SplitLimits
     embedded: EmbeddedTaskConfig
 
@@ -99,6 +100,16 @@ class TaskConfig:
                     raise ConfigError(
                         f"config key '{where}.{key}': required when dataset is 'file'"
                     )
+        if self.selection_metric is not None:
+            from ketchup.tasks import task_metric
+
+            family = {"bleu": ("bleu", "chrf"), "rouge": ("rouge1", "rouge2", "rougeL")}
+            allowed = family.get(task_metric(self), ("accuracy",))
+            if self.selection_metric not in allowed:
+                raise ConfigError(
+                    f"config key '{where}.selection_metric': {self.selection_metric!r} is not a "
+                    f"metric this task reports; allowed: {', '.join(allowed)}"
+                )
         if self.prompt is not None and "{source}" not in self.prompt:
             raise ConfigError(
                 f"config key '{where}.prompt': must contain the placeholder {{source}}"
@@ -189,12 +200,13 @@ class RolloutConfig:
 class VarianceConfig:
     rollout_sets: int
     sources: int
+    sketch_dim: int | None
     seed: int
 
 
 @dataclass(frozen=True)
 class PolicyGradientConfig:
-    weight: Literal["pi", "none"]
+    weight: Literal["pi", "ratio", "none"]
     normalize: Literal["none", "std"]
     denom: float
     clip: float | None
@@ -204,11 +216,23 @@ class PolicyGradientConfig:
 @dataclass(frozen=True)
 class GkdConfig:
     beta: float
+    lmbda: float
+    temperature: float
+    top_k: int
+
+
+@dataclass(frozen=True)
+class MinillmConfig:
+    teacher_mix: float
+    clip_ratio: float
+    length_norm: bool
+    whiten: bool
+    single_step: bool
 
 
 @dataclass(frozen=True)
 class FDistillConfig:
-    student_fraction: float
+    beta: float
 
 
 @dataclass(frozen=True)
@@ -217,10 +241,12 @@ class DistillConfig:
     ks: list[int]
     seeds: list[int]
     value: Literal["max", "soft"]
+    sequence_end: Literal["equations", "released"]
     train: TrainConfig
     rollout: RolloutConfig
     policy_gradient: PolicyGradientConfig
     gkd: GkdConfig
+    minillm: MinillmConfig
     f_distill: FDistillConfig
     variance: VarianceConfig
 
@@ -243,11 +269,13 @@ _METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "js": (*_ONPOLICY_KEYS, "f_distill"),
     "tvd": (*_ONPOLICY_KEYS, "f_distill"),
     "gkd": (*_ONPOLICY_KEYS, "gkd"),
-    "minillm": (*_ONPOLICY_KEYS, "policy_gradient"),
+    "minillm": (*_ONPOLICY_KEYS, "minillm"),
+    # K = 1 is the same under both sequence-end conventions, so only ketchup reads it
     **{
         m: (*_ONPOLICY_KEYS, "value", "policy_gradient")
-        for m in ("llmr", "llmr_mean", "llmr_minvar", "ketchup")
+        for m in ("llmr", "llmr_mean", "llmr_minvar")
     },
+    "ketchup": (*_ONPOLICY_KEYS, "value", "sequence_end", "policy_gradient"),
 }
 
 

@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from torch import Tensor
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Rollout", "eos_token_ids", "generate", "generate_ids", "rollout_mask"]
+__all__ = [
+    "Rollout",
+    "TeacherMixture",
+    "eos_token_ids",
+    "generate",
+    "generate_ids",
+    "rollout_mask",
+]
 
 
 class Rollout(NamedTuple):
@@ -122,6 +129,82 @@ def _decoding_config(
     return transformers.GenerationConfig(**options)
 
 
+class TeacherMixture:
+    """A logits processor that turns the model's next-token scores into the log-probabilities of
+    MiniLLM's teacher-mixed distribution ``alpha p_T + (1 - alpha) p_S`` (Gu et al. 2024, LMOps
+    ``teacher_mixed_sample``), running the teacher one step at a time with its own KV cache.
+
+    Built per batch from the prompt ids and attention mask that ``generate`` receives (right
+    padding for seq2seq, left padding for decoder-only models). Used with neither temperature
+    nor top-k, the sampler then draws exactly from the mixture. Token ids the two models do not
+    share (a padded logits dimension) get probability 0.
+    """
+
+    def __init__(self, teacher, alpha: float, input_ids, attention_mask):
+        import inspect
+        import math
+
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"teacher_mix alpha must lie in [0, 1), got {alpha!r}")
+        self.teacher = teacher
+        self.log_alpha = math.log(alpha) if alpha > 0 else -math.inf
+        self.log_rest = math.log1p(-alpha)
+        self.seq2seq = is_seq2seq(teacher)
+        self.attention_mask = attention_mask
+        self.cache = None
+        # transformers renamed `past_key_values` to `cache` (5.x); accept either
+        self.cache_key = (
+            "cache"
+            if "cache" in inspect.signature(teacher.forward).parameters
+            else "past_key_values"
+        )
+        self.encoder_outputs = None
+        if self.seq2seq:
+            self.encoder_outputs = teacher.get_encoder()(
+                input_ids=input_ids, attention_mask=attention_mask
+            )
+
+    def _teacher_logits(self, input_ids):
+        import torch
+
+        new = input_ids if self.cache is None else input_ids[:, -1:]
+        if self.seq2seq:
+            out = self.teacher(
+                encoder_outputs=self.encoder_outputs,
+                attention_mask=self.attention_mask,
+                decoder_input_ids=new,
+                use_cache=True,
+                **{self.cache_key: self.cache},
+            )
+        else:
+            # generate extends the attention mask by one column per step; so does this
+            grow = input_ids.shape[1] - self.attention_mask.shape[1]
+            if grow > 0:
+                ones = self.attention_mask.new_ones(self.attention_mask.shape[0], grow)
+                self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
+            positions = (self.attention_mask.cumsum(-1) - 1).clamp_min(0)
+            out = self.teacher(
+                input_ids=new,
+                attention_mask=self.attention_mask,
+                position_ids=positions[:, -new.shape[1] :],
+                use_cache=True,
+                **{self.cache_key: self.cache},
+            )
+        self.cache = getattr(out, self.cache_key)
+        return out.logits[:, -1, :]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        teacher = self._teacher_logits(input_ids).float()
+        vocab = min(teacher.shape[-1], scores.shape[-1])
+        log_t = teacher[:, :vocab].log_softmax(-1) + self.log_alpha
+        log_s = scores[:, :vocab].float().log_softmax(-1) + self.log_rest
+        mixed = torch.full_like(scores, -torch.inf, dtype=torch.float32)
+        mixed[:, :vocab] = torch.logaddexp(log_t, log_s)
+        return mixed
+
+
 @contextlib.contextmanager
 def _eval_mode(model: PreTrainedModel) -> Iterator[None]:
     """Generate without dropout, then restore train mode if it was on (student rollouts)."""
@@ -204,14 +287,20 @@ def generate_ids(
     temperature: float = 1.0,
     seed: int | None = None,
     progress: bool = False,
+    teacher_mix: tuple[PreTrainedModel, float] | None = None,
 ) -> Rollout:
     """Like :func:`generate`, but return the new token ids as a :class:`Rollout`.
 
     ``tokens`` (B, T) with T the longest output, ``mask`` and ``finished`` as described there;
     ordinary tensors (not inference tensors), so they can feed a forward pass with gradients,
     e.g. :func:`ketchup.batching.token_logits` over ``encode_sources`` of the same prompts.
+
+    ``teacher_mix=(teacher, alpha)`` samples every token from MiniLLM's teacher-mixed
+    distribution ``alpha p_T + (1 - alpha) p_S`` (Gu et al. 2024), the teacher run step by step
+    beside the model with its own KV cache (:class:`TeacherMixture`); it needs ``do_sample``.
     """
     import torch
+    import transformers
     from tqdm.auto import tqdm
 
     if not prompts:
@@ -219,6 +308,8 @@ def generate_ids(
     generation_config = _decoding_config(
         model, tokenizer, cfg, do_sample=do_sample, top_k=top_k, temperature=temperature
     )
+    if teacher_mix is not None and not do_sample:
+        raise ValueError("teacher_mix samples from a mixture: pass do_sample=True")
     eos_ids = set(generation_config.eos_token_id)
     seq2seq = is_seq2seq(model)
     pad = pad_token_id(tokenizer)
@@ -237,10 +328,16 @@ def generate_ids(
             input_ids, attention_mask = pad_batch(
                 [encoded[i] for i in chunk], pad, padding_side="right" if seq2seq else "left"
             )
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            processors = transformers.LogitsProcessorList()
+            if teacher_mix is not None:
+                teacher, alpha = teacher_mix
+                processors.append(TeacherMixture(teacher, alpha, input_ids, attention_mask))
             out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
                 generation_config=generation_config,
+                logits_processor=processors,
             )
             # seq2seq output starts with the decoder start token; decoder-only repeats the prompt.
             new = out[:, 1:] if seq2seq else out[:, input_ids.shape[1] :]

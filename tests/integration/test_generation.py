@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -179,3 +180,77 @@ def test_greedy_rollout_is_argmax_of_token_logits(model, tokenizer):
 
 def test_eos_token_ids(model, tokenizer):
     assert eos_token_ids(model, tokenizer) == [tokenizer.eos_token_id]
+
+
+@pytest.fixture(scope="module")
+def other_model(arch, tokenizer):
+    """A second, untrained model of the same architecture: the 'teacher' of the mixture tests."""
+    torch.manual_seed(1)
+    return build_model(ModelConfig(None, arch, "float32"), tokenizer).eval()
+
+
+SAMPLE = GenerationConfig(max_new_tokens=10, batch_size=5, num_beams=1)
+
+
+def test_teacher_mixture_at_its_ends_is_either_model(model, other_model, tokenizer):
+    """alpha = 0 samples exactly what the model samples alone with the same seed; alpha -> 1
+    what the teacher samples alone: the teacher's KV-cached steps track its own decoding."""
+    kwargs = {"max_source_length": 64, "do_sample": True, "seed": 3}
+    alone = generate_ids(model, tokenizer, PROMPTS, SAMPLE, **kwargs)
+    mixed = generate_ids(
+        model, tokenizer, PROMPTS, SAMPLE, teacher_mix=(other_model, 0.0), **kwargs
+    )
+    assert torch.equal(alone.tokens, mixed.tokens)
+    teacher = generate_ids(other_model, tokenizer, PROMPTS, SAMPLE, **kwargs)
+    nearly = generate_ids(
+        model, tokenizer, PROMPTS, SAMPLE, teacher_mix=(other_model, 1 - 1e-7), **kwargs
+    )
+    assert torch.equal(teacher.tokens, nearly.tokens) and not torch.equal(
+        teacher.tokens, alone.tokens
+    )
+    with pytest.raises(ValueError, match="do_sample"):
+        generate_ids(
+            model, tokenizer, PROMPTS, SAMPLE, max_source_length=64, teacher_mix=(other_model, 0.2)
+        )
+
+
+def test_teacher_mixture_is_the_mixture_at_every_step(model, other_model, tokenizer, monkeypatch):
+    """Each step's distribution is log(alpha p_T + (1 - alpha) p_S) of the two models' logits on
+    the prefix, checked against teacher-forced passes over the finished rollouts."""
+    from ketchup import generation
+
+    steps = []
+
+    class Recording(generation.TeacherMixture):
+        def __call__(self, input_ids, scores):
+            out = super().__call__(input_ids, scores)
+            steps.append((scores.clone(), out.clone()))
+            return out
+
+    monkeypatch.setattr(generation, "TeacherMixture", Recording)
+    alpha = 0.4
+    rollout = generate_ids(
+        model,
+        tokenizer,
+        PROMPTS,
+        SAMPLE,
+        max_source_length=64,
+        do_sample=True,
+        seed=5,
+        teacher_mix=(other_model, alpha),
+    )
+    sources = encode_sources(tokenizer, PROMPTS, 64, padding_side="right")
+    with torch.no_grad():
+        student = token_logits(model, sources, rollout.tokens, rollout.mask)
+        teacher = token_logits(other_model, sources, rollout.tokens, rollout.mask)
+    # one batch, prompts sorted longest first inside generate_ids: undo that order
+    order = sorted(range(len(PROMPTS)), key=lambda i: -len(tokenizer(PROMPTS[i])["input_ids"]))
+    assert len(steps) >= 2
+    for t, (scores, out) in enumerate(steps[: rollout.tokens.shape[1]]):
+        live = rollout.mask[order, t].bool()
+        want = torch.logaddexp(
+            teacher[order, t].log_softmax(-1) + math.log(alpha),
+            student[order, t].log_softmax(-1) + math.log(1 - alpha),
+        )
+        torch.testing.assert_close(scores[live], student[order, t][live], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out[live], want[live], rtol=1e-4, atol=1e-4)

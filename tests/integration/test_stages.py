@@ -368,15 +368,33 @@ def test_distill_onpolicy_methods(prepared, teacher_dir, archs, warm_start, syst
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     for row in train:
         assert all(v == v for v in row.values())  # no NaN anywhere
-        assert 1 <= row["rollout_length"] <= 8 and 0 <= row["finished_share"] <= 1
         assert row["grad_norm"] > 0
+        # gkd trains on the teacher's outputs in some updates (lmbda 0.5): no rollouts there
+        assert row["student_rows"] == (0 if system == "gkd" and "rollout_length" not in row else 4)
+        if row["student_rows"]:
+            assert 1 <= row["rollout_length"] <= 8 and 0 <= row["finished_share"] <= 1
         if system in ("js", "tvd", "gkd"):
             assert row["divergence"] > 0 and row["loss"] == pytest.approx(row["divergence"])
+        elif system == "minillm":
+            assert {"pg_loss", "single_step", "weight_mean", "reward_mean"} <= set(row)
+            assert row["single_step"] > 0 and 0 <= row["clipped_share"] <= 1
         else:
-            assert {"return_mean", "reward_mean", "advantage_std", "clipped_share"} <= set(row)
+            assert {"return_mean", "reward_mean", "advantage_std", "baseline"} <= set(row)
             assert 0 <= row["clipped_share"] <= 1
+            assert (row["baseline"] == 0.0) == (system in ("llmr", "ketchup_k4"))
     before, after = _weights(warm_start), _weights(tmp_path / "best")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 1.0])
+def test_gkd_lambda_chooses_student_samples_or_teacher_outputs(
+    prepared, teacher_dir, archs, warm_start, lmbda, tmp_path
+):
+    config = {**ONPOLICY, "gkd": {"lmbda": lmbda}}
+    argv = _onpolicy_argv(prepared, teacher_dir, archs, warm_start, "gkd", tmp_path, config)
+    assert main(argv) == 0
+    train = [r for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "train"]
+    assert [r["student_rows"] for r in train] == [4 * int(lmbda)] * 4
 
 
 def test_greedy_rollouts_with_the_default_sampling_settings(

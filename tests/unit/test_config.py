@@ -82,7 +82,7 @@ BAD_CONFIGS = [
     ),
     (lambda c: c["distill"].update(methods=["kl", "ketchupp"]), "distill.methods[1]", "ketchup"),
     (
-        lambda c: c["distill"].update(policy_gradient={"weight": "ratio"}),
+        lambda c: c["distill"].update(policy_gradient={"weight": "rho"}),
         "distill.policy_gradient.weight",
         "pi",
     ),
@@ -235,7 +235,12 @@ def test_a_job_sees_only_the_distill_keys_its_method_reads():
     after = {s: cfg.job_distill_section(data["distill"], s) for s in before}
     assert after["llmr"] == before["llmr"] and after["js"] == before["js"]
     assert after["gkd"] != before["gkd"]
-    assert cfg.job_distill_section(data["distill"], "ketchup_k32") == after["llmr"]
+    ketchup = cfg.job_distill_section(data["distill"], "ketchup_k32")
+    # KETCHUP also reads the sequence-end convention; K = 1 is the same under both
+    assert ketchup == {**after["llmr"], "sequence_end": "equations"}
+    data["distill"]["sequence_end"] = "released"
+    assert cfg.job_distill_section(data["distill"], "llmr") == after["llmr"]
+    assert cfg.job_distill_section(data["distill"], "ketchup_k2")["sequence_end"] == "released"
 
 
 # Generated bad configs: a leaf of a shipped config given a value of the wrong type, or an unknown

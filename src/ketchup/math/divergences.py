@@ -29,6 +29,7 @@ from torch import Tensor
 from ketchup.math.checks import check_ids, check_logits, check_mask, check_number, check_positive
 
 __all__ = [
+    "fdistill_loss",
     "forward_kl",
     "generalized_jsd",
     "js_divergence",
@@ -243,6 +244,58 @@ def generalized_jsd(
     else:
         per_token = functools.partial(_jsd_tokens, beta=beta)
     return _pair_loss(per_token, student_logits, teacher_logits, mask, temperature)
+
+
+def fdistill_loss(
+    name: str,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    mask: Tensor,
+    student_rows: Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> Tensor:
+    """f-distill's JS and TVD (Wen et al. 2023; reference ``dart/kd.py`` ``_js_step``,
+    ``_tvd_symm_step``): one step-wise divergence on student-sampled prefixes, one on the
+    teacher's sequences, each a token mean over its own rows, weighted ``beta`` / ``1 - beta``.
+
+    Eq. (js): ``beta * mean_{t in S} KL(p_S || M) + (1 - beta) * mean_{t in T} KL(p_T || M)``,
+    ``M = beta p_S + (1 - beta) p_T``: the step-wise decomposition of the sequence-level JS, each
+    KL under the sampler it takes its expectation over. (tvd):
+    ``beta * mean_{t in S} TVD + (1 - beta) * mean_{t in T} TVD`` (the reference fixes 0.5 / 0.5,
+    the default here). ``S`` are the rows flagged in ``student_rows``, ``T`` the others. The two
+    halves weigh ``beta`` and ``1 - beta`` whatever their token counts (the reference's
+    ``KLDivLoss(reduction="batchmean")`` over each half's selected tokens); a half without a
+    valid token contributes 0.
+
+    Args:
+        name: "js" or "tvd".
+        student_logits: (B, T, V) with grad; teacher_logits: (B, T, V) (detached);
+        mask: (B, T) 0/1; student_rows: (B,) bool, True for student-sampled rows;
+        beta: in (0, 1); temperature: tau > 0.
+
+    Returns:
+        0-d float32 loss.
+    """
+    if name not in ("js", "tvd"):
+        raise ValueError(f"name must be 'js' or 'tvd', got {name!r}")
+    beta = check_number(beta, "beta")
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"beta must lie in (0.0, 1.0), got {beta!r}")
+    log_ps, log_pt, m = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
+    if not isinstance(student_rows, Tensor) or tuple(student_rows.shape) != (m.shape[0],):
+        raise ValueError(f"student_rows must be a (B,) = ({m.shape[0]},) tensor")
+    on_student = m & student_rows.bool().to(m.device)[:, None]
+    on_teacher = m & ~student_rows.bool().to(m.device)[:, None]
+    if name == "tvd":
+        per_token = _tvd_tokens(log_ps, log_pt)
+        student_half, teacher_half = per_token, per_token
+    else:
+        log_mix = _log_mixture(log_ps, log_pt, beta)
+        student_half, teacher_half = _kl(log_ps, log_mix), _kl(log_pt, log_mix)
+    return beta * _token_mean(student_half, on_student) + (1.0 - beta) * _token_mean(
+        teacher_half, on_teacher
+    )
 
 
 def reverse_kl_rewards(
