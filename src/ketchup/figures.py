@@ -1,8 +1,9 @@
 """The paper's figures from the scored runs, as PNG and SVG (matplotlib, no display needed).
 
-metric_vs_k      test metric against K (log2 axis): mean over seeds, bootstrap 95% band, each
-                 seed as a dot; LLMR and the best non-RL baseline as reference lines
-grad_variance    gradient variance, bias norm and cosine to K = 1 against K (Theorem 1)
+metric_vs_k      test metric against K (log2 axis), K = 1 (LLMR) first: mean over seeds with its
+                 hierarchical 95% CI, each seed as a dot; the best non-RL baseline as a band
+grad_variance    the trained update's variance, inverse SNR and cosine to LLMR against K, with
+                 bootstrap CIs over rollout sets (Theorem 1, measured)
 training_curves  validation metric, mean return and rollout length against update step, one
                  line per on-policy system (mean over seeds)
 methods          every system's test metric with its bootstrap 95% CI, the teacher as a line
@@ -56,49 +57,51 @@ def _k_of(system: str) -> int:
 
 
 def metric_vs_k(cell: Cell):
+    """Test metric against K, K = 1 (LLMR) the first point: the mean over seeds with its
+    hierarchical 95% interval (seeds and test examples) as error bars, each seed as a dot, and
+    the best non-RL baseline as a reference band."""
     plt = _pyplot()
     m = cell.primary
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    systems = cell.ketchup_systems()
+    systems = (["llmr"] if "llmr" in cell.groups else []) + cell.ketchup_systems()
     ks = [_k_of(s) for s in systems]
     cis = [cell.groups[s].ci(m) for s in systems]
-    ax.fill_between(ks, [c[1] for c in cis], [c[2] for c in cis], alpha=0.2, color="C0")
-    n_seeds = len(cell.groups[systems[0]].runs) if systems else 0
-    ax.plot(
+    n_seeds = max((len(cell.groups[s].runs) for s in systems), default=0)
+    means = np.array([c[0] for c in cis])
+    errors = np.array([[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]])
+    covers = "seeds and test examples" if n_seeds > 1 else "test examples only: one seed"
+    ax.errorbar(
         ks,
-        [c[0] for c in cis],
-        "o-",
+        means,
+        yerr=errors,
+        fmt="o-",
         color="C0",
-        label=f"KETCHUP, mean of {n_seeds} seeds (band: 95% CI over test examples)",
+        capsize=3,
+        label=f"mean of {n_seeds} seed(s), 95% CI over {covers}",
     )
+    if systems and systems[0] == "llmr":
+        ax.plot([1], [means[0]], "s", color="C3", ms=8, label="K = 1: LLMR", zorder=3)
     for i, (k, s) in enumerate(zip(ks, systems, strict=True)):
         vals = cell.groups[s].values(m)
-        ax.plot(
-            [k] * len(vals),
-            vals,
-            ".",
-            color="C0",
-            alpha=0.5,
-            label="KETCHUP, each seed" if i == 0 else None,
-        )
-    refs = [("llmr", "C3", "--")]
-    if cell.best_baseline():
-        refs.append((cell.best_baseline(), "C2", ":"))
-    for system, color, style in refs:
-        if system in cell.groups:
-            mean, lo, hi = cell.groups[system].ci(m)
-            ax.axhline(
-                mean,
-                color=color,
-                ls=style,
-                label=f"{system_label(system)} (K = 1)"
-                if system == "llmr"
-                else f"best non-RL baseline: {system_label(system)}",
+        if len(vals) > 1:
+            ax.plot(
+                [k] * len(vals),
+                vals,
+                ".",
+                color="C0",
+                alpha=0.5,
+                label="each seed" if i == 0 else None,
             )
-            ax.axhspan(lo, hi, color=color, alpha=0.08)
+    base = cell.best_baseline()
+    if base and base in cell.groups:
+        mean, lo, hi = cell.groups[base].ci(m)
+        ax.axhline(
+            mean, color="C2", ls=":", label=f"best non-RL baseline: {cell.groups[base].label}"
+        )
+        ax.axhspan(lo, hi, color="C2", alpha=0.08)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("K (steps of the Bellman optimality equation)")
+    ax.set_xlabel("K (steps of the Bellman optimality equation; K = 1 is LLMR)")
     ax.set_ylabel(f"test {m.label}" + (" (lower is better)" if m.higher_is_better is False else ""))
     ax.set_title(f"{cell.task}, student {cell.student}: test {m.label} against K", fontsize=10)
     ax.legend(fontsize=8, loc="best")
@@ -106,25 +109,54 @@ def metric_vs_k(cell: Cell):
 
 
 def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
+    """The trained update's variance, inverse SNR and cosine to LLMR against K, with bootstrap
+    95% intervals over rollout sets; LLMR's baselines as extra markers at K = 1."""
     plt = _pyplot()
-    ks = [int(r["k"]) for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.3))
     panels = (
-        ("variance", "gradient variance\n(trace of covariance, log scale)", True),
-        ("bias_norm", "bias: ‖mean g_K − mean g_1‖", False),
-        ("cosine_to_reference", "cosine(mean g_K, mean g_1)", False),
+        ("variance", "variance of the update\n(trace of covariance, log)", True),
+        ("inverse_snr", "inverse SNR (variance /\n|mean gradient|², debiased, log)", True),
+        ("cosine_to_reference", "cosine of the mean gradient\nto LLMR's (debiased)", False),
     )
+    plain = [r for r in rows if r.get("baseline", "none") == "none"]
+    ks = [int(r["k"]) for r in plain]
+    extra = [r for r in rows if r.get("baseline", "none") != "none"]
     for ax, (key, label, log) in zip(axes, panels, strict=True):
-        ax.plot(ks, [float(r[key]) for r in rows], "o-", color="C0")
+        y = np.array([float(r[key]) for r in plain])
+        lo = np.array([float(r[f"{key}_low"]) for r in plain])
+        hi = np.array([float(r[f"{key}_high"]) for r in plain])
+        ax.errorbar(
+            ks,
+            y,
+            yerr=[np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)],
+            fmt="o-",
+            color="C0",
+            capsize=3,
+            label="LLMR (K = 1) and KETCHUP",
+        )
+        for j, r in enumerate(extra):
+            v = float(r[key])
+            err = [[max(v - float(r[f"{key}_low"]), 0)], [max(float(r[f"{key}_high"]) - v, 0)]]
+            ax.errorbar(
+                [1.0 * (1.15 + 0.15 * j)],
+                [v],
+                yerr=err,
+                fmt="^s"[j % 2],
+                color=f"C{j + 1}",
+                capsize=3,
+                label=system_label(r["system"]),
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("K")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label, fontsize=9)
+    axes[0].legend(fontsize=7, loc="best")
+    n = rows[0]["n_rollout_sets"] if rows else "?"
     fig.suptitle(
-        f"{cell.task}, student {cell.student}: gradient variance and bias against K "
-        "(the same rollouts for every K)",
+        f"{cell.task}, student {cell.student}: the trained update on {n} shared rollout sets "
+        "(95% CI: bootstrap over sets)",
         fontsize=10,
     )
     fig.tight_layout()

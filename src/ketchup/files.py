@@ -141,9 +141,12 @@ def resolved_config_name(stage: str) -> str:
 
 
 def write_resolved_config(out_dir: str | Path, stage: str, config: Any, **inputs: Any) -> None:
-    """Write `<out_dir>/<stage>.config.json`: the stage's resolved config and its inputs."""
+    """Write `<out_dir>/<stage>.config.json`: the stage's resolved config, its inputs, and where
+    and with what it ran (`ketchup.provenance`)."""
     import dataclasses
 
+    from ketchup.provenance import machine_record
+
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    record = {"stage": stage, "config": data, **inputs}
+    record = {"stage": stage, "config": data, **inputs, "provenance": machine_record()}
     write_json(Path(out_dir) / resolved_config_name(stage), record)

@@ -54,13 +54,25 @@ def answer_accuracy(outputs: Sequence[str], gold: Sequence[str | None]) -> float
     return 100.0 * hits / len(outputs)
 
 
+SELECTION_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "accuracy")
+
+
 def validation_score(metric: str, outputs: Sequence[str], examples: Sequence[dict[str, Any]]):
-    """The model-selection number of a task: BLEU, ROUGE-L or accuracy (higher is better)."""
+    """The model-selection number (higher is better): `metric` is one of SELECTION_METRICS, or a
+    task metric family, which selects by its first reported metric (bleu -> BLEU, rouge ->
+    ROUGE-1, as the released KETCHUP code selects, accuracy -> accuracy)."""
+    import sacrebleu
+
+    from ketchup.scoring import reference_streams
+
     references = [ex["references"] for ex in examples]
+    metric = {"rouge": "rouge1"}.get(metric, metric)
     if metric == "bleu":
         return corpus_bleu(outputs, references)
-    if metric == "rouge":
-        return rouge_scores(outputs, references)["rougeL"]
+    if metric == "chrf":
+        return float(sacrebleu.corpus_chrf(list(outputs), reference_streams(references)).score)
+    if metric in ("rouge1", "rouge2", "rougeL"):
+        return rouge_scores(outputs, references)[metric]
     if metric == "accuracy":
         return answer_accuracy(outputs, [ex["meta"].get("answer") for ex in examples])
-    raise ValueError(f"metric: unknown {metric!r}; known: bleu, rouge, accuracy")
+    raise ValueError(f"metric: unknown {metric!r}; known: {', '.join(SELECTION_METRICS)}, rouge")

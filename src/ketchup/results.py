@@ -26,28 +26,43 @@ from ketchup.scoring import METRICS, Metric
 TEACHER = "teacher"
 # The paper's main-table order (the config's method order); KETCHUP stands for its best K.
 TABLE_ORDER = (TEACHER, *typing.get_args(Method))
+# Each row says what ran: where a method departs from its reference, the label says how
+# (docs/methods.md gives every equation, reference and difference).
 LABELS = {
     "teacher": "Teacher",
     "sft": "Student, no distillation (SFT)",
     "seqkd": "SeqKD",
     "kl": "KL",
-    "js": "JS",
-    "tvd": "TVD",
+    "js": "JS (f-distill)",
+    "tvd": "TVD (f-distill)",
     "llmr": "LLMR",
     "llmr_mean": "LLMR + mean",
     "llmr_minvar": "LLMR + min-var",
     "ketchup": "KETCHUP",
     "gkd": "GKD",
-    "minillm": "MiniLLM",
+    "minillm": "MiniLLM (no PT loss)",
 }
 # The paper's non-RL baselines: KETCHUP is tested against the best of them (by validation).
 NON_RL_BASELINES = ("seqkd", "kl", "js", "tvd")
+VALUE_LABELS = {"max": "max value", "soft": "soft value"}
 
 
-def system_label(system: str) -> str:
+def system_label(system: str, config: dict[str, Any] | None = None) -> str:
+    """The row label of a system; with its job config (`distill` keys as trained), the settings
+    that name a variant: the state value of the LLMR rows, and KETCHUP's value (when not its
+    default max) and sequence end (when the released code's)."""
+    config = config or {}
     if system.startswith("ketchup_k"):
-        return f"KETCHUP (K={system[len('ketchup_k') :]})"
-    return LABELS.get(system, system)
+        details = [f"K={system[len('ketchup_k') :]}"]
+        if config.get("value") == "soft":
+            details.append(VALUE_LABELS["soft"])
+        if config.get("sequence_end") == "released":
+            details.append("released end")
+        return f"KETCHUP ({', '.join(details)})"
+    label = LABELS.get(system, system)
+    if system.startswith("llmr") and config.get("value") in VALUE_LABELS:
+        label += f" ({VALUE_LABELS[config['value']]})"
+    return label
 
 
 @dataclass(frozen=True)
@@ -118,22 +133,57 @@ class Group:
         return [r.table(metric) for r in self.runs]
 
     def ci(self, metric: Metric) -> tuple[float, float, float]:
-        """(seed mean, 95% low, high): bootstrap over test examples of the mean over seeds."""
+        """(seed mean, 95% low, high): hierarchical bootstrap of the mean over seeds (seeds
+        resampled, then test examples within each); over examples alone with one seed."""
         tables = self.tables(metric)
-        return stats.bootstrap_ci(
-            lambda idx: float(np.mean([metric.value(t[idx]) for t in tables])), len(tables[0])
-        )
+
+        def statistic(seeds: np.ndarray, examples: np.ndarray) -> float:
+            pairs = zip(seeds, examples, strict=True)
+            return float(np.mean([metric.value(tables[s][idx]) for s, idx in pairs]))
+
+        return stats.hierarchical_bootstrap_ci(statistic, len(tables), len(tables[0]))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The job config its first run trained with (the `distill` keys its method reads)."""
+        for run in self.runs:
+            config = (run.summary.get("training") or {}).get("config")
+            if config:
+                return config
+        return {}
+
+    @property
+    def label(self) -> str:
+        return system_label(self.system, self.config)
+
+    def training(self, key: str, part: str = "mean") -> float:
+        """Mean over seeds of a training-log statistic (distill's `training_summary`)."""
+        values = []
+        for run in self.runs:
+            summary = (run.summary.get("training") or {}).get("training_summary") or {}
+            value = (summary.get(part) or {}).get(key)
+            if value is not None:
+                values.append(float(value))
+        return float(np.mean(values)) if values else math.nan
 
 
-def paired_test(a: Group, b: Group, metric: Metric) -> dict[str, float]:
-    """System a against system b on the same test examples: the difference of their seed means
-    and a paired permutation test's p-value (seeds paired by seed number; a permutation swaps an
-    example's outputs between the two systems at every seed at once)."""
+def paired_test(a: Group, b: Group, metric: Metric) -> dict[str, Any]:
+    """System a against system b on the same test examples, seeds paired by seed number.
+
+    - ``difference``: the difference of their seed means;
+    - example level: ``p_value``, a paired permutation test (a permutation swaps an example's
+      outputs between the systems at every seed at once), and ``ci_low``/``ci_high``, a bootstrap
+      over examples of the difference; both treat the trained seeds as fixed;
+    - seed aware: ``seed_ci_low``/``seed_ci_high``, a hierarchical bootstrap (seeds, then
+      examples within each), and ``seed_p_value``, the exact sign-flip test of the per-seed
+      differences ``seed_differences`` (never below 2 / 2^seeds).
+    """
     seeds = [s for s in a.seeds if s in b.seeds]
     if not seeds:
         return {"difference": math.nan, "p_value": math.nan, "seeds": 0}
     ta = [a.runs[a.seeds.index(s)].table(metric) for s in seeds]
     tb = [b.runs[b.seeds.index(s)].table(metric) for s in seeds]
+    n, every_seed = len(ta[0]), np.arange(len(seeds))
 
     def difference(swap: np.ndarray) -> float:
         w = swap[:, None]
@@ -146,8 +196,28 @@ def paired_test(a: Group, b: Group, metric: Metric) -> dict[str, float]:
             )
         )
 
-    observed, p = stats.permutation_test(difference, len(ta[0]))
-    return {"difference": observed, "p_value": p, "seeds": len(seeds)}
+    def seed_difference(picked: np.ndarray, examples: np.ndarray) -> float:
+        pairs = zip(picked, examples, strict=True)
+        return float(np.mean([metric.value(ta[s][i]) - metric.value(tb[s][i]) for s, i in pairs]))
+
+    observed, p = stats.permutation_test(difference, n)
+    _, lo, hi = stats.bootstrap_ci(
+        lambda idx: seed_difference(every_seed, np.tile(idx, (len(seeds), 1))), n
+    )
+    _, seed_lo, seed_hi = stats.hierarchical_bootstrap_ci(seed_difference, len(seeds), n)
+    per_seed = [metric.value(x) - metric.value(y) for x, y in zip(ta, tb, strict=True)]
+    _, seed_p = stats.sign_flip_test(per_seed)
+    return {
+        "difference": observed,
+        "p_value": p,
+        "ci_low": lo,
+        "ci_high": hi,
+        "seed_ci_low": seed_lo,
+        "seed_ci_high": seed_hi,
+        "seed_p_value": seed_p,
+        "seed_differences": per_seed,
+        "seeds": len(seeds),
+    }
 
 
 @dataclass

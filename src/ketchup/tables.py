@@ -1,13 +1,18 @@
 """The paper's tables from the scored runs: Markdown, CSV and LaTeX (rendering only; the numbers
-come from results.py, which reads them from per-example score files).
+come from results.py, which reads them from per-example score files, and from the
+gradient-variance stage's CSV).
 
     main       rows teacher, SFT, SeqKD, KL, JS, TVD, LLMR (+ mean, + min-var), KETCHUP at its
                best K (by validation), GKD, MiniLLM; per task, every metric as mean +- std over
-               seeds and the primary metric's bootstrap 95% CI; then KETCHUP against LLMR and
-               the best non-RL baseline: difference of seed means, paired permutation p-value
-    k_grid     per K (K = 1 is LLMR): test and validation primary metric, gradient variance
-               (trace of the covariance), relative variance, bias against K = 1 (norm, cosine)
+               seeds and the primary metric's hierarchical bootstrap 95% CI (seeds and examples);
+               then KETCHUP against LLMR and the best non-RL baseline: the difference of seed
+               means with example-level and seed-aware intervals and tests
+    k_grid     per K (K = 1 is LLMR): test and validation metric, the mean return per token in
+               training, and the trained update's variance, inverse SNR and cosine to K = 1
+    variance   per policy-gradient system: variance, debiased squared norm of the mean gradient,
+               inverse SNR, cosine to LLMR, mean return per token, each with its bootstrap CI
     paper      our numbers beside the paper's published ones, for the paper's tasks
+    provenance where and with what the study's models were trained
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ketchup.math import stats
+from ketchup.provenance import describe
 from ketchup.results import Cell, paired_test, system_label
 
 # Published results, flan-t5-xl -> t5-base (the paper's main table): XSum ROUGE-1, Europarl EN-NL
@@ -53,30 +59,62 @@ class Table:
 
     def latex(self) -> str:
         spec = "l" + "r" * (len(self.header) - 1)
-        body = [" & ".join(_tex(c) for c in self.header) + r" \\", r"\midrule"]
-        body += [" & ".join(_tex(c) for c in row) + r" \\" for row in self.rows]
-        notes = "".join(f"\n% {note}" for note in self.notes)
+        body = [" & ".join(tex(c) for c in self.header) + r" \\", r"\midrule"]
+        body += [" & ".join(tex(c) for c in row) + r" \\" for row in self.rows]
+        notes = "".join(f"\n% {tex(note)}" for note in self.notes)
         return (
-            f"% {self.title}{notes}\n\\begin{{tabular}}{{{spec}}}\n\\toprule\n"
+            f"% {tex(self.title)}{notes}\n\\begin{{tabular}}{{{spec}}}\n\\toprule\n"
             + "\n".join(body)
             + "\n\\bottomrule\n\\end{tabular}\n"
         )
 
 
-def _tex(text: str) -> str:
-    return (
-        text.replace("\\", r"\textbackslash{}")
-        .replace("&", r"\&")
-        .replace("%", r"\%")
-        .replace("_", r"\_")
-        .replace("#", r"\#")
-        .replace("±", r"$\pm$")
-        .replace("Δ", r"$\Delta$")
-    )
+# Characters a LaTeX document (pdflatex, no unicode packages) cannot take as they are.
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "−": "-",
+    "–": "--",
+    "—": "---",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "×": r"$\times$",
+    "·": r"$\cdot$",
+    "‖": r"$\|$",
+    "²": r"$^2$",
+    "Σ": r"$\Sigma$",
+}
+
+
+def tex(text: str) -> str:
+    """`text` escaped for LaTeX, every non-ASCII character replaced (tables.tex compiles)."""
+    out = "".join(_TEX.get(ch, ch) for ch in text)
+    return out.encode("ascii", "replace").decode("ascii")
 
 
 def fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def fmt_g(value: float, digits: int = 4) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}g}"
+
+
+def fmt_ci(lo: float, hi: float, digits: int = 2, general: bool = False) -> str:
+    f = (lambda v: fmt_g(v, 3)) if general else (lambda v: fmt(v, digits))
+    return "-" if math.isnan(lo) or math.isnan(hi) else f"[{f(lo)}, {f(hi)}]"
 
 
 def fmt_mean_std(mean: float, std: float) -> str:
@@ -86,6 +124,11 @@ def fmt_mean_std(mean: float, std: float) -> str:
 def _metric_header(cell: Cell, metric) -> str:
     arrow = {True: " ↑", False: " ↓", None: ""}[metric.higher_is_better]
     return f"{cell.task} {metric.label}{arrow}"
+
+
+def _label(cell: Cell, system: str) -> str:
+    group = cell.groups.get(system)
+    return group.label if group else system_label(system)
 
 
 def main_table(cells: Sequence[Cell]) -> tuple[list[Table], list[dict[str, Any]]]:
@@ -114,10 +157,12 @@ def main_table(cells: Sequence[Cell]) -> tuple[list[Table], list[dict[str, Any]]
                     row.append(fmt_mean_std(mean, std))
                     records.append(_record(cell, method, system, g, metric, mean, std))
                 _, lo, hi = g.ci(cell.primary)
-                row.append(f"[{fmt(lo)}, {fmt(hi)}]")
+                row.append(fmt_ci(lo, hi))
                 records[-len(cell.metrics)].update(ci_low=lo, ci_high=hi)
-                if method == "ketchup":
-                    row[0] = f"KETCHUP (K={system[9:]})" if len(group) == 1 else "KETCHUP (best K)"
+                if len(group) == 1:
+                    row[0] = g.label
+                elif method == "ketchup":
+                    row[0] = "KETCHUP (best K)"
             table.rows.append(row)
         table.notes += _main_notes(group)
         tables.append(table)
@@ -131,6 +176,7 @@ def _record(cell, method, system, group, metric, mean, std) -> dict[str, Any]:
         "student": cell.student,
         "row": method,
         "system": system,
+        "label": group.label,
         "metric": metric.name,
         "mean": mean,
         "std": std,
@@ -142,13 +188,20 @@ def _record(cell, method, system, group, metric, mean, std) -> dict[str, Any]:
 
 
 def _main_notes(group: Sequence[Cell]) -> list[str]:
+    seeds = max(len(g.runs) for c in group for name, g in c.groups.items() if name != "teacher")
     notes = [
         "Mean ± standard deviation over seeds (the teacher: one model). "
-        f"CI: {stats.METHOD}, of the mean over seeds; it covers the choice of test examples "
-        "only, not the seed-to-seed spread that the ± std shows.",
+        f"CI: {stats.HIERARCHICAL_METHOD}, of the mean over seeds; it covers the training seeds "
+        "and the choice of test examples.",
         "↑ higher is better, ↓ lower is better. KETCHUP's K and the best non-RL baseline are "
         "chosen by mean validation score, never by test score.",
     ]
+    if seeds == 1:
+        notes.append(
+            "One training seed: the interval covers the test examples only, and no difference "
+            "between systems here is evidence (their seed-to-seed spread is unknown; "
+            "configs/seeds.yaml runs three)."
+        )
     for cell in group:
         best_k, best_base = cell.best_k_system(), cell.best_baseline()
         if best_k:
@@ -163,8 +216,25 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
     """KETCHUP (best K) against LLMR and the best non-RL baseline on the primary metric."""
     table = Table(
         "KETCHUP at its best K against LLMR and the best non-RL baseline (paired, test split)",
-        ["Task", "Metric", "KETCHUP", "Against", "Δ (KETCHUP − other)", "p-value", "Seeds"],
-        notes=[f"{stats.TEST_METHOD}; Δ is the difference of the seed means."],
+        [
+            "Task",
+            "Metric",
+            "KETCHUP",
+            "Against",
+            "Δ (KETCHUP − other)",
+            "per-seed Δ",
+            "seed-aware 95% CI",
+            "seed-level p",
+            "example-level 95% CI",
+            "example-level p",
+            "Seeds",
+        ],
+        notes=[
+            "Δ: difference of the seed means. Seed-aware: "
+            f"{stats.HIERARCHICAL_METHOD}; seed-level p: {stats.SEED_TEST_METHOD} (with n seeds "
+            "never below 2 / 2^n: 0.25 for three). Example-level: "
+            f"{stats.METHOD}; p: {stats.TEST_METHOD}; both treat the trained seeds as fixed.",
+        ],
     )
     for cell in group:
         best_k = cell.best_k_system()
@@ -174,13 +244,19 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
             if other not in cell.groups:
                 continue
             test = paired_test(cell.groups[best_k], cell.groups[other], cell.primary)
+            per_seed = " / ".join(fmt(d) for d in test.get("seed_differences", []))
+            one_seed = test["seeds"] < 2
             table.rows.append(
                 [
                     cell.task,
                     cell.primary.label,
                     f"K={best_k[9:]}",
-                    system_label(other),
+                    _label(cell, other),
                     fmt(test["difference"]),
+                    per_seed or "-",
+                    fmt_ci(test.get("seed_ci_low", math.nan), test.get("seed_ci_high", math.nan)),
+                    "-" if one_seed else f"{test['seed_p_value']:.3f}",
+                    fmt_ci(test.get("ci_low", math.nan), test.get("ci_high", math.nan)),
                     f"{test['p_value']:.4f}",
                     str(test["seeds"]),
                 ]
@@ -195,23 +271,56 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
                     "mean": test["difference"],
                     "std": math.nan,
                     "seeds": test["seeds"],
-                    "ci_low": math.nan,
-                    "ci_high": math.nan,
+                    "ci_low": test.get("ci_low", math.nan),
+                    "ci_high": test.get("ci_high", math.nan),
                     "validation_mean": math.nan,
                     "p_value": test["p_value"],
+                    "seed_ci_low": test.get("seed_ci_low", math.nan),
+                    "seed_ci_high": test.get("seed_ci_high", math.nan),
+                    "seed_p_value": math.nan if one_seed else test["seed_p_value"],
+                    "seed_differences": per_seed,
                     "against": other,
                 }
             )
     return table
 
 
+def _float(row: dict[str, str], key: str) -> float:
+    value = row.get(key, "")
+    return float(value) if value not in ("", None) else math.nan
+
+
+def _sequence_end_note(cell: Cell) -> str:
+    ends = {
+        g.config.get("sequence_end", "equations")
+        for s, g in cell.groups.items()
+        if s.startswith("ketchup_k")
+    }
+    described = {
+        "equations": "the paper's equations (V(s_L) = 0: the last K-segment of a chain gets "
+        "q(s_t, y_t))",
+        "released": "the released code's rule (V(s_{L-1}), and the EOS step's reward in every "
+        "chain)",
+    }
+    return (
+        "Sequence end of the K-step returns: "
+        + "; ".join(described[e] for e in sorted(ends) if e in described)
+        + "."
+    )
+
+
 def k_table(
     cells: Sequence[Cell], variance: dict[tuple[str, str], list[dict[str, str]]]
 ) -> tuple[list[Table], list[dict[str, Any]]]:
-    """Per (task, student): every K (1 = LLMR) with its metric, gradient variance and bias."""
+    """Per (task, student): every K (1 = LLMR) with its metric, training return and the
+    variance measurements of its trained update."""
     tables, records = [], []
     for cell in cells:
-        var_rows = {int(r["k"]): r for r in variance.get((cell.task, cell.student), [])}
+        var_rows = {
+            int(r["k"]): r
+            for r in variance.get((cell.task, cell.student), [])
+            if r.get("baseline", "none") == "none"
+        }
         systems = (["llmr"] if "llmr" in cell.groups else []) + cell.ketchup_systems()
         if not systems and not var_rows:
             continue
@@ -223,17 +332,21 @@ def k_table(
                 "System",
                 f"test {m.label}",
                 f"validation {m.label}",
+                "return / token (training)",
                 "gradient variance",
-                "relative variance",
-                "bias norm",
-                "cosine to K=1",
+                "inverse SNR [95% CI]",
+                "cosine to K=1 [95% CI]",
             ],
             notes=[
-                "Test and validation: mean ± std over seeds. Gradient variance: trace of the "
-                "covariance of the policy-gradient estimate over rollout sets, on the same "
-                "rollouts for every K, from the first seed's KL warm start "
-                "(students/<student>/grad_variance.csv); relative = variance / squared norm of "
-                "the mean gradient; bias: the mean gradient's distance and cosine to K = 1's."
+                "Test and validation: mean ± std over seeds. Return / token: the mean K-step "
+                "return per token over the training updates (mean over seeds); its sign is that "
+                "of the implicit entropy term the weight pi adds without a baseline "
+                "(docs/methods.md). Variance, inverse SNR (variance / squared norm of the mean "
+                "gradient, debiased) and cosine (debiased) of the update each system trains "
+                "with, on the same rollout sets, from the first seed's KL warm start "
+                "(students/<student>/grad_variance.csv; the variance table has their intervals); "
+                "* marks a mean gradient the rollout sets do not resolve.",
+                _sequence_end_note(cell),
             ],
         )
         ks = sorted({1 if s == "llmr" else int(s[9:]) for s in systems} | set(var_rows))
@@ -241,20 +354,23 @@ def k_table(
             system = "llmr" if k == 1 else f"ketchup_k{k}"
             g = cell.groups.get(system)
             mean, std = g.mean_std(m) if g else (math.nan, math.nan)
-            vals = [r.validation for r in g.runs] if g else []
-            val_mean = sum(vals) / len(vals) if vals else math.nan
+            val_mean = g.validation() if g else math.nan
+            ret = g.training("return_mean") if g else math.nan
             v = var_rows.get(k, {})
-            num = {key: float(v[key]) if key in v else math.nan for key in _VARIANCE_KEYS}
+            num = {key: _float(v, key) for key in _VARIANCE_KEYS}
+            flag = "" if not v or v.get("resolved") in ("True", "true", "1") else "*"
             table.rows.append(
                 [
                     str(k),
-                    system_label(system) if g else "-",
+                    _label(cell, system) if g else "-",
                     fmt_mean_std(mean, std),
                     fmt(val_mean),
-                    f"{num['variance']:.4g}",
-                    f"{num['relative_variance']:.3f}",
-                    f"{num['bias_norm']:.4g}",
-                    f"{num['cosine_to_reference']:.3f}",
+                    fmt(ret),
+                    fmt_g(num["variance"]),
+                    f"{fmt_g(num['inverse_snr'], 3)}{flag} "
+                    + fmt_ci(num["inverse_snr_low"], num["inverse_snr_high"], general=True),
+                    f"{fmt(num['cosine_to_reference'], 3)}{flag} "
+                    + fmt_ci(num["cosine_to_reference_low"], num["cosine_to_reference_high"], 3),
                 ]
             )
             records.append(
@@ -267,6 +383,7 @@ def k_table(
                     "test_mean": mean,
                     "test_std": std,
                     "validation_mean": val_mean,
+                    "training_return_mean": ret,
                     **num,
                 }
             )
@@ -274,7 +391,80 @@ def k_table(
     return tables, records
 
 
-_VARIANCE_KEYS = ("variance", "relative_variance", "bias_norm", "cosine_to_reference")
+_VARIANCE_KEYS = tuple(
+    f"{key}{suffix}"
+    for key in ("variance", "mean_grad_sq_norm", "inverse_snr", "cosine_to_reference")
+    for suffix in ("", "_low", "_high")
+) + ("return_mean", "return_mean_low", "return_mean_high")
+
+
+def variance_table(
+    cells: Sequence[Cell], variance: dict[tuple[str, str], list[dict[str, str]]]
+) -> tuple[list[Table], list[dict[str, Any]]]:
+    """Per (task, student): every policy-gradient system's measured update, with intervals."""
+    tables, records = [], []
+    cell_of = {(c.task, c.student): c for c in cells}
+    for (task, student), rows in variance.items():
+        if not rows:
+            continue
+        cell = cell_of.get((task, student))
+        table = Table(
+            f"Gradient variance of the trained update: {task}, student {student}",
+            [
+                "System",
+                "variance [95% CI]",
+                "‖mean gradient‖² [95% CI]",
+                "inverse SNR [95% CI]",
+                "cosine to LLMR [95% CI]",
+                "return / token [95% CI]",
+                "resolved",
+            ],
+            notes=[
+                f"{rows[0]['n_rollout_sets']} rollout sets of one rollout per source (one "
+                "training batch), shared by every system, from the first seed's KL warm start; "
+                "each system's gradient is the one its trainer applies (weight, normalisation, "
+                "clip, baseline, finished share of the config). Variance: trace of the "
+                "covariance over rollout sets (unbiased). ‖mean gradient‖²: without the "
+                "finite-sample bias tr(Σ)/M. Inverse SNR: their ratio (scale-free). Cosine: of "
+                "the mean gradients, debiased the same way. Return / token: the mean return of "
+                "the rollouts at the warm start. CIs: percentile bootstrap over rollout sets, "
+                "2000 resamples. Resolved: the squared norm's interval lies above 0 (otherwise "
+                "more rollout sets are needed before its ratio and cosine mean anything).",
+            ],
+        )
+        for r in rows:
+            num = {key: _float(r, key) for key in _VARIANCE_KEYS}
+            label = _label(cell, r["system"]) if cell else system_label(r["system"])
+            resolved = r.get("resolved") in ("True", "true", "1")
+            table.rows.append(
+                [
+                    label,
+                    fmt_g(num["variance"])
+                    + " "
+                    + fmt_ci(num["variance_low"], num["variance_high"], general=True),
+                    fmt_g(num["mean_grad_sq_norm"])
+                    + " "
+                    + fmt_ci(
+                        num["mean_grad_sq_norm_low"], num["mean_grad_sq_norm_high"], general=True
+                    ),
+                    fmt_g(num["inverse_snr"], 3)
+                    + " "
+                    + fmt_ci(num["inverse_snr_low"], num["inverse_snr_high"], general=True),
+                    fmt(num["cosine_to_reference"], 3)
+                    + " "
+                    + fmt_ci(num["cosine_to_reference_low"], num["cosine_to_reference_high"], 3),
+                    fmt(num["return_mean"])
+                    + " "
+                    + fmt_ci(num["return_mean_low"], num["return_mean_high"]),
+                    "yes" if resolved else "no",
+                ]
+            )
+            records.append(
+                {"task": task, "student": student, "system": r["system"], "resolved": resolved}
+                | num
+            )
+        tables.append(table)
+    return tables, records
 
 
 def paper_table(cells: Sequence[Cell]) -> tuple[Table, list[dict[str, Any]]]:
@@ -298,7 +488,7 @@ def paper_table(cells: Sequence[Cell]) -> tuple[Table, list[dict[str, Any]]]:
                 [
                     cell.task,
                     metric.label,
-                    system_label(system),
+                    _label(cell, system),
                     fmt(ours),
                     fmt(published),
                     fmt(ours - published),
@@ -320,8 +510,38 @@ def paper_table(cells: Sequence[Cell]) -> tuple[Table, list[dict[str, Any]]]:
             "`snakemake --configfile configs/paper.yaml` for this comparison."
         )
     else:
-        table.notes.append(
+        table.notes += [
             "Ours: mean over seeds with this study's teacher and student, which may differ from "
-            "the paper's flan-t5-xl -> t5-base."
-        )
+            "the paper's flan-t5-xl -> t5-base.",
+            "The paper's LLMR + min-var is, in its released code, the mean baseline: its "
+            "minimum-variance weights come out all 1 (`lprobs.grad` after "
+            "`lprobs.backward(ones)`), and that backward also adds the gradient of sum log pi to "
+            "the update. Ours is the minimiser for the weight in use (docs/methods.md).",
+        ]
+    return table, records
+
+
+def provenance_table(cells: Sequence[Cell]) -> tuple[Table, list[dict[str, Any]]]:
+    """Where and with what each task's models were trained: one row per distinct setup."""
+    table = Table(
+        "Provenance: where the models of this study were trained",
+        ["Task", "Student", "Jobs", "Setup"],
+        notes=[
+            "Read from each model's resolved config. Floating-point kernels differ across "
+            "processors and library versions, so a single seed's scores move with the setup."
+        ],
+    )
+    records = []
+    for cell in cells:
+        setups: dict[str, int] = {}
+        for group in cell.groups.values():
+            for run in group.runs:
+                record = (run.summary.get("training") or {}).get("provenance")
+                key = describe(record) if record else "not recorded"
+                setups[key] = setups.get(key, 0) + 1
+        for setup, count in setups.items():
+            table.rows.append([cell.task, cell.student or "-", str(count), setup])
+            records.append(
+                {"task": cell.task, "student": cell.student, "jobs": count, "setup": setup}
+            )
     return table, records

@@ -13,7 +13,7 @@ import sacrebleu
 from safetensors.numpy import save_file
 
 from ketchup.cli import main
-from ketchup.files import read_csv, read_jsonl, write_json, write_jsonl
+from ketchup.files import csv_text, read_csv, read_jsonl, write_json, write_jsonl, write_text
 from ketchup.scoring import reference_streams
 
 TASK = {
@@ -33,6 +33,33 @@ SYSTEMS = {
     "gkd": (0.3, 55.0),
 }
 SEEDS = (0, 1)
+# the grad-variance stage's rows: per system, each statistic with its interval
+VARIANCE_ROWS = [
+    {
+        "system": system,
+        "k": k,
+        "baseline": baseline,
+        "n_rollout_sets": 8,
+        **{
+            f"{key}{suffix}": value * factor
+            for key, value in (
+                ("variance", variance),
+                ("mean_grad_sq_norm", signal),
+                ("inverse_snr", variance / signal),
+                ("cosine_to_reference", cosine),
+                ("return_mean", -10.0 / k),
+            )
+            for suffix, factor in (("", 1.0), ("_low", 0.9), ("_high", 1.1))
+        },
+        "resolved": signal > 1.0,
+    }
+    for system, k, baseline, variance, signal, cosine in (
+        ("llmr", 1, "none", 100.0, 20.0, 1.0),
+        ("llmr_mean", 1, "mean", 60.0, 18.0, 0.95),
+        ("ketchup_k2", 2, "none", 40.0, 10.0, 0.9),
+        ("ketchup_k4", 4, "none", 20.0, 0.5, 0.7),
+    )
+]
 ON_POLICY = ("llmr", "ketchup_k2", "ketchup_k4", "gkd")  # these runs get a training log
 
 
@@ -93,10 +120,7 @@ def study(tmp_path_factory):
     for student in ("s1", "s2"):
         path = root / "toy" / "students" / student / "grad_variance.csv"
         path.parent.mkdir(parents=True)
-        path.write_text(
-            "k,variance,relative_variance,bias_norm,cosine_to_reference\n"
-            "1,100.0,1.5,0.0,1.0\n2,40.0,1.1,3.0,0.9\n4,20.0,0.9,5.0,0.7\n"
-        )
+        write_text(path, csv_text(VARIANCE_ROWS, list(VARIANCE_ROWS[0])))
         variance.append(str(path))
     return {"root": root, "summaries": summaries, "variance": variance, "examples": examples,
             "outputs": outputs}  # fmt: skip
@@ -133,14 +157,26 @@ def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tmp_
     assert float(vs_llmr["mean"]) > 0 and float(vs_llmr["p_value"]) < 0.05  # cut 0.2 vs 0.95
 
     grid = read_csv(tmp_path / "k_grid.csv")
+    # the K grid takes the baseline-free systems, K = 1 first
     assert [(r["student"], r["k"], r["variance"]) for r in grid if r["student"] == "s1"] == [
         ("s1", "1", "100.0000"),
         ("s1", "2", "40.0000"),
         ("s1", "4", "20.0000"),
     ]
+    grid_md = (tmp_path / "k_grid.md").read_text()
+    assert "0.7* [0.630, 0.770]" in grid_md.replace("0.700*", "0.7*")  # unresolved K = 4
+    variance_md = (tmp_path / "variance.md").read_text()
+    assert "LLMR + mean" in variance_md and variance_md.count("| no |") == 2  # one per student
+    assert "1-seed" not in (tmp_path / "main.md").read_text()
+    assert (tmp_path / "provenance.md").is_file()
+    sig = next(r for r in tests if r["against"] == "llmr")
+    assert float(sig["seed_ci_low"]) <= float(sig["ci_low"])  # seeds add to the spread
+    assert float(sig["seed_p_value"]) >= 0.5  # two seeds: a sign-flip test cannot go lower
     assert "No task of this study is one of the paper's" in (tmp_path / "paper.md").read_text()
     tex = (tmp_path / "main.tex").read_text()
     assert "\\begin{tabular}" in tex and "$\\pm$" in tex
+    for name in ("main", "k_grid", "variance", "paper", "provenance"):
+        assert (tmp_path / f"{name}.tex").read_text().isascii(), name
 
 
 def test_figures_are_written_for_every_kind(study, tmp_path):

@@ -1,57 +1,136 @@
-"""Gradient moments against torch's own covariance and hand cases."""
+"""ketchup.math.variance against direct computations on gradients drawn from known
+distributions: the trace of the sample covariance, the debiased signal and cosine (unbiased where
+the plain ones are not), the bootstrap intervals, and the count sketch."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from ketchup.math.variance import GradientMoments
+from ketchup.math.variance import GradientSets, gradient_statistics
 
 
-def test_variance_is_the_trace_of_the_sample_covariance():
-    torch.manual_seed(0)
-    grads = {k: torch.randn(16, 7, dtype=torch.float64) * k for k in (1, 2, 4)}
-    moments = GradientMoments()
-    for m in range(16):
-        for k, g in grads.items():
-            moments.add(k, g[m])
-    for row in moments.table():
-        g = grads[row["k"]]
-        assert row["variance"] == pytest.approx(float(torch.cov(g.T).trace()), rel=1e-10)
-        mean = g.mean(0)
-        assert row["mean_grad_sq_norm"] == pytest.approx(float(mean.dot(mean)))
-        assert row["bias_norm"] == pytest.approx(float((mean - grads[1].mean(0)).norm()))
-        cosine = float(torch.nn.functional.cosine_similarity(mean, grads[1].mean(0), dim=0))
-        assert row["cosine_to_reference"] == pytest.approx(cosine)
+def _sets(grads: dict[str, torch.Tensor], sketch_dim=None) -> GradientSets:
+    """GradientSets filled from name -> (M, P) gradients."""
+    names = list(grads)
+    m, p = grads[names[0]].shape
+    sets = GradientSets(names, m, p, sketch_dim)
+    for name, g in grads.items():
+        for i in range(m):
+            sets.add(name, i, g[i])
+    return sets
 
 
-def test_hand_case():
-    moments = GradientMoments()
-    for g in ([1.0, 0.0], [3.0, 2.0]):  # mean (2, 1); variances 2 and 2
-        moments.add(1, torch.tensor(g))
-    (row,) = moments.table()
-    assert row["variance"] == pytest.approx(4.0)
-    assert row["mean_grad_sq_norm"] == pytest.approx(5.0)
-    assert row["relative_variance"] == pytest.approx(0.8)
-    assert row["bias_norm"] == 0.0 and row["cosine_to_reference"] == pytest.approx(1.0)
+def _draw(mu: torch.Tensor, scale: float, m: int, g: torch.Generator) -> torch.Tensor:
+    return mu + scale * torch.randn(m, mu.numel(), generator=g, dtype=torch.float64)
 
 
-def test_identical_estimates_have_zero_variance_and_one_sample_has_none():
-    moments = GradientMoments()
-    for _ in range(3):
-        moments.add(1, torch.ones(4))
-    moments.add(2, torch.ones(4))
-    rows = {row["k"]: row for row in moments.table()}
-    assert rows[1]["variance"] == 0.0
-    assert math.isnan(rows[2]["variance"])
+def test_statistics_match_direct_computations() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = _draw(torch.ones(5), 0.5, 12, g)
+    b = _draw(torch.tensor([1.0, -1, 0, 2, 0]), 2.0, 12, g)
+    rows = gradient_statistics(_sets({"a": a, "b": b}).gram(), ["a", "b"], "a", n_boot=200)
+    for row, x in zip(rows, (a, b), strict=True):
+        xd = x.double()
+        trace = float(xd.var(dim=0, unbiased=True).sum())
+        gbar = xd.mean(0)
+        assert row["variance"] == pytest.approx(trace, rel=1e-5)
+        assert row["raw_mean_grad_sq_norm"] == pytest.approx(float(gbar @ gbar), rel=1e-5)
+        debiased = float(gbar @ gbar) - trace / 12
+        assert row["mean_grad_sq_norm"] == pytest.approx(debiased, rel=1e-4, abs=1e-6)
+        assert row["inverse_snr"] == pytest.approx(trace / debiased, rel=1e-4)
+        assert row["variance_low"] <= row["variance"] <= row["variance_high"]
+    # the cosine leaves out the same-set products, as the signal does
+    ab = float(a.mean(0) @ b.mean(0)) - float(((a - a.mean(0)) * (b - b.mean(0))).sum()) / 11 / 12
+    want = ab / math.sqrt(rows[0]["mean_grad_sq_norm"] * rows[1]["mean_grad_sq_norm"])
+    assert rows[1]["cosine_to_reference"] == pytest.approx(want, rel=1e-4)
+    assert rows[0]["cosine_to_reference"] == pytest.approx(1.0)
 
 
-def test_errors_name_the_argument():
-    moments = GradientMoments()
-    moments.add(1, torch.ones(3))
+def test_the_debiased_signal_is_unbiased_where_the_plain_one_is_not() -> None:
+    """|gbar|^2 overestimates |mu|^2 by tr(Sigma) / M; the U-statistic does not."""
+    g = torch.Generator().manual_seed(1)
+    mu = torch.tensor([0.3, -0.2, 0.1, 0.0])
+    true = float(mu @ mu)  # 0.14; tr(Sigma) = 4, M = 8: bias 0.5, more than the signal
+    plain, debiased = [], []
+    for _ in range(400):
+        x = _draw(mu, 1.0, 8, g)
+        gram = (x @ x.T).numpy()[None, :, None, :]
+        row = gradient_statistics(gram, ["a"], "a", n_boot=1)[0]
+        plain.append(row["raw_mean_grad_sq_norm"])
+        debiased.append(row["mean_grad_sq_norm"])
+    se = np.std(debiased) / math.sqrt(len(debiased))
+    assert abs(np.mean(debiased) - true) < 4 * se
+    assert np.mean(plain) - true == pytest.approx(4 / 8, rel=0.15)
+
+
+def test_shared_rollouts_make_the_plain_cosine_biased_and_the_debiased_one_not() -> None:
+    """Two systems whose noise is shared (the same rollouts) but whose means are orthogonal:
+    gbar_a . gbar_b is pulled towards the noise's covariance; the U-statistic is not."""
+    g = torch.Generator().manual_seed(2)
+    cos, plain = [], []
+    for _ in range(300):
+        noise = torch.randn(10, 3, generator=g, dtype=torch.float64)
+        a = torch.tensor([1.0, 0.0, 0.0]) + noise
+        b = torch.tensor([0.0, 1.0, 0.0]) + noise
+        row = gradient_statistics(_sets({"a": a, "b": b}).gram(), ["a", "b"], "a", n_boot=1)[1]
+        cos.append(row["cosine_to_reference"])
+        ga, gb = a.mean(0), b.mean(0)
+        plain.append(float(ga @ gb / (ga.norm() * gb.norm())))
+    assert abs(np.nanmedian(cos)) < 0.15
+    assert np.median(plain) > 0.15
+
+
+def test_unresolved_signal_is_flagged_and_bootstrap_covers() -> None:
+    g = torch.Generator().manual_seed(3)
+    noise_only = _draw(torch.zeros(6), 1.0, 16, g)
+    clear = _draw(torch.full((6,), 2.0), 0.3, 16, g)
+    rows = gradient_statistics(
+        _sets({"clear": clear, "noise": noise_only}).gram(), ["clear", "noise"], "clear"
+    )
+    assert rows[0]["resolved"] and not rows[1]["resolved"]
+    assert rows[0]["mean_grad_sq_norm_low"] <= 24.0 <= rows[0]["mean_grad_sq_norm_high"]
+
+
+def test_extra_per_set_values_get_means_and_intervals() -> None:
+    x = torch.ones(4, 2, dtype=torch.float64)
+    returns = np.array([[-30.0, -28.0, -31.0, -29.0]])
+    row = gradient_statistics(
+        _sets({"a": x + 0.1 * torch.arange(4.0)[:, None]}).gram(),
+        ["a"],
+        "a",
+        extra={"return_mean": returns},
+        n_boot=500,
+    )[0]
+    assert row["return_mean"] == pytest.approx(-29.5)
+    assert -31.0 <= row["return_mean_low"] <= -29.5 <= row["return_mean_high"] <= -28.0
+
+
+def test_the_count_sketch_keeps_dot_products_unbiased() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4000, generator=g)
+    exact = _sets({"a": x}).gram()
+    errors = []
+    for seed in range(20):
+        sets = GradientSets(["a"], 2, 4000, sketch_dim=500, seed=seed)
+        for i in range(2):
+            sets.add("a", i, x[i])
+        errors.append(sets.gram()[0, :, 0, :] - exact[0, :, 0, :])
+    mean_error = np.mean(errors, axis=0)
+    assert np.all(np.abs(mean_error) < 4 * np.std(errors, axis=0) / math.sqrt(20) + 1e-3)
+    assert np.max(np.abs(errors)) > 0  # it is a sketch, not the identity
+
+
+def test_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="n_sets"):
+        GradientSets(["a"], 1, 3)
+    sets = GradientSets(["a"], 2, 3)
     with pytest.raises(ValueError, match="grad"):
-        moments.add(1, torch.ones(4))
-    with pytest.raises(ValueError, match="reference"):
-        moments.table(reference=2)
+        sets.add("a", 0, torch.zeros(4))
+    with pytest.raises(ValueError, match="missing"):
+        sets.gram()
+    with pytest.raises(ValueError, match="gram"):
+        gradient_statistics(np.zeros((1, 2, 1, 3)), ["a"], "a")

@@ -213,6 +213,20 @@ def variance_student(wildcards):
     return warm_start_model(wildcards, seed=STUDY.distill.seeds[0])
 
 
+def variance_section():
+    """The distill keys the gradient-variance job reads: what the measured systems train with."""
+    keys = (
+        "methods",
+        "ks",
+        "value",
+        "sequence_end",
+        "rollout",
+        "policy_gradient",
+        "variance",
+    )
+    return {key: config["distill"][key] for key in keys}
+
+
 def variance_tables(task):
     """Gradient variance and bias by K, one table per student, on its first seed's warm start."""
     return [
@@ -228,7 +242,7 @@ TEACHER_RUN = "teacher"
 # Snakemake's report() flag under another name: a line that starts with `report` would be read
 # as the `report:` directive.
 in_report = report
-TABLES = ["main", "k_grid", "paper"]
+TABLES = ["main", "k_grid", "variance", "paper", "provenance"]
 
 
 def student_runs():

@@ -39,8 +39,8 @@ rule distill:
         " > {log:q} 2>&1"
 
 
-# Theorem 1, measured: the K-step estimator's gradient variance and bias against K = 1, on the
-# same rollouts for every K, from the warm start of the study's first seed.
+# Theorem 1, measured: the variance, signal and direction of the update of every policy-gradient
+# system (llmr, its baselines, each K), on the same rollout sets, from the first seed's warm start.
 rule grad_variance:
     input:
         data="results/{task}/data/validation.jsonl",
@@ -62,12 +62,7 @@ rule grad_variance:
         **rule_resources("grad_variance"),
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
-        cfg=section_json(
-            {
-                key: config["distill"][key]
-                for key in ("value", "ks", "rollout", "variance")
-            }
-        ),
+        cfg=section_json(variance_section()),
         data_dir=lambda w: f"results/{w.task}/data",
         teacher=lambda w: teacher_model(w.task),
     shell:

@@ -1,5 +1,6 @@
-"""Seeded resampling statistics over examples: percentile-bootstrap 95% confidence intervals and a
-paired permutation test. Pure numpy: no files, no models.
+"""Seeded resampling statistics over examples and seeds: percentile-bootstrap 95% confidence
+intervals (over examples, or hierarchically over seeds and examples), a paired permutation test
+over examples and an exact sign-flip test over seeds. Pure numpy: no files, no models.
 
 A statistic is any function of a set of example rows (a corpus BLEU recomputed from per-example
 sufficient statistics, a mean, a win rate), so the same resamples serve every metric.
@@ -105,3 +106,59 @@ def permutation_test(
     tol = 1e-9 * max(1.0, abs(observed))
     extreme = sum(abs(difference(swap)) >= abs(observed) - tol for swap in swaps)
     return float(observed), float((1 + extreme) / (1 + n_perm))
+
+
+# A statistic of several seeds' example rows: given the resampled seeds (k,) and, per resampled
+# seed, its resampled example indices (k, n), one number.
+SeedStatistic = Callable[[np.ndarray, np.ndarray], float]
+HIERARCHICAL_METHOD = (
+    f"hierarchical bootstrap (seeds resampled, then test examples within each), {N_BOOTSTRAP} "
+    f"resamples, seed {SEED}"
+)
+SEED_TEST_METHOD = "exact sign-flip test over seeds (the per-seed differences), two-sided"
+
+
+def hierarchical_bootstrap_ci(
+    statistic: SeedStatistic,
+    n_seeds: int,
+    n_examples: int,
+    *,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> tuple[float, float, float]:
+    """(value, low, high) of `statistic` under a two-level resampling: seeds with replacement,
+    then, for each drawn seed, the test examples with replacement (Davison & Hinkley 1997, the
+    hierarchical bootstrap), so the interval covers the training seed's randomness as well as the
+    choice of test examples. With one seed it is the bootstrap over examples."""
+    if n_seeds == 0 or n_examples == 0:
+        return NAN, NAN, NAN
+    value = statistic(np.arange(n_seeds), np.tile(np.arange(n_examples), (n_seeds, 1)))
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        seeds = rng.integers(0, n_seeds, n_seeds)
+        examples = rng.integers(0, n_examples, (n_seeds, n_examples))
+        stats.append(statistic(seeds, examples))
+    return (float(value), *_interval(np.asarray(stats), level))
+
+
+def sign_flip_test(differences: Sequence[float]) -> tuple[float, float]:
+    """(mean difference, two-sided p-value) of the exact paired sign-flip test over seeds.
+
+    Under the null hypothesis each seed's difference is as likely to have either sign; the
+    p-value is the share of the 2^n sign patterns whose |mean| reaches the observed one (the
+    observed pattern and its mirror included), so with n seeds it is never below 2 / 2^n
+    (0.25 for three seeds).
+    """
+    d = np.asarray(differences, dtype=float)
+    n = d.size
+    if n == 0:
+        return NAN, NAN
+    if n > 20:
+        raise ValueError(f"sign_flip_test enumerates 2^n patterns; n = {n} is too many")
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)  # (2^n, n) of +-1
+    observed = abs(d.mean())
+    tol = 1e-9 * max(1.0, observed)
+    extreme = np.abs((signs * d).mean(axis=1)) >= observed - tol
+    return float(d.mean()), float(extreme.mean())

@@ -1,76 +1,177 @@
-"""Gradient variance and bias of the K-step policy gradient (KETCHUP Theorem 1, measured).
+"""Variance, signal and direction of policy-gradient estimators over rollout sets (Theorem 1 of
+KETCHUP, measured), with bootstrap intervals over the sets.
 
-For a fixed student and fixed sources, M rollout sets are drawn once and the policy gradient is
-computed for every K on the SAME rollouts, so differences between K are the estimator's, not the
-sampling's. Per K this keeps streaming float64 moments of the flattened gradient g_{m,K}:
-- variance: trace of the covariance over rollout sets, sum_p Var_m[g_{m,K,p}] (unbiased, M - 1);
-- relative variance: that trace over ||mean_m g_{m,K}||^2 (scale-free: K rescales the returns);
-- bias against the reference K (K = 1, LLMR's exact reward-to-go): ||mean g_K - mean g_1|| and
-  the cosine between the two mean gradients.
+For a fixed student and a fixed batch of sources, M rollout sets are drawn once; every system
+(LLMR, its baselines, KETCHUP at each K) computes the gradient it would apply on each set, so the
+systems are compared on the same rollouts. Let ``g_{s,m}`` (P,) be system s's gradient on set m
+and ``mu_s = E[g_s]``. Everything below is a function of the Gram matrix
+``G[(s,m),(t,n)] = g_{s,m} . g_{t,n}``, which :class:`GradientSets` collects:
+
+* variance ``tr(Sigma_s) = (sum_m |g_{s,m}|^2 - M |gbar_s|^2) / (M - 1)`` (unbiased);
+* signal ``|mu_s|^2`` estimated without the finite-sample bias ``tr(Sigma_s)/M`` of
+  ``|gbar_s|^2``: the U-statistic ``(1 / (M (M - 1))) sum_{m != n} g_{s,m} . g_{s,n}``, which is
+  ``|gbar_s|^2 - tr(Sigma_s) / M``; likewise ``mu_s . mu_t`` for the cosine between systems (the
+  rollouts are shared, so the cross terms ``m = n`` are what must be left out);
+* inverse signal-to-noise ratio ``tr(Sigma_s) / |mu_s|^2`` (scale-free: it does not change when
+  the returns are rescaled, which the raw trace does);
+* cosine of the mean gradient to the reference system's, ``mu_s . mu_r / (|mu_s| |mu_r|)``.
+
+Intervals: percentile bootstrap over rollout sets (the same resampled sets for every system),
+computed exactly from the Gram matrix (a resample is a vector of multiplicities c, and every sum
+above is a quadratic form ``c^T G c`` or ``c . diag G``). A system whose ``|mu_s|^2`` interval
+reaches 0 is flagged: M is too small to resolve its mean gradient, and its ratio and cosine are
+not meaningful.
+
+Gradients too large to keep M of them for every system are count-sketched (``sketch_dim``): each
+coordinate goes to one of d buckets with a random sign, which keeps every dot product unbiased
+(``E[<Sx, Sy>] = <x, y>``) at the price of extra noise of order ``|x| |y| / sqrt(d)``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+__all__ = ["GradientSets", "gradient_statistics"]
 
-class GradientMoments:
-    """Streaming first and second moments of per-rollout-set gradient vectors, one set per K."""
 
-    def __init__(self) -> None:
-        self.count: dict[int, int] = {}
-        self.total: dict[int, Tensor] = {}
-        self.total_sq: dict[int, Tensor] = {}
+class GradientSets:
+    """The gradient of every system on every rollout set, kept (or count-sketched) in float32."""
 
-    def add(self, k: int, grad: Tensor) -> None:
-        """Record one gradient estimate (flattened, (P,)) for step size `k`."""
-        g = grad.detach().reshape(-1).to(torch.float64)  # float64: sums of many small squares
-        if k not in self.count:
-            self.count[k] = 0
-            self.total[k] = torch.zeros_like(g)
-            self.total_sq[k] = torch.zeros_like(g)
-        elif g.shape != self.total[k].shape:
-            raise ValueError(
-                f"grad: {tuple(g.shape)} for k={k}, expected {tuple(self.total[k].shape)}"
-            )
-        self.count[k] += 1
-        self.total[k] += g
-        self.total_sq[k] += g * g
+    def __init__(
+        self,
+        systems: Sequence[str],
+        n_sets: int,
+        n_params: int,
+        sketch_dim: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if n_sets < 2:
+            raise ValueError(f"n_sets must be >= 2 to estimate a variance, got {n_sets}")
+        if len(set(systems)) != len(systems) or not systems:
+            raise ValueError(f"systems must be distinct and non-empty, got {list(systems)}")
+        self.systems = list(systems)
+        self.n_sets = n_sets
+        self.n_params = n_params
+        self.sketch_dim = sketch_dim if sketch_dim and sketch_dim < n_params else None
+        width = self.sketch_dim or n_params
+        self.data = torch.zeros(len(self.systems), n_sets, width, dtype=torch.float32)
+        self.filled = torch.zeros(len(self.systems), n_sets, dtype=torch.bool)
+        if self.sketch_dim:
+            g = torch.Generator().manual_seed(seed)
+            self.bucket = torch.randint(0, self.sketch_dim, (n_params,), generator=g)
+            self.sign = torch.randint(0, 2, (n_params,), generator=g).float() * 2 - 1
 
-    def mean(self, k: int) -> Tensor:
-        return self.total[k] / self.count[k]
+    def add(self, system: str, rollout_set: int, grad: Tensor) -> None:
+        """Record system's flattened gradient (P,) on one rollout set."""
+        g = grad.detach().reshape(-1).to("cpu", torch.float32)
+        if g.numel() != self.n_params:
+            raise ValueError(f"grad: {g.numel()} values for {system!r}, expected {self.n_params}")
+        s = self.systems.index(system)
+        if self.sketch_dim:
+            sketch = torch.zeros(self.sketch_dim)
+            g = sketch.index_add_(0, self.bucket, g * self.sign)
+        self.data[s, rollout_set] = g
+        self.filled[s, rollout_set] = True
 
-    def variance(self, k: int) -> float:
-        """Trace of the (unbiased) covariance of the gradient over rollout sets."""
-        n = self.count[k]
-        if n < 2:
-            return math.nan
-        mean = self.mean(k)
-        return float(((self.total_sq[k] - n * mean * mean).sum() / (n - 1)).clamp_min(0))
+    def gram(self) -> np.ndarray:
+        """(S, M, S, M) float64 dot products of every pair of recorded gradients."""
+        if not bool(self.filled.all()):
+            missing = [
+                self.systems[i] for i in range(len(self.systems)) if not self.filled[i].all()
+            ]
+            raise ValueError(f"gradients missing for some rollout sets of {missing}")
+        x = self.data.reshape(-1, self.data.shape[-1]).double()
+        s, m = len(self.systems), self.n_sets
+        return (x @ x.T).reshape(s, m, s, m).numpy()
 
-    def table(self, reference: int = 1) -> list[dict[str, float]]:
-        """One row per K (ascending): n, variance, mean norm^2, relative variance, bias, cosine."""
-        if reference not in self.count:
-            raise ValueError(f"reference: no gradients recorded for k={reference}")
-        ref = self.mean(reference)
-        rows = []
-        for k in sorted(self.count):
-            mean = self.mean(k)
-            variance = self.variance(k)
-            mean_sq = float(mean.dot(mean))
-            denom = math.sqrt(mean_sq * float(ref.dot(ref)))
-            rows.append(
-                {
-                    "k": k,
-                    "n_rollout_sets": self.count[k],
-                    "variance": variance,
-                    "mean_grad_sq_norm": mean_sq,
-                    "relative_variance": variance / mean_sq if mean_sq > 0 else math.nan,
-                    "bias_norm": float((mean - ref).norm()),
-                    "cosine_to_reference": float(mean.dot(ref)) / denom if denom > 0 else math.nan,
-                }
-            )
-        return rows
+
+def _moments(gram: np.ndarray, counts: np.ndarray):
+    """Per resample b (counts (B, M) multiplicities summing to M): (sum of cross dot products over
+    all pairs, over same-set pairs), each (B, S, S)."""
+    pairs = np.einsum("bm,smtn,bn->bst", counts, gram, counts, optimize=True)
+    diagonal = np.einsum("bm,smtm->bst", counts, gram, optimize=True)
+    return pairs, diagonal
+
+
+def _statistics(gram: np.ndarray, counts: np.ndarray, reference: int) -> dict[str, np.ndarray]:
+    """Variance, debiased signal, inverse SNR and cosine of every system, (B, S) each."""
+    m = counts.sum(axis=1)[:, None, None]  # (B, 1, 1): M of each resample
+    pairs, diagonal = _moments(gram, counts)
+    # mu_s . mu_t without the same-set terms (the shared rollouts' cross-covariance)
+    dots = (pairs - diagonal) / (m * (m - 1))
+    gbar_sq = np.einsum("bss->bs", pairs) / m[:, :, 0] ** 2
+    second = np.einsum("bss->bs", diagonal) / m[:, :, 0]  # mean |g_m|^2
+    variance = (second - gbar_sq) * m[:, :, 0] / (m[:, :, 0] - 1)
+    signal = np.einsum("bss->bs", dots)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        isnr = np.where(signal > 0, variance / signal, np.nan)
+        norms = np.sqrt(np.clip(signal, 0, None))
+        cosine = dots[:, :, reference] / (norms * norms[:, reference : reference + 1])
+        cosine = np.where((signal > 0) & (signal[:, reference : reference + 1] > 0), cosine, np.nan)
+    return {
+        "variance": variance,
+        "mean_grad_sq_norm": signal,
+        "raw_mean_grad_sq_norm": gbar_sq,
+        "inverse_snr": isnr,
+        "cosine_to_reference": cosine,
+    }
+
+
+def gradient_statistics(
+    gram: np.ndarray,
+    systems: Sequence[str],
+    reference: str,
+    *,
+    extra: dict[str, np.ndarray] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[dict[str, float]]:
+    """One row per system: each statistic of the module docstring with its bootstrap interval.
+
+    Args:
+        gram: (S, M, S, M) dot products (:meth:`GradientSets.gram`).
+        systems: the S names, in the Gram matrix's order; reference: the one cosines are to.
+        extra: optional per-set scalars to average, name -> (S, M) (the mean return per token);
+            each gets a mean and an interval from the same resamples.
+        n_boot, seed, level: the bootstrap's resamples, seed and coverage.
+
+    Returns:
+        Rows with ``system``, ``n_rollout_sets`` and, for each statistic X, ``X``, ``X_low``,
+        ``X_high``, plus ``resolved`` (the signal's interval lies above 0).
+    """
+    s, m = gram.shape[0], gram.shape[1]
+    if gram.shape != (s, m, s, m) or len(systems) != s:
+        raise ValueError(f"gram must be (S, M, S, M) with S = {len(systems)}, got {gram.shape}")
+    if m < 2:
+        raise ValueError("need at least 2 rollout sets")
+    ref = list(systems).index(reference)
+    full = _statistics(gram, np.ones((1, m)), ref)
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, m, m), minlength=m) for _ in range(n_boot)])
+    counts = counts.astype(float)
+    boot = _statistics(gram, counts, ref)
+    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+    extra = extra or {}
+    rows = []
+    for i, name in enumerate(systems):
+        row: dict[str, float] = {"system": name, "n_rollout_sets": m}
+        for key in full:
+            row[key] = float(full[key][0, i])
+            values = boot[key][:, i]
+            values = values[np.isfinite(values)]
+            lo, hi = np.quantile(values, [lo_q, hi_q]) if values.size else (math.nan, math.nan)
+            row[f"{key}_low"], row[f"{key}_high"] = float(lo), float(hi)
+        for key, per_set in extra.items():
+            x = np.asarray(per_set, dtype=float)[i]
+            row[key] = float(x.mean())
+            means = counts @ x / m
+            row[f"{key}_low"], row[f"{key}_high"] = map(float, np.quantile(means, [lo_q, hi_q]))
+        row["resolved"] = bool(row["mean_grad_sq_norm_low"] > 0)
+        rows.append(row)
+    return rows

@@ -62,16 +62,27 @@ def judge_summary(judge_dirs) -> str:
 
 
 def tables_stage(args) -> int:
-    from ketchup.tables import k_table, main_table, paper_table
+    from ketchup.tables import (
+        k_table,
+        main_table,
+        paper_table,
+        provenance_table,
+        variance_table,
+    )
 
     cells = _cells(args.scores)
+    variance = _variance(args.variance)
     out_dir = Path(args.out_dir)
     main, main_records = main_table(cells)
     _write(out_dir, "main", main, main_records)
-    grid, grid_records = k_table(cells, _variance(args.variance))
+    grid, grid_records = k_table(cells, variance)
     _write(out_dir, "k_grid", grid, grid_records)
+    var, var_records = variance_table(cells, variance)
+    _write(out_dir, "variance", var, var_records)
     paper, paper_records = paper_table(cells)
     _write(out_dir, "paper", [paper], paper_records)
+    provenance, provenance_records = provenance_table(cells)
+    _write(out_dir, "provenance", [provenance], provenance_records)
     write_text(out_dir / "judge.md", judge_summary(args.judge))
     print((out_dir / "main.md").read_text())
     return 0

@@ -105,20 +105,40 @@ def parse_run(text: str) -> dict[str, Any]:
     return {**run, "method": method, "k": k}
 
 
-def validation_record(model_dir: str | None) -> dict[str, Any] | None:
-    """The validation score a model was selected with, from the resolved config its stage wrote
-    beside it (train-teacher / distill); None for a model without one (a prompted teacher)."""
+def _model_record(model_dir: str | None) -> tuple[Path, dict[str, Any]] | None:
+    """The resolved config a training stage wrote beside its model (train-teacher / distill):
+    (its path, its contents); None for a model without one (a prompted teacher)."""
     if model_dir is None:
         return None
     for path in sorted(Path(model_dir).glob("*.config.json")):
         data = json.loads(path.read_text())
         if "best_validation_score" in data:
-            return {
-                "score": data["best_validation_score"],
-                "step": data.get("best_step"),
-                "file": str(path),
-            }
+            return path, data
     return None
+
+
+def validation_record(model_dir: str | None) -> dict[str, Any] | None:
+    """The validation score a model was selected with; None without a training record."""
+    found = _model_record(model_dir)
+    if found is None:
+        return None
+    path, data = found
+    return {
+        "score": data["best_validation_score"],
+        "step": data.get("best_step"),
+        "file": str(path),
+    }
+
+
+def training_record(model_dir: str | None) -> dict[str, Any] | None:
+    """What the training log of a model averaged to (distill's `training_summary`), the job
+    config it trained with (`config`) and where and with what it ran (`provenance`); None
+    without a training record."""
+    found = _model_record(model_dir)
+    if found is None:
+        return None
+    _, data = found
+    return {key: data.get(key) for key in ("training_summary", "config", "provenance")}
 
 
 def model_parameters(model_dir: str | None) -> int | None:
@@ -175,6 +195,7 @@ def score_outputs(args) -> int:
         "model": args.model,
         "parameters": model_parameters(args.model),
         "validation": validation_record(args.model),
+        "training": training_record(args.model),
     }
     write_text(out, csv_text(rows, columns, digits=6))
     write_json(out.with_suffix(".json"), summary)

@@ -24,7 +24,7 @@ def train_teacher(args) -> int:
         is_seq2seq,
         load_tokenizer,
     )
-    from ketchup.tasks import task_metric, task_prompt
+    from ketchup.tasks import task_prompt, task_selection_metric
     from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
     task = _task(args)
@@ -34,7 +34,7 @@ def train_teacher(args) -> int:
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
     train_rows = read_jsonl(data_dir / "train.jsonl")
     val_rows = read_jsonl(data_dir / "validation.jsonl")
-    template, metric = task_prompt(task), task_metric(task)
+    template, metric = task_prompt(task), task_selection_metric(task)
 
     tokenizer = load_tokenizer(args.tokenizer)
     device = default_device()

@@ -1,4 +1,16 @@
-"""Stage `grad-variance`: the K-step estimator's gradient variance and bias on shared rollouts."""
+"""Stage `grad-variance`: the variance, signal and direction of the gradient each policy-gradient
+system would apply, on rollout sets shared by all of them (KETCHUP's Theorem 1, measured).
+
+From the first seed's KL warm start (the point every on-policy run starts from), M rollout sets of
+one rollout per source are drawn for the first N validation sources, with the trainer's sampler
+(`distill.rollout`), so one set is one training batch. On each set, every system among llmr,
+llmr_mean, llmr_minvar and ketchup_k<K> of the study computes the gradient of its training loss
+(`ketchup.math.objectives.policy_gradient_objective` with the config's weight, normalisation,
+clip, baseline and sequence end, times the finished share as the trainer applies it), and
+`ketchup.math.variance` turns the M gradients of each system into the table: variance, the
+debiased squared norm of the mean gradient, their ratio (inverse SNR), the cosine to LLMR's mean
+gradient, the mean return per token, each with a bootstrap interval over rollout sets.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +18,34 @@ import csv
 import io
 from pathlib import Path
 
-from ketchup.config import DistillConfig, TaskConfig, parse_section, to_dict
+from ketchup.config import DistillConfig, TaskConfig, parse_section, split_system, to_dict
 from ketchup.files import read_jsonl, write_resolved_config, write_text
+
+BASELINES = {"llmr": "none", "llmr_mean": "mean", "llmr_minvar": "minvar", "ketchup": "none"}
+REFERENCE = "llmr"
+
+
+def measured_systems(cfg: DistillConfig) -> list[str]:
+    """LLMR (always: the reference), its baselines and every K of the study's KETCHUP."""
+    systems = [REFERENCE]
+    systems += [s for s in ("llmr_mean", "llmr_minvar") if s in cfg.methods]
+    if "ketchup" in cfg.methods:
+        systems += [f"ketchup_k{k}" for k in sorted(cfg.ks) if k > 1]
+    return systems
 
 
 def grad_variance(args) -> int:
-    """Draw M rollout sets from the student once; per K, record the policy gradient on each."""
+    """Draw M rollout sets from the student once; per system, record its gradient on each."""
+    import numpy as np
     import torch
     from tqdm.auto import tqdm
 
     from ketchup.batching import encode_sources, token_logits
     from ketchup.config import GenerationConfig
     from ketchup.generation import generate_ids
-    from ketchup.math.policy_gradient import (
-        policy_gradient_loss,
-    )
-    from ketchup.math.returns import (
-        kstep_returns_from_values,
-        taken_q_and_values,
-    )
-    from ketchup.math.variance import GradientMoments
+    from ketchup.math.objectives import Reinforce, policy_gradient_objective
+    from ketchup.math.policy_gradient import Sampler
+    from ketchup.math.variance import GradientSets, gradient_statistics
     from ketchup.models import (
         check_same_vocabulary,
         default_device,
@@ -45,8 +65,9 @@ def grad_variance(args) -> int:
     check_same_vocabulary(load_tokenizer(args.teacher), tokenizer, args.teacher, args.student)
     student = load_model(args.student, device=device)
     teacher = load_model(args.teacher, dtype=resolve_dtype("auto", device), device=device)
-    student.eval()  # dropout off: the variance measured is the rollouts', not dropout's
+    student.eval()  # dropout off, as the on-policy trainer has it
     params = [p for p in student.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
     vocab = len(tokenizer)  # some model families pad their logits past the vocabulary
 
     template = task_prompt(task)
@@ -54,8 +75,15 @@ def grad_variance(args) -> int:
     batch = encode_sources(tokenizer, prompts, rollout.max_source_length, padding_side="left")
     batch = {k: v.to(device) for k, v in batch.items()}
     generation = GenerationConfig(rollout.max_new_tokens, len(prompts), 1)
-    ks = sorted({1, *cfg.ks})
-    moments = GradientMoments()
+    sampler = Sampler(rollout.greedy, rollout.top_k, rollout.temperature)
+    sampling = {"do_sample": False}
+    if not rollout.greedy:
+        sampling = {"do_sample": True, "top_k": rollout.top_k or None}
+        sampling["temperature"] = rollout.temperature
+    settings = Reinforce(**to_dict(cfg.policy_gradient))
+    systems = measured_systems(cfg)
+    sets = GradientSets(systems, var.rollout_sets, n_params, var.sketch_dim, seed=var.seed)
+    return_mean = np.zeros((len(systems), var.rollout_sets))
     finished_share = []
 
     for m in tqdm(range(var.rollout_sets), desc="rollout sets"):
@@ -65,30 +93,52 @@ def grad_variance(args) -> int:
             prompts,
             generation,
             max_source_length=rollout.max_source_length,
-            do_sample=True,
-            top_k=rollout.top_k or None,
-            temperature=rollout.temperature,
             seed=var.seed * 100_003 + m,
+            **sampling,
         )
         mask = sample.mask
         if rollout.drop_truncated:
             mask = mask * sample.finished[:, None].long()
-        finished_share.append(float(sample.finished.float().mean()))
+        share = float(sample.finished.float().mean())
+        finished_share.append(share)
         with torch.no_grad():
             teacher_logits = token_logits(teacher, batch, sample.tokens, mask)[..., :vocab]
-            q_taken, values = taken_q_and_values(teacher_logits, sample.tokens, mask, cfg.value)
         student_logits = token_logits(student, batch, sample.tokens, mask)[..., :vocab]
-        safe_tokens = torch.where(mask.bool(), sample.tokens, 0)
-        logprobs = student_logits.float().log_softmax(-1).gather(-1, safe_tokens[..., None])[..., 0]
-        for i, k in enumerate(ks):
-            returns = kstep_returns_from_values(q_taken, values, mask, k)
-            loss = policy_gradient_loss(logprobs, returns, mask)
-            grads = torch.autograd.grad(loss, params, retain_graph=i < len(ks) - 1)
-            moments.add(k, torch.cat([g.reshape(-1) for g in grads]))
+        for i, system in enumerate(systems):
+            method, k = split_system(system)
+            loss, stats = policy_gradient_objective(
+                student_logits,
+                teacher_logits,
+                sample.tokens,
+                mask,
+                k=k,
+                value=cfg.value,
+                baseline=BASELINES[method],
+                sampler=sampler,
+                sequence_end=cfg.sequence_end if method == "ketchup" else "equations",
+                settings=settings,
+            )
+            if rollout.drop_truncated:  # the trainer's scaling by the finished share
+                loss = loss * share
+            grads = torch.autograd.grad(
+                loss, params, retain_graph=i < len(systems) - 1, allow_unused=True
+            )
+            flat = [
+                torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
+                for g, p in zip(grads, params, strict=True)
+            ]
+            sets.add(system, m, torch.cat(flat))
+            return_mean[i, m] = stats["return_mean"]
 
-    table = moments.table(reference=1)
+    table = gradient_statistics(
+        sets.gram(), systems, REFERENCE, extra={"return_mean": return_mean}, seed=var.seed
+    )
+    for row in table:
+        method, k = split_system(row["system"])
+        row.update(k=k, baseline=BASELINES[method])
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
+    first = ["system", "k", "baseline", "n_rollout_sets"]
+    writer = csv.DictWriter(buffer, fieldnames=first + [c for c in table[0] if c not in first])
     writer.writeheader()
     writer.writerows(table)
     write_text(args.out, buffer.getvalue())
@@ -99,13 +149,17 @@ def grad_variance(args) -> int:
         task=to_dict(task),
         teacher=args.teacher,
         student=args.student,
-        parameters=sum(p.numel() for p in params),
+        parameters=n_params,
+        sketch_dim=sets.sketch_dim,
+        sources=len(rows),
         finished_share=sum(finished_share) / len(finished_share),
     )
     for row in table:
+        flag = "" if row["resolved"] else "  (mean gradient not resolved: raise rollout_sets)"
         print(
-            f"K={row['k']:>3}  variance {row['variance']:.4g}"
-            f"  relative {row['relative_variance']:.3f}  bias {row['bias_norm']:.4g}"
-            f"  cosine {row['cosine_to_reference']:.3f}"
+            f"{row['system']:>14}  variance {row['variance']:.4g}  |mu|^2 "
+            f"{row['mean_grad_sq_norm']:.4g} [{row['mean_grad_sq_norm_low']:.3g}, "
+            f"{row['mean_grad_sq_norm_high']:.3g}]  inverse SNR {row['inverse_snr']:.3g}  cosine "
+            f"{row['cosine_to_reference']:.3f}  return/token {row['return_mean']:.3g}{flag}"
         )
     return 0

@@ -24,6 +24,7 @@ from ketchup.tasks.registry import (
     task_kind,
     task_metric,
     task_prompt,
+    task_selection_metric,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "task_kind",
     "task_metric",
     "task_prompt",
+    "task_selection_metric",
 ]

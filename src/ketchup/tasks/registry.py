@@ -281,6 +281,14 @@ def task_metric(task: TaskConfig) -> str:
     return task.metric if task.metric is not None else dataset_spec(task.dataset).metric
 
 
+def task_selection_metric(task: TaskConfig) -> str:
+    """What checkpoints and K are selected by on validation: the config's `selection_metric`,
+    else the task's first reported metric (BLEU, ROUGE-1, accuracy)."""
+    if task.selection_metric is not None:
+        return task.selection_metric
+    return {"rouge": "rouge1"}.get(task_metric(task), task_metric(task))
+
+
 def format_prompt(template: str, source: str) -> str:
     """The model input: `template` with '{source}' replaced (braces in `source` are safe)."""
     if "{source}" not in template:
