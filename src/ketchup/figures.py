@@ -289,32 +289,24 @@ def methods(cell: Cell):
 
 
 def gain_vs_size(cells: Sequence[Cell], parameters: dict[str, int]):
-    """KETCHUP (best K) minus LLMR per student of one task; `parameters` by student name."""
+    """KETCHUP (best K) minus LLMR per student of one task, `parameters` by student name: the
+    difference of seed means with its seed-aware 95% CI (hierarchical bootstrap over seeds and
+    test examples, `results.paired_test`)."""
+    from ketchup.results import paired_test
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for cell in cells:
         best = cell.best_k_system()
         if best is None or "llmr" not in cell.groups or not parameters.get(cell.student):
             continue
-        a, b = cell.groups[best], cell.groups["llmr"]
-        seeds = [s for s in a.seeds if s in b.seeds]
-        diffs = [
-            a.runs[a.seeds.index(s)].summary["metrics"][cell.primary.name]
-            - b.runs[b.seeds.index(s)].summary["metrics"][cell.primary.name]
-            for s in seeds
-        ]
-        n = parameters[cell.student]
-        ax.errorbar(
-            [n],
-            [np.mean(diffs)],
-            yerr=[np.std(diffs, ddof=1) if len(diffs) > 1 else 0],
-            fmt="o",
-            capsize=3,
-            color="C0",
-        )
+        test = paired_test(cell.groups[best], cell.groups["llmr"], cell.primary)
+        n, d = parameters[cell.student], test["difference"]
+        lo, hi = test.get("seed_ci_low", d), test.get("seed_ci_high", d)
+        ax.errorbar([n], [d], yerr=[[d - lo], [hi - d]], fmt="o", capsize=3, color="C0")
         ax.annotate(
             f"{cell.student} (K={best[9:]})",
-            (n, np.mean(diffs)),
+            (n, d),
             fontsize=8,
             xytext=(4, 4),
             textcoords="offset points",
@@ -338,7 +330,9 @@ def gain_vs_size(cells: Sequence[Cell], parameters: dict[str, int]):
     m = cells[0].primary
     ax.set_ylabel(f"KETCHUP − LLMR, test {m.label}")
     ax.set_title(
-        f"{cells[0].task}: gain over LLMR by student size (mean ± std over seeds)", fontsize=10
+        f"{cells[0].task}: gain over LLMR by student size\n(difference of seed means; 95% CI over "
+        "seeds and test examples)",
+        fontsize=10,
     )
     fig.tight_layout()
     return fig

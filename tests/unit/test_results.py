@@ -175,7 +175,7 @@ def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tmp_
     assert "No task of this study is one of the paper's" in (tmp_path / "paper.md").read_text()
     tex = (tmp_path / "main.tex").read_text()
     assert "\\begin{tabular}" in tex and "$\\pm$" in tex
-    for name in ("main", "k_grid", "variance", "paper", "provenance"):
+    for name in ("main", "k_grid", "variance", "sizes", "paper", "provenance"):
         assert (tmp_path / f"{name}.tex").read_text().isascii(), name
 
 

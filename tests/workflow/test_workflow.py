@@ -223,7 +223,7 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     labels = ("Teacher", "SeqKD", "LLMR (max value)", "LLMR + min-var (max value)", "KETCHUP (K=")
     for label in (*labels, "GKD", "MiniLLM (no PT loss)", "JS (f-distill)", "seed-aware 95% CI"):
         assert label in main_table, label
-    for name in ("main", "k_grid", "variance", "paper", "provenance"):
+    for name in ("main", "k_grid", "variance", "sizes", "paper", "provenance"):
         for ext in ("md", "csv", "tex"):
             assert (tmp_path / "results" / "tables" / f"{name}.{ext}").stat().st_size > 0
     figures = sorted(p.name for p in (tmp_path / "results" / "figures").iterdir())

@@ -242,7 +242,7 @@ TEACHER_RUN = "teacher"
 # Snakemake's report() flag under another name: a line that starts with `report` would be read
 # as the `report:` directive.
 in_report = report
-TABLES = ["main", "k_grid", "variance", "paper", "provenance"]
+TABLES = ["main", "k_grid", "variance", "sizes", "paper", "provenance"]
 
 
 def student_runs():

@@ -67,6 +67,7 @@ def tables_stage(args) -> int:
         main_table,
         paper_table,
         provenance_table,
+        sizes_table,
         variance_table,
     )
 
@@ -81,6 +82,8 @@ def tables_stage(args) -> int:
     _write(out_dir, "variance", var, var_records)
     paper, paper_records = paper_table(cells)
     _write(out_dir, "paper", [paper], paper_records)
+    sizes, sizes_records = sizes_table(cells)
+    _write(out_dir, "sizes", [sizes], sizes_records)
     provenance, provenance_records = provenance_table(cells)
     _write(out_dir, "provenance", [provenance], provenance_records)
     write_text(out_dir / "judge.md", judge_summary(args.judge))
