@@ -31,6 +31,17 @@ def _config_json(p: argparse.ArgumentParser, section: str) -> None:
     )
 
 
+def _precision(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    from ketchup.models import PRECISIONS  # no torch: ketchup.models imports it lazily
+
+    p.add_argument(
+        flag,
+        default="auto",
+        choices=PRECISIONS,
+        help=f"{what}; auto = bfloat16 on a GPU that supports it, float32 on the CPU",
+    )
+
+
 def _prepare_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="the task's name (as under `tasks:`)")
     _config_json(p, "tasks.<name>")
@@ -82,6 +93,7 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--generation-json", required=True, help="validation decoding (teacher.generation)"
     )
+    _precision(p, "--teacher-precision", "the teacher's dtype (teacher.model.precision)")
     _config_json(p, "distill")
     p.add_argument("--out-dir", required=True, help="directory for the best checkpoint and logs")
 
@@ -100,6 +112,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--split", default="test", choices=["validation", "test"])
     p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _precision(p, "--precision", "the model's dtype (students.<s>.model.precision)")
     _config_json(p, "evaluation")
     p.add_argument("--out", required=True, help="JSONL of outputs (id, output), one per example")
 
