@@ -238,6 +238,20 @@ def _check_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--configfile",
+        nargs="+",
+        required=True,
+        help="the study config (several: merged in order, as snakemake --configfile merges them)",
+    )
+    p.add_argument(
+        "--calibration",
+        help="the achieved FLOP/s that `ketchup bench --gpu` measured "
+        "(results/bench/gpu_calibration.json); without it the throughput is an assumption",
+    )
+
+
 VERBS: tuple[Verb, ...] = (
     Verb(
         "bench",
@@ -256,6 +270,18 @@ VERBS: tuple[Verb, ...] = (
         "first problem by key name.",
         _check_config_args,
         "ketchup.config:check_config_main",
+    ),
+    Verb(
+        "plan",
+        "what a study costs: jobs, GPU-hours and disk per rule, before it runs",
+        "Not a workflow stage. Counts the jobs the workflow schedules for CONFIGFILE from "
+        "scratch and estimates each rule's compute from parameter counts, tokens and steps (2 N "
+        "FLOPs per forward token, 6 N per trained token, lengths at their caps), divided by an "
+        "achieved throughput per GPU: an assumption (40% of an H100's bfloat16 peak) unless "
+        "--calibration gives the one `ketchup bench --gpu` measured. Also the disk the outputs "
+        "take, and the jobs estimated to outlast their rule's runtime.",
+        _plan_args,
+        "ketchup.plan:plan_main",
     ),
     Verb(
         "prepare-data",

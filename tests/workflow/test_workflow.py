@@ -525,6 +525,62 @@ def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
         server.close()
 
 
+QWEN2_TINY = {
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def decoder_only_variant(config):
+    """A decoder-only study from paper.yaml: a fine-tuned Qwen2 teacher and a student built from
+    scratch (tokenizer and teacher jobs), a hub student, the judge, and on-policy methods
+    without kl among the methods (their warm starts are extra distill jobs)."""
+    config["tasks"] = {name: config["tasks"][name] for name in ("gsm8k", "dailydialog")}
+    config["teacher"] = {
+        "mode": "finetune",
+        "model": {"architecture": {**QWEN2_TINY, "num_hidden_layers": 4}},
+    }
+    config["students"] = {
+        "qwen-tiny": {"model": {"architecture": QWEN2_TINY}},
+        "qwen-half-b": {"model": {"name_or_path": "Qwen/Qwen1.5-0.5B"}},
+    }
+    config["distill"].update(methods=["sft", "seqkd", "ketchup", "gkd", "minillm"], ks=[4, 8])
+    config["distill"]["seeds"] = [0, 1]
+    config["judge"] = {"enabled": True, "dry_run": True, "model": "judge-model"}
+
+
+def word_level_variant(config):
+    """No on-policy method: the only kl job is grad-variance's student, at the first seed."""
+    config["distill"]["methods"] = ["sft", "seqkd"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [lambda c: None, decoder_only_variant, word_level_variant],
+    ids=["paper", "decoder-only", "word-level"],
+)
+def test_plan_counts_the_jobs_that_snakemake_schedules(tmp_path, capsys, edit):
+    """`ketchup plan`'s job count per rule equals what Snakemake's dry run schedules from
+    scratch, for configs/paper.yaml and variants that take the DAG's other branches."""
+    from ketchup.cli import main
+
+    config = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    edit(config)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--forceall", "--directory", str(tmp_path), "--configfile", str(path))
+    scheduled = job_counts(out.stdout)
+    assert main(["plan", "--configfile", str(path)]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines()]
+    planned = {r[1].strip(): int(r[2]) for r in rows if len(r) > 3 and r[2].strip().isdigit()}
+    assert planned.pop("total") == sum(scheduled.values())
+    assert planned == scheduled
+
+
 def job_counts(dry_run_output: str) -> dict[str, int]:
     """Snakemake's 'Job stats' table of a dry run, as {rule: count}."""
     table = dry_run_output.split("Job stats:")[1].split("total")[0]
