@@ -88,13 +88,16 @@ def one_of(names):
     return "|".join(re.escape(str(n)) for n in names)
 
 
+def resource_value(value):
+    """A resource's value: Snakemake 9.0 keeps plain numbers, later versions Resource objects."""
+    return getattr(value, "value", value)
+
+
 def global_resource(name):
     """The value of a global resource (--resources or the profile), or None."""
-    return (
-        workflow.global_resources[name].value
-        if name in workflow.global_resources
-        else None
-    )
+    if name not in workflow.global_resources:
+        return None
+    return resource_value(workflow.global_resources[name])
 
 
 # workflow/profiles/default sets `gpu_autodetect=1`: local runs then never start more GPU jobs than
@@ -122,7 +125,7 @@ def requested_gpus(rule_name):
     """
     overwrite = workflow.resource_settings.overwrite_resources.get(rule_name, {})
     if "gpu" in overwrite:
-        return int(getattr(overwrite["gpu"], "value", overwrite["gpu"]))
+        return int(resource_value(overwrite["gpu"]))
     return config["resources"][rule_name]["gpu"]
 
 
