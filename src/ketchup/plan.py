@@ -286,9 +286,10 @@ class _Costs:
             if n_validation is None
             else d.variance.rollout_sets * min(d.variance.sources, n_validation)
         )
-        backward_passes = len({1, *d.ks})  # one gradient per K, each twice a forward
+        # the rollout, the student's forward and one gradient per K (each twice a forward)
+        student_passes = 2 + 2 * len({1, *d.ks})
         per_sequence = _add(
-            _times(2 + 2 * backward_passes, self._fwd(size, source, length)),  # rollout, forward
+            _times(student_passes, self._fwd(size, source, length)),
             self._fwd(self.teacher, source, length),
         )
         return _times(sequences, per_sequence)
