@@ -524,13 +524,15 @@ def paper_scale_update(
     vocab: int = T5_VOCAB,
     matmul_n: int = 8192,
 ) -> dict[str, float]:
-    """KETCHUP's update at the paper's scale: teacher and student in the precision the workflow
-    picks for the device (bfloat16 on a capable GPU), `source`-token prompts, `target`-token
-    rollouts. Returns updates/s, tokens/s, peak memory, achieved and matmul-peak FLOP/s."""
+    """KETCHUP's update at the paper's scale, in the precision the workflow's trainer uses on the
+    device (`auto`: the teacher in bfloat16 on a capable GPU, the student in float32 under a
+    bfloat16 autocast), `source`-token prompts, `target`-token rollouts. Returns updates/s,
+    tokens/s, peak memory, achieved and matmul-peak FLOP/s."""
     import torch
 
     from ketchup.config import ModelConfig
     from ketchup.models import build_model, disable_dropout, resolve_dtype
+    from ketchup.precision import MixedPrecision
     from ketchup.stages.distill import Models, onpolicy_loss
 
     rows, tokenizer = _embedded_rows_and_tokenizer(256)
@@ -542,7 +544,7 @@ def paper_scale_update(
     torch.manual_seed(0)
     with torch.device(device):
         teacher = build_model(ModelConfig(None, teacher_arch, "auto"), tokenizer, dtype=dtype)
-        student = build_model(ModelConfig(None, student_arch, "auto"), tokenizer, dtype=dtype)
+        student = build_model(ModelConfig(None, student_arch, "auto"), tokenizer, dtype="float32")
     teacher.eval()
     student = disable_dropout(student).train()
     cfg = _distill_config(target, source)
@@ -550,6 +552,7 @@ def paper_scale_update(
         Models(student, teacher, tokenizer, "{source}", source), "ketchup", k, cfg
     )
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    amp = MixedPrecision.for_model(student, "auto")
     sync = _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -557,7 +560,8 @@ def paper_scale_update(
     for repeat in range(repeats + 1):
         sync()
         start = time.perf_counter()
-        loss, n_tokens, _ = loss_fn(student, prompts)
+        with amp.autocast():
+            loss, n_tokens, _ = loss_fn(student, prompts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -591,6 +595,7 @@ def run_gpu_bench(args) -> int:
 
     from ketchup.config import ConfigError
     from ketchup.models import resolve_dtype
+    from ketchup.plan import write_calibration
 
     if not torch.cuda.is_available():  # a bad request, not a bug: one line from the CLI
         raise ConfigError("--gpu needs a CUDA device and torch sees none here")
@@ -615,6 +620,16 @@ def run_gpu_bench(args) -> int:
         print(f"  {key:20s} {value:.3f}")
     share = result["achieved_tflops"] / result["matmul_peak_tflops"]
     print(f"  model FLOP/s are {100 * share:.1f}% of the measured matmul peak")
+    calibration = write_calibration(
+        Path(args.out).with_name("gpu_calibration.json"),
+        result["achieved_tflops"] * 1e12,
+        device=name,
+        dtype=dtype,
+        workload=f"KETCHUP K=4 update, flan-t5-xl / t5-base, batch {args.batch_size}, 512-token "
+        "sources, 64-token rollouts, FLOPs counted as ketchup plan counts them",
+        matmul_peak_flops_per_s=result["matmul_peak_tflops"] * 1e12,
+    )
+    print(f"written: {calibration} (for `ketchup plan --calibration {calibration}`)")
     return 0
 
 

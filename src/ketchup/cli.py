@@ -31,6 +31,17 @@ def _config_json(p: argparse.ArgumentParser, section: str) -> None:
     )
 
 
+def _precision(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    from ketchup.models import PRECISIONS  # no torch: ketchup.models imports it lazily
+
+    p.add_argument(
+        flag,
+        default="auto",
+        choices=PRECISIONS,
+        help=f"{what}; auto = bfloat16 on a GPU that supports it, float32 on the CPU",
+    )
+
+
 def _prepare_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="the task's name (as under `tasks:`)")
     _config_json(p, "tasks.<name>")
@@ -82,6 +93,7 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--generation-json", required=True, help="validation decoding (teacher.generation)"
     )
+    _precision(p, "--teacher-precision", "the teacher's dtype (teacher.model.precision)")
     _config_json(p, "distill")
     p.add_argument("--out-dir", required=True, help="directory for the best checkpoint and logs")
 
@@ -91,8 +103,15 @@ def _variance_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", required=True, help="the fixed student checkpoint (directory)")
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _precision(p, "--precision", "the student's compute dtype (students.<s>.model.precision)")
+    _precision(p, "--teacher-precision", "the teacher's dtype (teacher.model.precision)")
     _config_json(p, "distill")
-    p.add_argument("--out", required=True, help="CSV: per K, gradient variance and bias vs K = 1")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="CSV: per policy-gradient system, the variance, signal, inverse SNR and cosine of "
+        "its trained update, with bootstrap CIs",
+    )
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -100,6 +119,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--split", default="test", choices=["validation", "test"])
     p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _precision(p, "--precision", "the model's dtype (students.<s>.model.precision)")
     _config_json(p, "evaluation")
     p.add_argument("--out", required=True, help="JSONL of outputs (id, output), one per example")
 
@@ -225,6 +245,20 @@ def _check_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--configfile",
+        nargs="+",
+        required=True,
+        help="the study config (several: merged in order, as snakemake --configfile merges them)",
+    )
+    p.add_argument(
+        "--calibration",
+        help="the achieved FLOP/s that `ketchup bench --gpu` measured "
+        "(results/bench/gpu_calibration.json); without it the throughput is an assumption",
+    )
+
+
 VERBS: tuple[Verb, ...] = (
     Verb(
         "bench",
@@ -243,6 +277,18 @@ VERBS: tuple[Verb, ...] = (
         "first problem by key name.",
         _check_config_args,
         "ketchup.config:check_config_main",
+    ),
+    Verb(
+        "plan",
+        "what a study costs: jobs, GPU-hours and disk per rule, before it runs",
+        "Not a workflow stage. Counts the jobs the workflow schedules for CONFIGFILE from "
+        "scratch and estimates each rule's compute from parameter counts, tokens and steps (2 N "
+        "FLOPs per forward token, 6 N per trained token, lengths at their caps), divided by an "
+        "achieved throughput per GPU: an assumption (40% of an H100's bfloat16 peak) unless "
+        "--calibration gives the one `ketchup bench --gpu` measured. Also the disk the outputs "
+        "take, and the jobs estimated to outlast their rule's runtime.",
+        _plan_args,
+        "ketchup.plan:plan_main",
     ),
     Verb(
         "prepare-data",

@@ -1,4 +1,4 @@
-"""`python -m ketchup.gpu_slots N -- COMMAND...`: run COMMAND on N GPUs of its own.
+"""`python -m ketchup.gpu_slots N [--rule RULE] -- COMMAND...`: run COMMAND on N GPUs of its own.
 
 Snakemake's `gpu` resource limits how many GPU jobs run at once, but it does not say WHICH GPUs a
 job may use, so every local job would see (and crowd) GPU 0. This wrapper takes N devices from the
@@ -7,6 +7,9 @@ lock file per device for the command's whole life, sets CUDA_VISIBLE_DEVICES to 
 COMMAND (the locks pass to it and end with it, however it ends). When the pool has exactly N devices
 (a SLURM job: SLURM already set CUDA_VISIBLE_DEVICES to the job's GPUs) they are used as they are.
 Lock files live in $KETCHUP_GPU_LOCK_DIR (default: /tmp/ketchup-gpu-locks-<uid>), per machine.
+
+A job that asks for more GPUs than the machine shows stops at once with one line (exit status 3)
+naming the rule (`--rule`, the workflow's rule name) and how to run it on the CPU or on fewer GPUs.
 """
 
 from __future__ import annotations
@@ -67,13 +70,39 @@ def acquire(
         time.sleep(poll_s)
 
 
+TOO_FEW_GPUS = 3  # exit status of a job that asks for more GPUs than the machine shows
+
+
+def too_few_gpus(n: int, pool: Sequence[str], rule: str | None) -> str:
+    """The one line a job prints when it asks for `n` GPUs and the machine shows only `pool`."""
+    name = rule or "<rule>"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    source = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "nvidia-smi -L"
+    fix = f"run it on the {len(pool)} shown" if pool else "run it on the CPU"
+    return (
+        f"gpu_slots: {f'rule {rule}' if rule else 'this job'} asks for {n} GPU(s) "
+        f"(resources.{name}.gpu) but this machine shows {len(pool) or 'none'} ({source}); to "
+        f"{fix}, set resources: {{{name}: {{gpu: {len(pool)}}}}} in the config or pass "
+        f"--set-resources {name}:gpu={len(pool)} to snakemake"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    rule = None
+    if len(args) >= 3 and args[1] == "--rule":
+        rule, args = args[2], [args[0], *args[3:]]
     if len(args) < 3 or args[1] != "--" or not args[0].isdigit():
-        print("usage: python -m ketchup.gpu_slots N -- COMMAND [ARGS...]", file=sys.stderr)
+        print(
+            "usage: python -m ketchup.gpu_slots N [--rule RULE] -- COMMAND [ARGS...]",
+            file=sys.stderr,
+        )
         return 2
     n, command = int(args[0]), args[2:]
     pool = gpu_pool()
+    if n > len(pool):
+        print(too_few_gpus(n, pool, rule), file=sys.stderr, flush=True)
+        return TOO_FEW_GPUS
     if n == 0:
         ids, fds = [], []
     elif len(pool) == n:

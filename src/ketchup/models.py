@@ -411,10 +411,14 @@ def default_device() -> Any:
 
 
 def init_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, where: str):
-    """The model a stage trains: built from `architecture`, or loaded from `name_or_path`."""
+    """The model a stage trains: built from `architecture`, or loaded from `name_or_path`.
+
+    In float32 either way (a checkpoint saved in bfloat16 too): the trainer keeps float32 weights
+    and reaches `model.precision` by autocast (see `ketchup.precision`).
+    """
     if model.from_scratch:
-        return build_model(model, tokenizer, where=where)
-    return load_model(model.name_or_path)
+        return build_model(model, tokenizer, dtype="float32", where=where)
+    return load_model(model.name_or_path, dtype="float32")
 
 
 def disable_dropout(model: Any) -> Any:

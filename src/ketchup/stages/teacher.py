@@ -24,6 +24,7 @@ def train_teacher(args) -> int:
         is_seq2seq,
         load_tokenizer,
     )
+    from ketchup.precision import MixedPrecision
     from ketchup.tasks import task_prompt, task_selection_metric
     from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
@@ -57,6 +58,7 @@ def train_teacher(args) -> int:
         cfg=cfg.train,
         out_dir=out_dir,
         fingerprint={"teacher": to_dict(cfg), "task": to_dict(task)},
+        precision=cfg.model.precision,
     )
     if not processes().is_main:
         return 0
@@ -69,6 +71,7 @@ def train_teacher(args) -> int:
         best_step=state.best_step,
         best_validation_score=state.best_score,
         metric=metric,
+        precision=MixedPrecision.for_model(model, cfg.model.precision).record(model),
     )
     print(
         f"train-teacher: best validation {metric} {state.best_score:.2f} at step {state.best_step}"
@@ -84,7 +87,7 @@ def teacher_outputs(args) -> int:
     cfg = parse_section(TeacherConfig, args.config_json, "teacher", "teacher")
     rows = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
     out = Path(args.out)
-    n = write_split_outputs(
+    n, precision = write_split_outputs(
         args.teacher,
         cfg.model.precision,
         rows,
@@ -93,6 +96,12 @@ def teacher_outputs(args) -> int:
         cfg.train.max_source_length,
         out,
     )
-    write_resolved_config(out.parent, f"teacher-outputs-{args.split}", cfg, teacher=args.teacher)
+    write_resolved_config(
+        out.parent,
+        f"teacher-outputs-{args.split}",
+        cfg,
+        teacher=args.teacher,
+        precision=precision,
+    )
     print(f"teacher-outputs: {n} outputs for {args.split}")
     return 0

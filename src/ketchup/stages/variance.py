@@ -53,6 +53,7 @@ def grad_variance(args) -> int:
         load_tokenizer,
         resolve_dtype,
     )
+    from ketchup.precision import MixedPrecision, own_dtype, precision_record
     from ketchup.tasks import format_prompt, task_prompt
 
     task = parse_section(TaskConfig, args.task_json, "task", "task")
@@ -63,8 +64,11 @@ def grad_variance(args) -> int:
 
     tokenizer = load_tokenizer(args.student)
     check_same_vocabulary(load_tokenizer(args.teacher), tokenizer, args.teacher, args.student)
-    student = load_model(args.student, device=device)
-    teacher = load_model(args.teacher, dtype=resolve_dtype("auto", device), device=device)
+    # as the trainer runs them: float32 student weights under its autocast, the teacher in its dtype
+    student = load_model(args.student, dtype="float32", device=device)
+    teacher_dtype = resolve_dtype(args.teacher_precision, device)
+    teacher = load_model(args.teacher, dtype=teacher_dtype, device=device)
+    mixed = MixedPrecision.for_model(student, args.precision)
     student.eval()  # dropout off, as the on-policy trainer has it
     params = [p for p in student.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
@@ -87,23 +91,25 @@ def grad_variance(args) -> int:
     finished_share = []
 
     for m in tqdm(range(var.rollout_sets), desc="rollout sets"):
-        sample = generate_ids(
-            student,
-            tokenizer,
-            prompts,
-            generation,
-            max_source_length=rollout.max_source_length,
-            seed=var.seed * 100_003 + m,
-            **sampling,
-        )
+        with mixed.autocast():
+            sample = generate_ids(
+                student,
+                tokenizer,
+                prompts,
+                generation,
+                max_source_length=rollout.max_source_length,
+                seed=var.seed * 100_003 + m,
+                **sampling,
+            )
         mask = sample.mask
         if rollout.drop_truncated:
             mask = mask * sample.finished[:, None].long()
         share = float(sample.finished.float().mean())
         finished_share.append(share)
-        with torch.no_grad():
+        with torch.no_grad(), own_dtype(teacher):
             teacher_logits = token_logits(teacher, batch, sample.tokens, mask)[..., :vocab]
-        student_logits = token_logits(student, batch, sample.tokens, mask)[..., :vocab]
+        with mixed.autocast():
+            student_logits = token_logits(student, batch, sample.tokens, mask)[..., :vocab]
         for i, system in enumerate(systems):
             method, k = split_system(system)
             loss, stats = policy_gradient_objective(
@@ -151,6 +157,7 @@ def grad_variance(args) -> int:
         student=args.student,
         parameters=n_params,
         sketch_dim=sets.sketch_dim,
+        precision=precision_record(student, args.precision, teacher),
         sources=len(rows),
         finished_share=sum(finished_share) / len(finished_share),
     )
