@@ -62,7 +62,33 @@ def test_splits_and_tokenizer(prepared):
     assert sizes == {"train": 40, "validation": 4, "test": 4}
     resolved = json.loads((prepared / "data" / "prepare-data.config.json").read_text())
     assert resolved["config"]["embedded"]["n_train"] == 40
+    # what ran, not null for "the dataset's own"
+    assert TASK.get("prompt") is None and resolved["config"]["prompt"] == "{source}"
+    assert resolved["config"]["metric"] == "bleu"
     assert len(AutoTokenizer.from_pretrained(prepared / "tok")) == 150
+
+
+def test_a_rerun_removes_what_killed_writes_left(tmp_path):
+    """The hidden `.NAME.XXXX.tmp` temporaries of writes killed in an earlier run of a job (a
+    file, a directory) are removed when the job runs again; other hidden files stay."""
+    data, tok = tmp_path / "data", tmp_path / "tok"
+    data.mkdir()
+    planted = [
+        data / ".train.jsonl.k1ll3d.tmp",
+        data / ".prepare-data.config.json.k1ll3d.tmp",
+        tmp_path / ".tok.k1ll3d.tmp",
+    ]
+    planted[0].write_text('{"id": "half')
+    planted[1].write_text("{")
+    planted[2].mkdir()
+    (planted[2] / "tokenizer.json").write_text("{")
+    (data / ".keep").write_text("not ours")
+    task = json.dumps(TASK)
+    assert main(["prepare-data", "--task", "t", "--config-json", task, "--out-dir", str(data)]) == 0
+    argv = ["train-tokenizer", "--data-dir", str(data), "--config-json", '{"vocab_size": 150}']
+    assert main([*argv, "--out-dir", str(tok)]) == 0
+    assert not [p for p in planted if p.exists()]
+    assert (data / ".keep").is_file() and (tok / "tokenizer.json").is_file()
 
 
 def train_teacher_with_outputs(prepared, arch: dict, out_dir, split: str):
@@ -126,6 +152,7 @@ def test_causal_teacher_trains_and_writes_outputs(prepared, archs, tmp_path):
     train_teacher_with_outputs(prepared, archs["gpt2"], tmp_path, "test")
     resolved = json.loads((tmp_path / "model" / "train-teacher.config.json").read_text())
     assert resolved["best_step"] in (2, 4)
+    assert (resolved["task"]["prompt"], resolved["task"]["metric"]) == ("{source}", "bleu")
     rows = read_jsonl(tmp_path / "test.jsonl")
     assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(prepared / "data/test.jsonl")]
 
@@ -360,6 +387,7 @@ def test_distill_onpolicy_methods(prepared, teacher_dir, archs, warm_start, syst
     assert _run_onpolicy(prepared, teacher_dir, archs, warm_start, system, tmp_path) == 0
     resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
     assert resolved["system"] == system and resolved["warm_start"] == str(warm_start)
+    assert (resolved["task"]["prompt"], resolved["task"]["metric"]) == ("{source}", "bleu")
     assert resolved["k"] == (4 if system == "ketchup_k4" else 1)
     assert resolved["config"]["train"]["batch_size"] == 4
     log = read_jsonl(tmp_path / "log.jsonl")
@@ -375,7 +403,7 @@ def test_distill_onpolicy_methods(prepared, teacher_dir, archs, warm_start, syst
         else:
             assert {"return_mean", "reward_mean", "advantage_std", "clipped_share"} <= set(row)
             assert 0 <= row["clipped_share"] <= 1
-    before, after = _weights(warm_start), _weights(tmp_path / "best")
+    before, after = _weights(warm_start), _weights(tmp_path / "model")
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 

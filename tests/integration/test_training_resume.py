@@ -52,7 +52,16 @@ def new_model(tokenizer, arch):
     return build_model(ModelConfig(None, arch, "float32"), tokenizer)
 
 
-def run(tokenizer, arch, out_dir, *, interrupt_at=None, nan_at=None, sigterm_at=None):
+def run(
+    tokenizer,
+    arch,
+    out_dir,
+    *,
+    interrupt_at=None,
+    nan_at=None,
+    sigterm_at=None,
+    keep_checkpoints=False,
+):
     model = new_model(tokenizer, arch)
     calls = {"n": 0}
 
@@ -89,6 +98,7 @@ def run(tokenizer, arch, out_dir, *, interrupt_at=None, nan_at=None, sigterm_at=
         out_dir=out_dir,
         fingerprint={"test": 1},
         progress=False,
+        keep_checkpoints=keep_checkpoints,
     )
 
 
@@ -180,7 +190,7 @@ def test_an_unknown_or_missing_logger_is_named(tokenizer, archs, tmp_path, monke
 def test_a_truncated_checkpoint_is_named_with_what_to_delete(tokenizer, archs, tmp_path):
     from ketchup.files import CorruptFileError
 
-    run(tokenizer, archs["t5"], tmp_path)
+    run(tokenizer, archs["t5"], tmp_path, keep_checkpoints=True)
     state_file = tmp_path / "checkpoint" / "trainer_state.pt"
     data = state_file.read_bytes()
     state_file.write_bytes(data[: len(data) // 2])  # a disk that filled up, a copy cut short
@@ -189,3 +199,20 @@ def test_a_truncated_checkpoint_is_named_with_what_to_delete(tokenizer, archs, t
     assert str(state_file) in str(error.value) and f"delete {tmp_path / 'checkpoint'}" in str(
         error.value
     )
+
+
+def test_a_finished_run_keeps_its_model_and_log_only(tokenizer, archs, tmp_path):
+    """The optimizer checkpoint and the best-so-far copy serve an interrupted run only: once
+    model/ is written they are removed, unless keep_checkpoints; the same model either way.
+    Temporaries of writes killed in an earlier run (`.NAME.XXXX.tmp`) are gone too."""
+    done, kept = tmp_path / "done", tmp_path / "kept"
+    done.mkdir()
+    for leftover in (".checkpoint.k1ll3d.tmp", ".best.k1ll3d.tmp", ".model.k1ll3d.tmp"):
+        (done / leftover).mkdir()
+        (done / leftover / "half").write_bytes(b"x" * 100)
+    run(tokenizer, archs["t5"], done)
+    assert sorted(p.name for p in done.iterdir()) == ["log.jsonl", "model"]
+    run(tokenizer, archs["t5"], kept, keep_checkpoints=True)
+    assert sorted(p.name for p in kept.iterdir()) == ["best", "checkpoint", "log.jsonl", "model"]
+    a, b = weights(done / "model"), weights(kept / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -213,7 +213,7 @@ def distill(args) -> int:
         load_tokenizer,
         resolve_dtype,
     )
-    from ketchup.tasks import task_metric, task_prompt
+    from ketchup.tasks import resolved_task, task_metric, task_prompt
     from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
     method, k = split_system(args.method)
@@ -296,6 +296,7 @@ def distill(args) -> int:
             "warm_start": args.warm_start,
         },
         evaluate_initial=warm_started,
+        keep_checkpoints=args.keep_checkpoints,
     )
     if not processes().is_main:
         return 0
@@ -308,7 +309,7 @@ def distill(args) -> int:
         k=k,
         seed=args.seed,
         student=to_dict(student_cfg),
-        task=to_dict(task),
+        task=resolved_task(task),
         teacher=args.teacher,
         warm_start=args.warm_start,
         best_step=state.best_step,

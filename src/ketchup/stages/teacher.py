@@ -24,7 +24,7 @@ def train_teacher(args) -> int:
         is_seq2seq,
         load_tokenizer,
     )
-    from ketchup.tasks import task_metric, task_prompt
+    from ketchup.tasks import resolved_task, task_metric, task_prompt
     from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
     task = _task(args)
@@ -57,6 +57,7 @@ def train_teacher(args) -> int:
         cfg=cfg.train,
         out_dir=out_dir,
         fingerprint={"teacher": to_dict(cfg), "task": to_dict(task)},
+        keep_checkpoints=args.keep_checkpoints,
     )
     if not processes().is_main:
         return 0
@@ -64,7 +65,7 @@ def train_teacher(args) -> int:
         out_dir / "model",
         "train-teacher",
         cfg,
-        task=to_dict(task),
+        task=resolved_task(task),
         tokenizer=args.tokenizer,
         best_step=state.best_step,
         best_validation_score=state.best_score,
@@ -79,6 +80,7 @@ def train_teacher(args) -> int:
 def teacher_outputs(args) -> int:
     """Greedy teacher outputs for one split, batched, in the split's order."""
     from ketchup.stages.results import write_split_outputs
+    from ketchup.tasks import resolved_task
 
     task = _task(args)
     cfg = parse_section(TeacherConfig, args.config_json, "teacher", "teacher")
@@ -93,6 +95,12 @@ def teacher_outputs(args) -> int:
         cfg.train.max_source_length,
         out,
     )
-    write_resolved_config(out.parent, f"teacher-outputs-{args.split}", cfg, teacher=args.teacher)
+    write_resolved_config(
+        out.parent,
+        f"teacher-outputs-{args.split}",
+        cfg,
+        teacher=args.teacher,
+        task=resolved_task(task),
+    )
     print(f"teacher-outputs: {n} outputs for {args.split}")
     return 0

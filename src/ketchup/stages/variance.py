@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from ketchup.config import DistillConfig, TaskConfig, parse_section, to_dict
+from ketchup.config import DistillConfig, TaskConfig, parse_section
 from ketchup.files import read_jsonl, write_resolved_config, write_text
 
 
@@ -33,7 +33,7 @@ def grad_variance(args) -> int:
         load_tokenizer,
         resolve_dtype,
     )
-    from ketchup.tasks import format_prompt, task_prompt
+    from ketchup.tasks import format_prompt, resolved_task, task_prompt
 
     task = parse_section(TaskConfig, args.task_json, "task", "task")
     cfg = parse_section(DistillConfig, args.config_json, "distill", "distill")
@@ -96,7 +96,7 @@ def grad_variance(args) -> int:
         Path(args.out).parent,
         "grad-variance",
         cfg,
-        task=to_dict(task),
+        task=resolved_task(task),
         teacher=args.teacher,
         student=args.student,
         parameters=sum(p.numel() for p in params),
