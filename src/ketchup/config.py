@@ -107,6 +107,11 @@ class TaskConfig:
                     f"config key '{where}.target_field': required when dataset is 'file' (or "
                     "references_field, a column with a list of references)"
                 )
+        if self.revision is not None and self.dataset in ("embedded", "file"):
+            raise ConfigError(
+                f"config key '{where}.revision': pins a hub dataset; dataset "
+                f"'{self.dataset}' is not loaded from the hub"
+            )
         if self.prompt is not None and "{source}" not in self.prompt:
             raise ConfigError(
                 f"config key '{where}.prompt': must contain the placeholder {{source}}"

@@ -114,47 +114,39 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+def _json_lines(path: Path, advice: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; CorruptFileError naming the
+    file and line, ending with `advice`, for a line that is not JSON."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _utf8_line(path, lineno, raw)
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorruptFileError(
+                    f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}); {advice}"
+                ) from None
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file; a malformed line raises ValueError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    rows = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = _utf8_line(path, lineno, raw)
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise CorruptFileError(
-                    f"{path}, line {lineno}: not valid JSON ({e.msg}); fix or delete the file"
-                ) from None
-    return rows
+    return [row for _, row in _json_lines(path, "fix or delete the file")]
 
 
 def check_jsonl(path: str | Path) -> None:
     """Raise CorruptFileError naming the file and the first line that is not a JSON object
     (blank lines are skipped), without keeping the rows."""
-    path = Path(path)
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = _utf8_line(path, lineno, raw)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorruptFileError(
-                    f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}); "
-                    "each line must be one JSON object"
-                ) from None
-            if not isinstance(row, dict):
-                raise CorruptFileError(
-                    f"{path}, line {lineno}: a JSON {type(row).__name__}, not an object; each "
-                    "line must be one JSON object"
-                )
+    advice = "each line must be one JSON object"
+    for lineno, row in _json_lines(Path(path), advice):
+        if not isinstance(row, dict):
+            raise CorruptFileError(
+                f"{path}, line {lineno}: a JSON {type(row).__name__}, not an object; {advice}"
+            )
 
 
 def _utf8_line(path: Path, lineno: int, raw: bytes) -> str:

@@ -396,3 +396,9 @@ def test_study_names_and_the_new_keys_are_checked():
     data["tasks"]["restaurants"]["references_field"] = ["refs"]
     with pytest.raises(cfg.ConfigError, match=r"'tasks\.restaurants\.references_field'"):
         cfg.parse_config(data)
+    data = default_config()
+    data["tasks"]["restaurants"]["revision"] = "main"
+    with pytest.raises(
+        cfg.ConfigError, match=r"'tasks\.restaurants\.revision': pins a hub dataset"
+    ):
+        cfg.parse_config(data)

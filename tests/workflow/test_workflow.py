@@ -173,6 +173,26 @@ def test_bad_config_fails_before_any_job(edit, key, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_pinned_revisions_reach_every_job_that_loads_from_the_hub(tmp_path):
+    """`revision:` of the paper's hub teacher, student and a dataset: in the jobs' commands
+    (their params, so that a new revision reruns them): the teacher as `id@revision`, the
+    student and the task in their config sections."""
+    config = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    config["teacher"]["model"]["revision"] = "7d6315d"
+    config["students"]["t5-base"]["model"]["revision"] = "a9723ea"
+    config["tasks"]["gsm8k"]["revision"] = "e53f048"
+    (tmp_path / "pinned.yaml").write_text(yaml.safe_dump(config))
+    args = ("-n", "-p", "--directory", str(tmp_path), "--configfile", str(tmp_path / "pinned.yaml"))
+    commands = [line for line in snakemake(*args).stdout.splitlines() if "-m ketchup" in line]
+    teacher = [c for c in commands if " teacher-outputs " in c or " distill " in c]
+    assert teacher and all("--teacher google/flan-t5-xl@7d6315d " in c for c in teacher)
+    distill = [c for c in commands if " distill " in c]
+    assert all("--tokenizer google/flan-t5-xl@7d6315d " in c for c in distill)
+    assert all('"revision":"a9723ea"' in c for c in distill)
+    gsm8k = [c for c in commands if "prepare-data --task gsm8k " in c]
+    assert len(gsm8k) == 1 and '"revision":"e53f048"' in gsm8k[0]
+
+
 def test_an_overlay_given_alone_stops_with_one_line(tmp_path):
     """`--configfile configs/seeds.yaml` without config.yaml: one line saying to put config.yaml
     first, not the schema's "'tasks': missing"."""

@@ -147,9 +147,7 @@ def _require(row: Mapping[str, Any], path: Sequence[str | int]) -> Any:
         raise RowError(f"field '{_field_name(path)}' is missing{_fields_there(row, path)}")
     # A JSON row without the key and an empty CSV cell both arrive as null.
     if value is None:
-        raise RowError(
-            f"field '{_field_name(path)}' is missing or empty{_fields_there(row, path)}"
-        )
+        raise RowError(f"field '{_field_name(path)}' is missing or empty{_fields_there(row, path)}")
     return value
 
 
