@@ -396,7 +396,7 @@ def test_pointwise_malformed_answers_are_unparsed_kept_and_counted(tmp_path, ser
 
 def test_a_judge_answering_in_the_literature_formats_is_read(tmp_path, servers, api_key):
     """MT-Bench / Prometheus answers from the endpoint, not one of them in the prompt's JSON:
-    every judgment is parsed (they were all unparsed once)."""
+    every judgment is parsed."""
 
     def script(prompt, hit):
         if "Output to judge:" in prompt:

@@ -217,7 +217,7 @@ def test_an_overlay_given_alone_stops_with_one_line(tmp_path):
 )
 def test_a_bad_architecture_value_is_refused_by_the_dry_run(tmp_path, key, value, problem):
     """Values inside `architecture:` are checked with the rest of the config: `snakemake -n`
-    refuses them in one line naming the key (they once failed inside the teacher job)."""
+    refuses them in one line naming the key, before the teacher job would fail on them."""
 
     def bad(config):
         config["teacher"]["model"]["architecture"][key] = value
@@ -239,7 +239,7 @@ def test_every_file_a_job_reads_is_an_input(tmp_path):
     local directories and the judge reading its templates from judge.templates_dir: every
     output present and up to date (made by hand and `--touch`: no job runs). Each kind of file
     a job reads is edited in turn; the dry run then reruns exactly the jobs that read it and
-    those downstream of them (it once said "Nothing to be done")."""
+    those downstream of them."""
     for split in ("train", "validation", "test"):
         rows = [{"q": f"{split} question {i}", "a": f"answer {i}"} for i in range(4)]
         (tmp_path / "data").mkdir(exist_ok=True)
