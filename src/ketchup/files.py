@@ -123,7 +123,7 @@ def _json_lines(path: Path, advice: str) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise CorruptFileError(
                     f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}); {advice}"
