@@ -7,16 +7,16 @@ the VALIDATION split (the test split is left for the final tables). First build 
 teacher and warm starts, e.g. for the long study that docs/rl_sweep.md used:
 
     snakemake --cores all --configfile config.yaml configs/long.yaml \
-        results/restaurants/students/t5-tiny/kl/seed{0,1,2}/model
+        results/long/restaurants/students/t5-tiny/kl/seed{0,1,2}/model
     python scripts/rl_sweep.py --config config.yaml configs/long.yaml --parallel 2
 
 (several config files are merged in order, as Snakemake merges its --configfile list).
 
-Writes results/sweep/<lever>/<system>/seed<S>/ (the job's out-dir: model, log.jsonl, then
-validation.jsonl and its scores), results/sweep/summary.{csv,md}: per lever and system, the mean
-and standard deviation over seeds of the validation metric, slot error rate and words per output of
-the selected checkpoint, the rollout length at the end of training and the step kept, with the
-warm start's and the teacher's as reference rows, and results/sweep/curves_<system>.png. A
+Writes under the study's results/<study>/sweep/: <lever>/<system>/seed<S>/ (the job's
+out-dir: model, log.jsonl, then validation.jsonl and its scores), summary.{csv,md}: per lever and
+system, the mean and standard deviation over seeds of the validation metric, slot error rate and
+words per output of the selected checkpoint, the rollout length at the end of training and the
+step kept, with the warm start's and the teacher's as reference rows, and curves_<system>.png. A
 finished run is skipped when the sweep is run again.
 """
 
@@ -87,7 +87,8 @@ class Study:
             next(iter(self.raw["students"].items())),
         )
         self.task_json, self.student_json = json.dumps(task), json.dumps(student)
-        self.root = results / self.task
+        self.dir = results / self.study.study  # the workflow's results/<study>/
+        self.root = self.dir / self.task
         self.seeds = self.study.distill.seeds
         self.primary = task_metric(self.study.tasks[self.task])
 
@@ -243,7 +244,7 @@ def main() -> int:
     missing = [str(study.warm_start(s)) for s in study.seeds if not study.warm_start(s).is_dir()]
     if missing:
         parser.error(f"build the warm starts first (see --help): missing {missing}")
-    sweep = args.results / "sweep"
+    sweep = study.dir / "sweep"
 
     jobs = []  # (lever, system, seed, out, commands)
     for seed in study.seeds:  # the references: the warm start and the teacher, on validation

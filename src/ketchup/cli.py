@@ -54,16 +54,30 @@ def _tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, help="directory for the saved tokenizer")
 
 
+def _keep_checkpoints(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep OUT_DIR/checkpoint (optimizer state) and OUT_DIR/best once OUT_DIR/model is "
+        "written (by default they are removed then; an interrupted run resumes either way)",
+    )
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory or hub id")
+    p.add_argument(
+        "--tokenizer", required=True, help="tokenizer directory or hub id (id@revision to pin)"
+    )
     p.add_argument("--task-json", required=True, help="the task's config section as JSON")
     _config_json(p, "teacher")
+    _keep_checkpoints(p)
     p.add_argument("--out-dir", required=True, help="directory for the model and its logs")
 
 
 def _teacher_outputs_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher model directory or hub id")
+    p.add_argument(
+        "--teacher", required=True, help="teacher model directory or hub id (id@revision to pin)"
+    )
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--split", required=True, choices=["train", "validation", "test"])
     p.add_argument("--task-json", required=True, help="the task's config section as JSON")
@@ -72,8 +86,12 @@ def _teacher_outputs_args(p: argparse.ArgumentParser) -> None:
 
 
 def _distill_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher model directory or hub id")
-    p.add_argument("--tokenizer", required=True, help="the shared tokenizer (directory or hub id)")
+    p.add_argument(
+        "--teacher", required=True, help="teacher model directory or hub id (id@revision to pin)"
+    )
+    p.add_argument(
+        "--tokenizer", required=True, help="the shared tokenizer (directory, hub id, id@revision)"
+    )
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument(
         "--teacher-outputs", help="the teacher's train outputs (JSONL; every method but sft)"
@@ -95,11 +113,14 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
     )
     _precision(p, "--teacher-precision", "the teacher's dtype (teacher.model.precision)")
     _config_json(p, "distill")
+    _keep_checkpoints(p)
     p.add_argument("--out-dir", required=True, help="directory for the best checkpoint and logs")
 
 
 def _variance_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher model directory or hub id")
+    p.add_argument(
+        "--teacher", required=True, help="teacher model directory or hub id (id@revision to pin)"
+    )
     p.add_argument("--student", required=True, help="the fixed student checkpoint (directory)")
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--task-json", required=True, help="the task's config section as JSON")
@@ -144,7 +165,7 @@ def _variance_files(p: argparse.ArgumentParser) -> None:
         "--variance",
         nargs="*",
         default=[],
-        help="grad_variance.csv files (results/<task>/students/<student>/)",
+        help="grad_variance.csv files (results/<study>/<task>/students/<student>/)",
     )
 
 
@@ -155,9 +176,16 @@ def _tables_args(p: argparse.ArgumentParser) -> None:
         "--judge",
         nargs="*",
         default=[],
-        help="judge output directories (results/<task>/judge/<student>)",
+        help="judge output directories (results/<study>/<task>/judge/<student>)",
     )
-    p.add_argument("--out-dir", required=True, help="results/tables")
+    p.add_argument("--out-dir", required=True, help="results/<study>/tables")
+    p.add_argument("--study-json", help="the study's whole config as JSON (defaults filled)")
+    p.add_argument("--study-config", help="where to write it as YAML (results/<study>/config.yaml)")
+    p.add_argument(
+        "--index",
+        help="the index of every study to rewrite (results/studies.md, from each "
+        "results/*/config.yaml)",
+    )
 
 
 def _figures_args(p: argparse.ArgumentParser) -> None:
@@ -175,7 +203,7 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--judge", nargs="*", default=[], help="the task's judge output directories (win rates)"
     )
-    p.add_argument("--out-dir", required=True, help="results/figures")
+    p.add_argument("--out-dir", required=True, help="results/<study>/figures")
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
@@ -191,7 +219,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-trl", action="store_true", help="leave TRL out (not installed)")
     p.add_argument("--out", default="results/bench/update.csv", help="CSV of the table")
     p.add_argument(
-        "--study", default=None, help="a finished study's results/: summarise its benchmarks"
+        "--study",
+        default=None,
+        help="a finished study's results/<study>/: summarise its benchmarks",
     )
     p.add_argument(
         "--gpu",
@@ -232,7 +262,10 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
     )
     _config_json(p, "judge")
     p.add_argument("--cache", required=True, help="SQLite cache of answers (reruns resume from it)")
-    p.add_argument("--templates-dir", help="prompt templates to use instead of the packaged ones")
+    p.add_argument(
+        "--templates-dir",
+        help="prompt templates to use instead of judge.templates_dir (default: the packaged ones)",
+    )
     p.add_argument("--out-dir", required=True, help="directory for judgments, tables and report")
 
 
@@ -362,7 +395,8 @@ VERBS: tuple[Verb, ...] = (
         "Writes OUT_DIR/{main,k_grid,paper}.{md,csv,tex}: the main table (mean +- std over "
         "seeds, bootstrap 95% CIs, KETCHUP at its best K by validation against LLMR and the best "
         "non-RL baseline with paired permutation p-values), the K grid with gradient variance "
-        "and bias, and ours against the paper's published numbers.",
+        "and bias, and ours against the paper's published numbers. With --study-json, the "
+        "study's config as YAML in STUDY_CONFIG, and INDEX rewritten to list every study.",
         _tables_args,
         "ketchup.stages.report:tables_stage",
     ),
@@ -384,7 +418,8 @@ VERBS: tuple[Verb, ...] = (
         "(bootstrap 95% CIs), report.md and judge.config.json; with judge.dry_run, prompts.jsonl "
         "and dry_run.json (token estimate) without calling the endpoint. The API key is read from "
         "the variable judge.api_key_env names. Exit status 3: some judgments were left (time "
-        "ceiling or failures); rerun to resume.",
+        "ceiling or failures); rerun to resume. Exit status 4: most answers could not be parsed "
+        "(the warning shows one as the judge wrote it).",
         _judge_args,
         "ketchup.judge.stage:judge_stage",
     ),
@@ -412,12 +447,21 @@ def main(argv: list[str] | None = None) -> int:
     module, function = verb.target.split(":")
     from ketchup.config import ConfigError
     from ketchup.files import CorruptFileError
+    from ketchup.hub import HubError
     from ketchup.signals import DivergedError, Preempted
     from ketchup.tasks import TaskDataError
 
+    bad_input = (
+        ConfigError,
+        TaskDataError,
+        FileNotFoundError,
+        CorruptFileError,
+        DivergedError,
+        HubError,
+    )
     try:
         result = getattr(importlib.import_module(module), function)(args)
-    except (ConfigError, TaskDataError, FileNotFoundError, CorruptFileError, DivergedError) as e:
+    except bad_input as e:
         # Bad input or a diverged run, not a bug: one line naming the key, file or step.
         print(f"ketchup {verb.name}: error: {e}", file=sys.stderr)
         return 1

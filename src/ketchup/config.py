@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import functools
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -85,8 +86,10 @@ class EmbeddedTaskConfig:
 class TaskConfig:
     dataset: Dataset
     files: SplitFiles | None
+    revision: str | None
     source_field: str | None
     target_field: str | None
+    references_field: str | None
     prompt: str | None
     metric: Literal["bleu", "rouge", "accuracy"] | None
     selection_metric: Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL", "accuracy"] | None
@@ -95,11 +98,21 @@ class TaskConfig:
 
     def check(self, where: str) -> None:
         if self.dataset == "file":
-            for key in ("files", "source_field", "target_field"):
+            for key in ("files", "source_field"):
                 if getattr(self, key) is None:
                     raise ConfigError(
                         f"config key '{where}.{key}': required when dataset is 'file'"
                     )
+            if self.target_field is None and self.references_field is None:
+                raise ConfigError(
+                    f"config key '{where}.target_field': required when dataset is 'file' (or "
+                    "references_field, a column with a list of references)"
+                )
+        if self.revision is not None and self.dataset in ("embedded", "file"):
+            raise ConfigError(
+                f"config key '{where}.revision': pins a hub dataset; dataset "
+                f"'{self.dataset}' is not loaded from the hub"
+            )
         if self.selection_metric is not None:
             from ketchup.tasks import task_metric
 
@@ -126,6 +139,8 @@ class ModelConfig:
     name_or_path: str | None
     architecture: dict[str, Any] | None
     precision: Literal["auto", "float32", "bfloat16", "float16"]
+    # last and defaulted (the schema's default) so that ModelConfig(None, arch, precision) builds
+    revision: str | None = None
 
     @property
     def from_scratch(self) -> bool:
@@ -137,6 +152,12 @@ class ModelConfig:
                 f"config key '{where}': set exactly one of name_or_path (a pretrained model) "
                 "and architecture (a model built from scratch)"
             )
+        if self.architecture is not None:
+            # the transformers config, built now (no weights): a bad size is refused by key here,
+            # not as a tensor error inside the first job
+            from ketchup.models import architecture_config
+
+            architecture_config(self.architecture, where=where)
 
 
 @dataclass(frozen=True)
@@ -324,6 +345,7 @@ class JudgeConfig:
     temperature: float
     max_tokens: int
     dry_run: bool
+    templates_dir: str | None
 
     def check(self, where: str) -> None:
         if self.enabled and not self.model:
@@ -353,6 +375,8 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
+    study: str
+    keep_checkpoints: bool
     tasks: dict[str, TaskConfig]
     tokenizer: TokenizerConfig
     teacher: TeacherConfig
@@ -412,6 +436,22 @@ def error_path(error, prefix: str = "") -> str:
     return "".join(parts) or "<top level>"
 
 
+def yaml_number_hint(value: Any) -> str:
+    """How to write a number that YAML read as text ('2e-5', '"0.1"'), or ''."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    exponent = re.fullmatch(r"\s*([-+]?)(\d*)(?:\.(\d*))?[eE]([-+]?)(\d+)\s*", value)
+    if exponent:
+        sign, whole, fraction, exp_sign, exp = exponent.groups()
+        number = f"{sign}{whole or 0}.{fraction or 0}e{exp_sign or '+'}{exp}"
+        return f" (YAML reads {value} as text: write {number})"
+    return " (a number in quotes is text to YAML: write it without quotes)"
+
+
 def describe_error(error, prefix: str = "") -> str:
     """One line naming the key and what is allowed there."""
     path = error_path(error, prefix)
@@ -431,6 +471,8 @@ def describe_error(error, prefix: str = "") -> str:
     elif error.validator in ("oneOf", "anyOf") and error.context:
         best = min(error.context, key=lambda e: len(e.message))
         message = best.message
+    elif error.validator == "type":
+        message += yaml_number_hint(error.instance)
     return f"config key '{path}': {message}"
 
 
@@ -506,8 +548,9 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         _, item = typing.get_args(tp)
         return {k: _build(item, v, f"{where}.{k}") for k, v in value.items()}
     if not _type_ok(value, tp):
+        hint = yaml_number_hint(value) if tp in (int, float) else ""
         raise ConfigError(
-            f"config key '{where}': expected {getattr(tp, '__name__', tp)}, got {value!r}"
+            f"config key '{where}': expected {getattr(tp, '__name__', tp)}, got {value!r}{hint}"
         )
     return float(value) if tp is float else value
 
@@ -550,6 +593,22 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
+BASE_CONFIG = "config.yaml"
+
+
+def overlay_error(data: dict[str, Any], paths: typing.Sequence[str | Path]) -> str | None:
+    """One line for config files without the study's base (tasks, teacher, students), given
+    without config.yaml: an overlay such as configs/seeds.yaml, meant to go on top of it."""
+    missing = [key for key in ("tasks", "teacher", "students") if key not in data]
+    if not missing or not paths or any(Path(p).name == BASE_CONFIG for p in paths):
+        return None
+    files = " ".join(map(str, paths))
+    return (
+        f"{files} has no {', '.join(missing)}: it changes {BASE_CONFIG}, so give both, "
+        f"{BASE_CONFIG} first: --configfile {BASE_CONFIG} {files}"
+    )
+
+
 def parse_config(data: dict[str, Any]) -> StudyConfig:
     """Validate a whole config mapping (in place: defaults are filled) and type it."""
     if not isinstance(data, dict):
@@ -589,6 +648,9 @@ def read_config_files(*paths: str | Path) -> dict[str, Any]:
 def load_config(*paths: str | Path) -> StudyConfig:
     """The study of one config file, or of several merged in order (config.yaml seeds.yaml)."""
     data = read_config_files(*paths)
+    overlay = overlay_error(data, paths)
+    if overlay:
+        raise ConfigError(overlay)
     try:
         return parse_config(data)
     except ConfigError as e:

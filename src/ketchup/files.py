@@ -1,7 +1,9 @@
 """Files on disk: atomic writes, JSONL, and the resolved config a stage writes beside its outputs.
 
 Every output is written to a temporary name in the same directory and renamed into place, so an
-interrupted job never leaves a file (or directory) that looks finished.
+interrupted job never leaves a file (or directory) that looks finished. The temporary is a hidden
+sibling, `.NAME.XXXX.tmp`; a killed write leaves it behind, and the next write of NAME (the next
+run of the job) removes it first.
 """
 
 from __future__ import annotations
@@ -24,11 +26,46 @@ class CorruptFileError(ValueError):
     what to delete."""
 
 
+def temporary_siblings(path: str | Path) -> list[Path]:
+    """The hidden temporaries of `path` in its directory (`.NAME.XXXX.tmp`, files or
+    directories): a write of `path` in progress, or one killed before its rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters taken literally."""
+    import glob
+
+    return glob.escape(name)
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove the temporaries that killed writes of `path` left; returns what was removed.
+
+    Only one job writes a given output at a time (Snakemake's locks; in a data-parallel job, only
+    the main process), so any temporary of `path` that exists when its job writes it again is a
+    leftover."""
+    removed = temporary_siblings(path)
+    for leftover in removed:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; on success rename it to `path`, on error remove it."""
+    """Yield a temporary sibling of `path`; on success rename it to `path`, on error remove it.
+
+    The temporaries earlier writes of `path` left behind (killed before their rename) are removed
+    first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     else:
@@ -42,8 +79,14 @@ def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
         os.umask(umask)
         tmp.chmod((0o777 if directory else 0o666) & ~umask)
         if directory and path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            # renamed aside, not deleted in place: killed here, `path` is whole or absent, and
+            # the old copy is a leftover the next write removes
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -71,24 +114,39 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed line raises ValueError naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    rows = []
+def _json_lines(path: Path, advice: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; CorruptFileError naming the
+    file and line, ending with `advice`, for a line that is not JSON."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             line = _utf8_line(path, lineno, raw)
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield lineno, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise CorruptFileError(
-                    f"{path}, line {lineno}: not valid JSON ({e.msg}); fix or delete the file"
+                    f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}); {advice}"
                 ) from None
-    return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line raises ValueError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return [row for _, row in _json_lines(path, "fix or delete the file")]
+
+
+def check_jsonl(path: str | Path) -> None:
+    """Raise CorruptFileError naming the file and the first line that is not a JSON object
+    (blank lines are skipped), without keeping the rows."""
+    advice = "each line must be one JSON object"
+    for lineno, row in _json_lines(Path(path), advice):
+        if not isinstance(row, dict):
+            raise CorruptFileError(
+                f"{path}, line {lineno}: a JSON {type(row).__name__}, not an object; {advice}"
+            )
 
 
 def _utf8_line(path: Path, lineno: int, raw: bytes) -> str:

@@ -1,4 +1,5 @@
-"""`python -m ketchup.gpu_slots N [--rule RULE] -- COMMAND...`: run COMMAND on N GPUs of its own.
+"""`python -m ketchup.gpu_slots N [--rule RULE] [--data-parallel] -- COMMAND...`: COMMAND on N GPUs
+of its own.
 
 Snakemake's `gpu` resource limits how many GPU jobs run at once, but it does not say WHICH GPUs a
 job may use, so every local job would see (and crowd) GPU 0. This wrapper takes N devices from the
@@ -7,6 +8,12 @@ lock file per device for the command's whole life, sets CUDA_VISIBLE_DEVICES to 
 COMMAND (the locks pass to it and end with it, however it ends). When the pool has exactly N devices
 (a SLURM job: SLURM already set CUDA_VISIBLE_DEVICES to the job's GPUs) they are used as they are.
 Lock files live in $KETCHUP_GPU_LOCK_DIR (default: /tmp/ketchup-gpu-locks-<uid>), per machine.
+N = 0 hides every GPU from COMMAND (CUDA_VISIBLE_DEVICES=-1): the job asked for none.
+
+The workflow passes the job's own `{resources.gpu}` as N, read when the job runs, so a count set
+with `--set-resources` or a profile is the one used. With --data-parallel and N > 1, COMMAND
+(`python -m MODULE ARGS...`) runs as N processes under `accelerate launch` (one per GPU; see
+ketchup.distributed), so a training job uses every GPU it was given.
 
 A job that asks for more GPUs than the machine shows stops at once with one line (exit status 3)
 naming the rule (`--rule`, the workflow's rule name) and how to run it on the CPU or on fewer GPUs.
@@ -87,18 +94,53 @@ def too_few_gpus(n: int, pool: Sequence[str], rule: str | None) -> str:
     )
 
 
+USAGE = "usage: python -m ketchup.gpu_slots N [--rule RULE] [--data-parallel] -- COMMAND [ARGS...]"
+
+
+def data_parallel(n: int, command: Sequence[str]) -> list[str]:
+    """COMMAND as N processes under `accelerate launch` when N > 1, else as it is.
+
+    COMMAND must be `python -m MODULE ARGS...` (accelerate runs the module in each process)."""
+    command = list(command)
+    if n <= 1:
+        return command
+    if len(command) < 3 or command[1] != "-m":
+        raise ValueError(f"--data-parallel needs COMMAND = python -m MODULE ..., got {command}")
+    return [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        *command[2:],
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     rule = None
     if len(args) >= 3 and args[1] == "--rule":
         rule, args = args[2], [args[0], *args[3:]]
+    parallel = len(args) > 1 and args[1] == "--data-parallel"
+    if parallel:
+        del args[1]
     if len(args) < 3 or args[1] != "--" or not args[0].isdigit():
-        print(
-            "usage: python -m ketchup.gpu_slots N [--rule RULE] -- COMMAND [ARGS...]",
-            file=sys.stderr,
-        )
+        print(USAGE, file=sys.stderr)
         return 2
     n, command = int(args[0]), args[2:]
+    if parallel:
+        try:
+            command = data_parallel(n, command)
+        except ValueError as e:
+            print(f"{USAGE}\n{e}", file=sys.stderr)
+            return 2
     pool = gpu_pool()
     if n > len(pool):
         print(too_few_gpus(n, pool, rule), file=sys.stderr, flush=True)
@@ -111,7 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ids, fds = acquire(n, pool, lock_dir())
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(ids) if ids else "-1"}
     if ids:
-        print(f"gpu_slots: running on GPU(s) {','.join(ids)}", file=sys.stderr, flush=True)
+        processes = f" as {n} processes" if parallel and n > 1 else ""
+        print(
+            f"gpu_slots: running on GPU(s) {','.join(ids)}{processes}", file=sys.stderr, flush=True
+        )
     for fd in fds:
         os.set_inheritable(fd, True)  # the locks live as long as the command
     os.execvpe(command[0], command, env)

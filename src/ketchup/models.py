@@ -13,26 +13,27 @@ import dataclasses
 import inspect
 import os
 import re
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ketchup.config import ConfigError, ModelConfig
-from ketchup.files import CorruptFileError
+from ketchup import hub
+from ketchup.config import ConfigError, ModelConfig, yaml_number_hint
+from ketchup.files import CorruptFileError, atomic_path
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "architecture_config",
     "build_model",
     "check_same_vocabulary",
     "count_parameters",
     "is_seq2seq",
     "load_model",
     "load_tokenizer",
+    "local_directory",
+    "model_reference",
     "resolve_dtype",
     "save_model",
 ]
@@ -141,30 +142,71 @@ def _tokenizer_config_values(tokenizer: PreTrainedTokenizerBase) -> dict[str, in
     }
 
 
-def build_model(
-    model: ModelConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    dtype: Any = None,
-    device: Any = None,
-    where: str = "model",
-) -> PreTrainedModel:
-    """A randomly initialised model from ``model.architecture`` (seed torch first to fix it).
+def _defaults(config_cls: type) -> dict[str, Any]:
+    """Each config field's default value, by name (aliases of ``attribute_map`` included)."""
+    defaults: dict[str, Any] = {}
+    if dataclasses.is_dataclass(config_cls):  # transformers 5
+        fields = dataclasses.fields(config_cls)
+        defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    else:  # transformers 4: the default instance (composite configs may fail to build)
+        with contextlib.suppress(Exception):
+            defaults = config_cls().to_dict()
+    for alias, name in (getattr(config_cls, "attribute_map", {}) or {}).items():
+        if name in defaults:
+            defaults.setdefault(alias, defaults[name])
+    return defaults
 
-    ``architecture`` holds ``model_type`` and keyword arguments of that model's transformers config;
-    vocabulary size and pad / EOS / BOS ids come from ``tokenizer`` (and the decoder start id is
-    the pad id for encoder-decoders, as in T5). ``where`` prefixes the config key in errors
-    (e.g. ``students.small.model``). Raises :class:`ConfigError` for an unknown ``model_type``
-    or a key the config class does not know.
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _value_problem(key: str, value: Any, default: Any) -> str | None:
+    """What is wrong with ``value`` for a config field whose default is ``default``, or None.
+
+    The config classes accept nearly anything (transformers 4) or check types only (5), so a size
+    of -7 would surface as a tensor error deep inside the first job; sizes and counts (integer
+    fields with a positive default, ``num_*`` counts) must be positive, dropouts in [0, 1].
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    if _is_int(default):
+        if not _is_int(value):
+            return f"expected an integer, got {value!r}{yaml_number_hint(value)}"
+        if default > 0 and value < 1:
+            return f"{value} is not allowed; a size or count must be at least 1 (default {default})"
+    elif isinstance(default, float) and not (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    ):
+        return f"expected a number, got {value!r}{yaml_number_hint(value)}"
+    elif isinstance(default, str) and not isinstance(value, str):
+        return f"expected a string, got {value!r}"
+    if default is None and key.startswith("num_") and _is_int(value) and value < 1:
+        return f"{value} is not allowed; a count must be at least 1"
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ("dropout" in key or "pdrop" in key) and is_number and not 0 <= value <= 1:
+        return f"{value} is not allowed; a dropout probability is between 0 and 1"
+    return None
+
+
+def architecture_config(
+    architecture: dict[str, Any],
+    *,
+    where: str = "model",
+    tokenizer_values: dict[str, int] | None = None,
+):
+    """The transformers config that ``architecture`` describes; no weights are built.
+
+    ``architecture`` holds ``model_type`` and keyword arguments of that model's config class.
+    ``tokenizer_values`` (vocabulary size, pad / EOS / BOS ids) are filled in when given; a value
+    in ``architecture`` that disagrees with them is an error. Raises :class:`ConfigError` naming
+    the key (``where`` prefixes it, e.g. ``students.small.model``) for an unknown ``model_type``,
+    a key the config class does not know, a value of the wrong type, a size or count that is not
+    positive, or a dropout outside [0, 1]. Cheap (no tensors), so configs are checked with it
+    before any job runs.
+    """
+    from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    if model.architecture is None:
-        raise ConfigError(
-            f"config key '{where}.architecture': needed to build a model from scratch"
-        )
-    arch = dict(model.architecture)
+    arch = dict(architecture)
     model_type = arch.pop("model_type", None)
     if not isinstance(model_type, str) or not model_type:
         raise ConfigError(f"config key '{where}.architecture.model_type': required (e.g. t5, gpt2)")
@@ -181,20 +223,54 @@ def build_model(
             f"{', '.join(repr(k) for k in unknown)} (check the spelling against the transformers "
             f"docs for model_type {model_type!r})"
         )
-
-    from_tokenizer = _tokenizer_config_values(tokenizer)
-    for key in _TOKENIZER_KEYS:
+    defaults = _defaults(config_cls)
+    for key, value in arch.items():
+        problem = _value_problem(key, value, defaults.get(key))
+        if problem:
+            raise ConfigError(f"config key '{where}.architecture.{key}': {problem}")
+    for key in _TOKENIZER_KEYS if tokenizer_values else ():
         # Allowed when it agrees (e.g. copied from a pretrained config), never silently overridden.
-        if key in arch and arch[key] != from_tokenizer[key]:
+        if key in arch and arch[key] != tokenizer_values[key]:
             raise ConfigError(
                 f"config key '{where}.architecture.{key}': {arch[key]!r} disagrees with the "
-                f"tokenizer ({from_tokenizer[key]!r}); leave it out, it comes from the tokenizer"
+                f"tokenizer ({tokenizer_values[key]!r}); leave it out, it comes from the tokenizer"
             )
-    arch.update(from_tokenizer)
+    arch.update(tokenizer_values or {})
     try:
-        config = AutoConfig.for_model(model_type, **arch)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config key '{where}.architecture': {err}") from err
+        return AutoConfig.for_model(model_type, **arch)
+    except Exception as err:  # TypeError / ValueError, or transformers 5's strict validation
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        field = re.search(r"field '([^']+)'", lines[0]) if lines else None
+        if field:  # "Validation error for field 'd_kv':" / "TypeError: Field 'd_kv' expected ..."
+            key, detail = field.group(1), lines[-1].split(f"'{field.group(1)}' ", 1)[-1]
+            raise ConfigError(f"config key '{where}.architecture.{key}': {detail}") from err
+        raise ConfigError(f"config key '{where}.architecture': {' '.join(lines)}") from err
+
+
+def build_model(
+    model: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+    where: str = "model",
+) -> PreTrainedModel:
+    """A randomly initialised model from ``model.architecture`` (seed torch first to fix it).
+
+    ``architecture`` holds ``model_type`` and keyword arguments of that model's transformers config;
+    vocabulary size and pad / EOS / BOS ids come from ``tokenizer`` (and the decoder start id is
+    the pad id for encoder-decoders, as in T5). ``where`` prefixes the config key in errors
+    (e.g. ``students.small.model``). Raises :class:`ConfigError` as :func:`architecture_config`.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if model.architecture is None:
+        raise ConfigError(
+            f"config key '{where}.architecture': needed to build a model from scratch"
+        )
+    from_tokenizer = _tokenizer_config_values(tokenizer)
+    config = architecture_config(model.architecture, where=where, tokenizer_values=from_tokenizer)
+    model_type = config.model_type
     if config.is_encoder_decoder:
         # T5 starts decoding from the pad token; generation and token_logits read this id.
         config.decoder_start_token_id = from_tokenizer["pad_token_id"]
@@ -226,37 +302,57 @@ def _looks_like_path(name: str) -> bool:
     return False
 
 
-def _resolve_source(name_or_path: str, what: str) -> tuple[str, bool]:
-    """(where to load from, local_files_only) for a hub id or a local directory."""
+def local_directory(name_or_path: str) -> str | None:
+    """The local directory that ``name_or_path`` names (it may not exist yet), or None when it is
+    a hub id (``org/name``, ``org/name@revision``): the workflow lists a local model's files as its
+    jobs' inputs."""
+    name = os.path.expanduser(os.fspath(name_or_path))
+    if os.path.exists(name) or _looks_like_path(hub.split_reference(name)[0]):
+        return name
+    return None
+
+
+def model_reference(model: ModelConfig) -> str:
+    """How the jobs name a pretrained model: its directory, its hub id, or ``id@revision``."""
+    if model.name_or_path is None:
+        raise ConfigError("model_reference: the model has no name_or_path")
+    if model.revision is None:
+        return model.name_or_path
+    if local_directory(model.name_or_path) is not None:
+        raise ConfigError(
+            f"revision {model.revision!r}: {model.name_or_path!r} is a local directory; a "
+            "revision pins a hub id only"
+        )
+    return hub.reference(model.name_or_path, model.revision)
+
+
+def _resolve_source(name_or_path: str, what: str) -> tuple[str, bool, str | None]:
+    """(where to load from, local_files_only, revision) for a local directory or a hub id
+    (``id@revision`` pins a revision)."""
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"{what}: expected a path or hub id, got {type(name_or_path).__name__}")
     name = os.path.expanduser(os.fspath(name_or_path))
     if os.path.isdir(name):
-        return name, True
+        return name, True, None
     if os.path.exists(name):
         raise NotADirectoryError(f"{what} {name!r} is a file; expected a model directory")
-    if _looks_like_path(name):
+    hub_id, revision = hub.split_reference(name)
+    if _looks_like_path(hub_id):
         raise FileNotFoundError(f"{what} directory {name!r} does not exist")
-    return name, False
-
-
-def _hub_error(what: str, name: str, err: Exception) -> OSError:
-    return OSError(
-        f"could not load {what} {name!r}: it is not a local directory, so it was looked up as a "
-        f"Hugging Face Hub id, which failed ({err})"
-    )
+    return hub_id, False, revision
 
 
 @contextlib.contextmanager
-def _loading(what: str, source: str, local: bool):
-    """A hub failure names the id; a local directory that cannot be read (a truncated or damaged
-    file) is named with what to do, instead of a parser's traceback."""
+def _loading(what: str, source: str, local: bool, revision: str | None = None):
+    """A hub failure is one line naming the id and the local-directory way around it; a local
+    directory that cannot be read (a truncated or damaged file) is named with what to do, instead
+    of a parser's traceback."""
     try:
         yield
     except Exception as err:
         if not local:
-            if isinstance(err, OSError):
-                raise _hub_error(what, source, err) from err
+            if hub.is_hub_failure(err):
+                raise hub.model_error(what, source, revision, err) from err
             raise
         reason = (str(err).strip().splitlines() or [""])[0][:200]
         raise CorruptFileError(
@@ -266,38 +362,39 @@ def _loading(what: str, source: str, local: bool):
 
 
 def load_model(name_or_path: str, *, dtype: Any = None, device: Any = None) -> PreTrainedModel:
-    """Load a pretrained model from a local directory or a hub id.
+    """Load a pretrained model from a local directory or a hub id (``id@revision`` to pin one).
 
     ``dtype`` is a torch dtype, a precision name (see :func:`resolve_dtype`) or None (the dtype
     the checkpoint was saved in); ``device`` is where to put it. A missing local directory raises
-    FileNotFoundError naming it. The model is returned in eval mode.
+    FileNotFoundError naming it, a failed hub load :class:`ketchup.hub.HubError`. The model is
+    returned in eval mode.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    source, local = _resolve_source(name_or_path, "model")
-    with _loading("model", source, local):
-        config = AutoConfig.from_pretrained(source, local_files_only=local)
+    source, local, revision = _resolve_source(name_or_path, "model")
+    with _loading("model", source, local, revision):
+        config = AutoConfig.from_pretrained(source, local_files_only=local, revision=revision)
     auto_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    kwargs: dict[str, Any] = {"config": config, "local_files_only": local}
+    kwargs: dict[str, Any] = {"config": config, "local_files_only": local, "revision": revision}
     resolved = _as_dtype(dtype, device)
     if resolved is not None:
         kwargs["dtype"] = resolved  # transformers 5 name (was torch_dtype)
-    with _loading("model", source, local):
+    with _loading("model", source, local, revision):
         model = auto_cls.from_pretrained(source, **kwargs)
     return _place(model, device).eval()
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local directory or a hub id.
+    """Load a tokenizer from a local directory or a hub id (``id@revision`` to pin one).
 
     Decoder-only tokenizers without a pad token (GPT-2, Llama) get the EOS token as pad token,
     since batching needs one; attention masks keep the two apart.
     """
     from transformers import AutoTokenizer
 
-    source, local = _resolve_source(name_or_path, "tokenizer")
-    with _loading("tokenizer", source, local):
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    source, local, revision = _resolve_source(name_or_path, "tokenizer")
+    with _loading("tokenizer", source, local, revision):
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local, revision=revision)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -308,27 +405,15 @@ def save_model(
 ) -> Path:
     """Save model and tokenizer to ``out_dir`` atomically and return the path.
 
-    Both are written into a temporary sibling directory that is renamed into place at the end,
-    so an interrupted save never leaves a directory that looks finished. An existing ``out_dir``
-    is replaced (moved aside, then deleted after the rename).
+    Both are written into a temporary sibling directory (``.NAME.XXXX.tmp``, see
+    :func:`ketchup.files.atomic_path`) that is renamed into place at the end, so an interrupted
+    save never leaves a directory that looks finished, and the next save removes what a killed
+    one left. An existing ``out_dir`` is replaced.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_path(out, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); a model directory is not secret
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -418,7 +503,7 @@ def init_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, where:
     """
     if model.from_scratch:
         return build_model(model, tokenizer, dtype="float32", where=where)
-    return load_model(model.name_or_path, dtype="float32")
+    return load_model(model_reference(model), dtype="float32")
 
 
 def disable_dropout(model: Any) -> Any:

@@ -260,11 +260,17 @@ class _Costs:
         if method in WARM_STARTED_METHODS:
             cfg, rollout = d.train, d.rollout
             source, length = rollout.max_source_length, rollout.max_new_tokens
-            sampled = d.f_distill.student_fraction if method in ("js", "tvd") else 1.0
+            # per source: the student's rollouts (GKD samples in a share lmbda of its updates;
+            # MiniLLM's teacher runs beside it while sampling), then one teacher pass and one
+            # trained student pass per sequence (f-distill adds the teacher's output: two)
+            sampled = d.gkd.lmbda if method == "gkd" else 1.0
+            sequences = 2.0 if method in ("js", "tvd") else 1.0
+            mixing = 1.0 if method == "minillm" else 0.0
             step = _add(
                 _times(sampled, self._fwd(size, source, length)),  # rollouts
-                self._fwd(self.teacher, source, length),  # the teacher pass
-                self._train(size, source, length),
+                _times(mixing, self._fwd(self.teacher, source, length)),
+                _times(sequences, self._fwd(self.teacher, source, length)),  # the teacher pass
+                _times(sequences, self._train(size, source, length)),
             )
             evaluations = _evaluations(cfg) + 1  # and the warm start's, at step 0
         else:
@@ -286,8 +292,11 @@ class _Costs:
             if n_validation is None
             else d.variance.rollout_sets * min(d.variance.sources, n_validation)
         )
-        # the rollout, the student's forward and one gradient per K (each twice a forward)
-        student_passes = 2 + 2 * len({1, *d.ks})
+        # the rollout, the student's forward and one gradient per measured system (each twice a
+        # forward)
+        from ketchup.stages.variance import measured_systems
+
+        student_passes = 2 + 2 * len(measured_systems(d))
         per_sequence = _add(
             _times(student_passes, self._fwd(size, source, length)),
             self._fwd(self.teacher, source, length),

@@ -4,7 +4,8 @@ What it guarantees:
 - batches are a function of (seed, step) only, and the checkpoint holds model, optimizer, scheduler
   and every RNG state, so a run killed and resumed ends exactly where an uninterrupted run ends;
 - the best model by validation metric (the paper's protocol) is kept in `<out>/best` and published
-  to `<out>/model` only at the end, atomically;
+  to `<out>/model` only at the end, atomically; then `<out>/checkpoint` and `<out>/best` are
+  removed (unless `keep_checkpoints`): a finished job keeps its model and its log only;
 - a NaN or infinite loss stops the run naming the step, before any checkpoint is overwritten;
 - one log line per update (loss, learning rate, gradient norm, tokens/s) and per evaluation in
   `<out>/log.jsonl`, which a resumed run truncates to its checkpoint's step first;
@@ -181,6 +182,7 @@ def fit(
     progress: bool = True,
     evaluate_initial: bool = False,
     precision: Any = "float32",
+    keep_checkpoints: bool = False,
 ) -> TrainState:
     """Train `model` with AdamW on `loss_fn` and keep the best checkpoint by `evaluate`.
 
@@ -193,6 +195,8 @@ def fit(
     candidate for the best checkpoint.
     `precision` (a setting such as "auto" or "bfloat16", or a torch dtype) is the compute dtype of
     `loss_fn` and `evaluate`, both run under its autocast (see `ketchup.precision`).
+    candidate for the best checkpoint. Once `<out_dir>/model` is written, the checkpoint and the
+    best-so-far copy are removed unless `keep_checkpoints`.
     """
     from tqdm.auto import tqdm
 
@@ -311,6 +315,12 @@ def fit(
     if procs.is_main:
         with atomic_path(out_dir / "model", directory=True) as tmp:
             shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
+        if not keep_checkpoints:
+            # model/ is whole now; a rerun of a finished job trains afresh (its config changed,
+            # or it was forced), so neither the optimizer state nor the best copy is needed.
+            # The checkpoint goes first: killed in between, best/ alone resumes nothing.
+            shutil.rmtree(checkpoint.dir, ignore_errors=True)
+            shutil.rmtree(best_dir, ignore_errors=True)
     distributed.barrier(procs)
     return state
 

@@ -245,6 +245,14 @@ def files_bytes(directory: Path) -> dict[str, bytes]:
         ('{"score": "high"}', None),
         ("Score: 4, on reflection Score: 5", None),
         ("", None),
+        # MT-Bench single-answer grading
+        ("The output names every attribute.\n\nRating: [[7]]", 7),
+        ("Rating: [[8.5]]", 8.5),
+        ("Rating: [[7]] ... Rating: [[3]]", None),
+        ("Rating: [[12]]", None),
+        # Prometheus absolute grading
+        ("Feedback: misses the area. [RESULT] 4", 4),
+        ("Feedback: fine [RESULT] (6)", 6),
     ],
 )
 def test_parse_score(text, score):
@@ -267,6 +275,17 @@ def test_parse_score(text, score):
         ('{"winner": "C"}', None),
         ("Both are fine.", None),
         ("Winner: A. No, winner: B", None),
+        # MT-Bench pairwise: [[C]] is a tie
+        ('Assistant A is more faithful. Final verdict: "[[A]]"', "A"),
+        ("Both miss the area. [[C]]", "tie"),
+        ("[[B]]", "B"),
+        ("First [[A]], then on reflection [[B]]", None),
+        # Arena-Hard
+        ("My final verdict is: [[A>>B]]", "A"),
+        ("My final verdict is: [[B>A]]", "B"),
+        ("My final verdict is tie: [[A=B]]", "tie"),
+        # Prometheus relative grading
+        ("Feedback: B keeps every slot. [RESULT] B", "B"),
     ],
 )
 def test_parse_winner(text, verdict):
@@ -373,6 +392,43 @@ def test_pointwise_malformed_answers_are_unparsed_kept_and_counted(tmp_path, ser
     assert rows["e1"]["status"] == "ok" and rows["e1"]["reason"] == "ok"
     report = (tmp_path / "out" / "report.md").read_text()
     assert "unparsed: 2" in report
+
+
+def test_a_judge_answering_in_the_literature_formats_is_read(tmp_path, servers, api_key):
+    """MT-Bench / Prometheus answers from the endpoint, not one of them in the prompt's JSON:
+    every judgment is parsed."""
+
+    def script(prompt, hit):
+        if "Output to judge:" in prompt:
+            return f"Faithful enough.\n\nRating: [[{3 + hit % 5}]]"
+        return "Feedback: both keep the slots. [RESULT] A" if hit % 2 else "Final: [[C]]"
+
+    cfg = make_cfg(servers(script), protocols=["pointwise", "pairwise"])
+    result = judge(cfg, tmp_path, systems=("good", "bad"), pairs=[("good", "bad")])
+    assert result.n_requests == 5 * 2 + 5 * 2 and result.n_unparsed == 0
+    verdicts = {r.get("verdict") for r in read_jsonl(tmp_path / "out" / "judgments.jsonl")}
+    assert verdicts == {None, "A", "tie"}  # None: the pointwise rows
+
+
+def test_a_run_with_most_answers_unparsed_fails_with_a_warning(tmp_path, servers, api_key, capsys):
+    """A judge that does not answer in any format the parser reads: the run still writes what it
+    got, then ends with one warning line (the unparsed share and one raw answer) and exit 4, so
+    that nobody publishes a table of empty judgments. A minority unparsed is not an error."""
+
+    def script(prompt, hit):
+        return "I would rate this output as fairly good overall." if hit else '{"score": 6}'
+
+    rc = cli(tmp_path, cfg_json(servers(script), protocols=["pointwise"]), systems=("x", "y"))
+    err = capsys.readouterr().err
+    assert rc == 4
+    (line,) = [x for x in err.splitlines() if x.startswith("ketchup judge: warning: ")]
+    assert "9 of 10 answers (90%) could not be parsed" in line
+    assert "'I would rate this output as fairly good overall.'" in line
+    assert (tmp_path / "out" / "judgments.jsonl").is_file()
+
+    mostly_fine = servers(lambda prompt, hit: '{"score": 6}' if hit else "No idea.")
+    rc = cli(tmp_path, cfg_json(mostly_fine, protocols=["pointwise"]), out="fine")
+    assert rc == 0 and "warning" not in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------

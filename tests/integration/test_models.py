@@ -261,6 +261,72 @@ def test_load_model_from_file_path(tmp_path):
         load_model(str(tmp_path / "weights.bin"))
 
 
+def test_save_model_removes_what_a_killed_save_left(tokenizer, tmp_path, archs):
+    """A save killed before its rename leaves `.m.XXXX.tmp`; the next save of m removes it."""
+    leftover = tmp_path / ".m.k1ll3d.tmp"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".other.k1ll3d.tmp").write_text("another output's")
+    save_model(build_model(model_config(archs["gpt2"]), tokenizer), tokenizer, tmp_path / "m")
+    assert sorted(os.listdir(tmp_path)) == [".other.k1ll3d.tmp", "m"]
+
+
+def test_a_pinned_revision_travels_with_the_hub_id(tmp_path, monkeypatch):
+    """`revision:` of a hub model: the jobs pass `id@revision`, and loading asks the hub for
+    that revision; a local directory takes no revision."""
+    from ketchup.models import local_directory, model_reference
+
+    pinned = ModelConfig("google/flan-t5-xl", None, "auto", revision="7d6315d")
+    assert model_reference(pinned) == "google/flan-t5-xl@7d6315d"
+    assert model_reference(ModelConfig("t5-base", None, "auto")) == "t5-base"
+    assert local_directory("google/flan-t5-xl@7d6315d") is None
+    assert local_directory("./models/teacher") == "./models/teacher"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "google" / "flan-t5-xl").mkdir(parents=True)  # a local copy under that name
+    assert local_directory("google/flan-t5-xl") == "google/flan-t5-xl"
+    with pytest.raises(ConfigError, match="a revision pins a hub id only"):
+        model_reference(pinned)
+
+    import transformers
+
+    asked = []
+
+    def from_pretrained(name, **kwargs):
+        asked.append((name, kwargs.get("revision")))
+        raise OSError("stop here")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained)
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(Exception, match="at revision 7d6315d"):
+            load("org/model@7d6315d")
+    assert asked == [("org/model", "7d6315d")] * 2
+
+
+def test_an_offline_hub_load_is_one_line_naming_the_model_and_the_way_around(capsys, tmp_path):
+    """HF_HUB_OFFLINE=1 (as in these tests) and a hub id that is not cached: the job's error is
+    one line naming the model and how to use a local copy, not the library's traceback."""
+    from ketchup.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test.jsonl").write_text('{"id": "a", "source": "x", "target": "y"}\n')
+    argv = ["teacher-outputs", "--teacher", "org/not-cached@v2", "--data-dir", str(data)]
+    argv += ["--split", "test", "--task-json", '{"dataset": "embedded"}', "--out", "o.jsonl"]
+    argv += ["--config-json", '{"mode": "prompted", "model": {"name_or_path": "org/not-cached"}}']
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert err.startswith(
+        "ketchup teacher-outputs: error: model 'org/not-cached' at revision v2: not a local "
+        "directory, and loading it from the Hugging Face Hub failed: the hub is switched off here"
+    ), err
+    assert err.endswith(
+        "(hf download org/not-cached --revision v2 --local-dir DIR), then set its name_or_path "
+        "to DIR"
+    ), err
+
+
 # --------------------------------------------------------------------------------------------
 # Vocabulary check
 

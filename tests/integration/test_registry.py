@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ketchup.config import ConfigError, TaskConfig, parse_section
+from ketchup.hub import OFFLINE_VARIABLES, HubError
 from ketchup.tasks import (
     DATASETS,
     TaskDataError,
@@ -279,6 +280,61 @@ def test_own_files_with_named_fields(tmp_path):
     assert task_prompt(task) == "Q: {source}"
 
 
+def test_own_files_with_several_references_are_scored_against_all(tmp_path):
+    """`references_field`: a list column (JSONL / Parquet lists, a CSV cell holding a JSON
+    list); every reference is kept, and an output equal to any of them scores full BLEU."""
+    from ketchup.scoring import BLEU, metric_table, score_examples
+
+    rows = [
+        {
+            "mr": f"name[Place {i}]",
+            "refs": [f"Place {i} is a pub .", f"There is a pub : Place {i} ."],
+        }
+        for i in range(6)
+    ]
+    csv_rows = [{"mr": r["mr"], "refs": json.dumps(r["refs"])} for r in rows]
+    files = (
+        write_jsonl(tmp_path / "train.jsonl", rows),
+        write_csv(tmp_path / "dev.csv", csv_rows[:2]),
+        write_parquet(tmp_path / "test.parquet", rows[:3]),
+    )
+    task = make_task("file", files, source_field="mr", references_field="refs")
+    splits = load_task("mine", task)
+    check_format(splits)
+    for split in ("train", "validation", "test"):
+        assert [ex["references"] for ex in splits[split]] == [
+            r["refs"] for r in splits_rows(rows, split)
+        ]
+    test = splits["test"]
+    assert [ex["target"] for ex in test] == [r["refs"][0] for r in rows[:3]]
+    # the outputs match only the second reference of each example
+    second = [r["refs"][1] for r in rows[:3]]
+    assert BLEU.value(metric_table(BLEU, score_examples([BLEU], second, test))) == pytest.approx(
+        100
+    )
+    # with target_field too: the target first, then the other references (no duplicate)
+    both = [{**r, "best": r["refs"][1]} for r in rows]
+    path = write_jsonl(tmp_path / "both.jsonl", both)
+    task = make_task(
+        "file", (path,) * 3, source_field="mr", target_field="best", references_field="refs"
+    )
+    ex = load_task("mine", task)["train"][0]
+    assert ex["target"] == both[0]["best"] and ex["references"] == [
+        both[0]["best"],
+        both[0]["refs"][0],
+    ]
+
+
+def splits_rows(rows: list[dict], split: str) -> list[dict]:
+    """The rows each split of the test above was written with."""
+    return {"train": rows, "validation": rows[:2], "test": rows[:3]}[split]
+
+
+def test_a_file_task_needs_a_target_or_references_field():
+    with pytest.raises(ConfigError, match=r"'tasks.t.target_field': required .* references_field"):
+        make_task("file", ("a.jsonl",) * 3, source_field="q")
+
+
 def test_max_examples_keeps_the_first_rows_after_carving(tmp_path):
     path = write_parquet(tmp_path / "europarl.parquet", europarl_rows(100))
     task = make_task(
@@ -338,15 +394,43 @@ def test_hub_script_repository_falls_back_to_the_parquet_export(monkeypatch):
     assert splits["test"][0]["references"] == ["a b c"]
 
 
-def test_hub_failure_suggests_local_files(monkeypatch):
+@pytest.mark.parametrize("offline_variable", ["1", None])
+def test_hub_failure_is_one_line_naming_the_dataset_and_the_files_way(
+    monkeypatch, offline_variable
+):
+    """What `datasets` raises offline, as one line: the dataset, why, and `files:` instead."""
     import datasets
 
     def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'EdinburghNLP/xsum' on the Hub")
+        raise ConnectionError("Couldn't reach 'EdinburghNLP/xsum' on the Hub\n(many more lines)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(TaskDataError, match=r"hub EdinburghNLP/xsum .*set tasks\.t\.files"):
+    for variable in OFFLINE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    if offline_variable:
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline_variable)
+    with pytest.raises(HubError) as info:
         load_task("t", make_task("xsum"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("dataset EdinburghNLP/xsum (default) split train of task 't'")
+    assert message.endswith("set tasks.t.files (train, validation, test)")
+    why = "switched off here (HF_HUB_OFFLINE=1)" if offline_variable else "cannot be reached"
+    assert why in message
+
+
+def test_hub_dataset_revision_is_passed_to_the_hub(monkeypatch):
+    import datasets
+
+    revisions = []
+
+    def fake_load_dataset(path, name=None, split=None, revision=None):
+        revisions.append(revision)
+        return datasets.Dataset.from_list(gsm8k_rows(60 if split == "train" else 3))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    load_task("t", make_task("gsm8k", revision="e53f048"))
+    assert revisions == ["e53f048", "e53f048"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +445,8 @@ def test_missing_field_names_file_split_and_row(tmp_path):
     with pytest.raises(TaskDataError) as info:
         load_task("t", make_task("xsum", (good, bad, good)))
     assert str(info.value) == (
-        f"{bad}, split validation, row 2: field 'summary' is missing or empty"
+        f"{bad}, split validation, row 2: field 'summary' is missing or empty; "
+        "the row's fields: document, id"
     )
 
 
@@ -380,12 +465,39 @@ def test_wrong_encoding_names_file_and_line(tmp_path, suffix):
     assert str(info.value).startswith(f"{bad}, line {line}: not UTF-8 text (byte 0xe9"), info.value
 
 
-def test_absent_column_is_missing(tmp_path):
+def test_absent_column_is_missing_and_the_row_fields_are_listed(tmp_path):
     path = write_jsonl(tmp_path / "ep.jsonl", [{"translation": {"en": "a", "de": "b"}}] * 3)
     with pytest.raises(
-        TaskDataError, match=r"split train, row 1: field 'translation.nl' is missing"
+        TaskDataError,
+        match=r"split train, row 1: field 'translation.nl' is missing; "
+        r"the row's fields under 'translation': en, de$",
     ):
         load_task("t", make_task("europarl_en_nl", (path, path, path)))
+    # your own file with a misspelt target_field
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(3)]
+    own = write_jsonl(tmp_path / "own.jsonl", rows)
+    task = make_task("file", (own,) * 3, source_field="question", target_field="answr")
+    with pytest.raises(
+        TaskDataError,
+        match=r"own\.jsonl, split train, row 1: field 'answr' is missing; "
+        r"the row's fields: question, answer$",
+    ):
+        load_task("t", task)
+
+
+def test_a_broken_jsonl_line_names_the_file_and_the_line(tmp_path):
+    """The JSONL of a task's own data with a line cut short: the file and the line number (not
+    the byte position `datasets` reports)."""
+    rows = "".join(json.dumps({"q": f"q{i}", "a": f"a{i}"}) + "\n" for i in range(30))
+    broken = tmp_path / "train.jsonl"
+    broken.write_text(rows + '{"q": "q30", "a": \n' + rows)
+    task = make_task("file", (str(broken),) * 3, source_field="q", target_field="a")
+    with pytest.raises(TaskDataError) as info:
+        load_task("t", task)
+    assert str(info.value).startswith(f"{broken}, line 31: not valid JSON (Expecting value")
+    broken.write_text(rows + '["q", "a"]\n')
+    with pytest.raises(TaskDataError, match=r"train\.jsonl, line 31: a JSON list, not an object"):
+        load_task("t", task)
 
 
 def test_empty_target_names_the_row(tmp_path):

@@ -62,7 +62,33 @@ def test_splits_and_tokenizer(prepared):
     assert sizes == {"train": 40, "validation": 4, "test": 4}
     resolved = json.loads((prepared / "data" / "prepare-data.config.json").read_text())
     assert resolved["config"]["embedded"]["n_train"] == 40
+    # what ran, not null for "the dataset's own"
+    assert TASK.get("prompt") is None and resolved["config"]["prompt"] == "{source}"
+    assert resolved["config"]["metric"] == "bleu"
     assert len(AutoTokenizer.from_pretrained(prepared / "tok")) == 150
+
+
+def test_a_rerun_removes_what_killed_writes_left(tmp_path):
+    """The hidden `.NAME.XXXX.tmp` temporaries of writes killed in an earlier run of a job (a
+    file, a directory) are removed when the job runs again; other hidden files stay."""
+    data, tok = tmp_path / "data", tmp_path / "tok"
+    data.mkdir()
+    planted = [
+        data / ".train.jsonl.k1ll3d.tmp",
+        data / ".prepare-data.config.json.k1ll3d.tmp",
+        tmp_path / ".tok.k1ll3d.tmp",
+    ]
+    planted[0].write_text('{"id": "half')
+    planted[1].write_text("{")
+    planted[2].mkdir()
+    (planted[2] / "tokenizer.json").write_text("{")
+    (data / ".keep").write_text("not ours")
+    task = json.dumps(TASK)
+    assert main(["prepare-data", "--task", "t", "--config-json", task, "--out-dir", str(data)]) == 0
+    argv = ["train-tokenizer", "--data-dir", str(data), "--config-json", '{"vocab_size": 150}']
+    assert main([*argv, "--out-dir", str(tok)]) == 0
+    assert not [p for p in planted if p.exists()]
+    assert (data / ".keep").is_file() and (tok / "tokenizer.json").is_file()
 
 
 def train_teacher_with_outputs(prepared, arch: dict, out_dir, split: str):
@@ -126,6 +152,7 @@ def test_causal_teacher_trains_and_writes_outputs(prepared, archs, tmp_path):
     train_teacher_with_outputs(prepared, archs["gpt2"], tmp_path, "test")
     resolved = json.loads((tmp_path / "model" / "train-teacher.config.json").read_text())
     assert resolved["best_step"] in (2, 4)
+    assert (resolved["task"]["prompt"], resolved["task"]["metric"]) == ("{source}", "bleu")
     rows = read_jsonl(tmp_path / "test.jsonl")
     assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(prepared / "data/test.jsonl")]
 
@@ -256,16 +283,24 @@ def test_grad_variance_on_shared_rollouts(prepared, archs, tmp_path):
         )
         == 0
     )
-    rows = list(csv.DictReader(out.open()))
-    assert [int(r["k"]) for r in rows] == [1, 2, 8]
-    assert all(int(r["n_rollout_sets"]) == 3 for r in rows)
-    assert float(rows[0]["bias_norm"]) == 0.0
-    assert float(rows[0]["cosine_to_reference"]) == pytest.approx(1.0)
-    assert all(float(r["variance"]) > 0 for r in rows)
-    # K = 8 > every rollout length (6): the return is q(s_t, y_t) alone, unlike K = 1
-    assert float(rows[2]["bias_norm"]) > 0
+    rows = {r["system"]: r for r in csv.DictReader(out.open())}
+    # every policy-gradient system of the study (the default methods), LLMR the reference
+    assert list(rows) == ["llmr", "llmr_mean", "llmr_minvar", "ketchup_k2", "ketchup_k8"]
+    assert [int(r["k"]) for r in rows.values()] == [1, 1, 1, 2, 8]
+    assert [r["baseline"] for r in rows.values()] == ["none", "mean", "minvar", "none", "none"]
+    assert all(int(r["n_rollout_sets"]) == 3 for r in rows.values())
+    assert all(float(r["variance"]) > 0 for r in rows.values())
+    # 3 rollout sets of an untrained student: the flag says whether the mean gradient is resolved,
+    # and LLMR's cosine to itself is 1 wherever its debiased squared norm is positive
+    llmr = rows["llmr"]
+    assert (float(llmr["mean_grad_sq_norm_low"]) > 0) == (llmr["resolved"] == "True")
+    if float(llmr["mean_grad_sq_norm"]) > 0:
+        assert float(llmr["cosine_to_reference"]) == pytest.approx(1.0)
+    # K = 8 returns are q alone: larger per token than LLMR's sums of q - V <= 0
+    assert float(rows["ketchup_k8"]["return_mean"]) > float(rows["llmr"]["return_mean"])
     resolved = json.loads((out.parent / "grad-variance.config.json").read_text())
     assert resolved["config"]["variance"]["rollout_sets"] == 3
+    assert resolved["precision"]["student"]["compute"] == "float32"
 
 
 @pytest.fixture(scope="module")
@@ -374,6 +409,7 @@ def test_distill_onpolicy_methods(prepared, teacher_dir, archs, warm_start, syst
     assert _run_onpolicy(prepared, teacher_dir, archs, warm_start, system, tmp_path) == 0
     resolved = json.loads((tmp_path / "model" / "distill.config.json").read_text())
     assert resolved["system"] == system and resolved["warm_start"] == str(warm_start)
+    assert (resolved["task"]["prompt"], resolved["task"]["metric"]) == ("{source}", "bleu")
     assert resolved["k"] == (4 if system == "ketchup_k4" else 1)
     assert resolved["config"]["train"]["batch_size"] == 4
     log = read_jsonl(tmp_path / "log.jsonl")
@@ -396,7 +432,7 @@ def test_distill_onpolicy_methods(prepared, teacher_dir, archs, warm_start, syst
             assert {"return_mean", "reward_mean", "advantage_std", "baseline"} <= set(row)
             assert 0 <= row["clipped_share"] <= 1
             assert (row["baseline"] == 0.0) == (system in ("llmr", "ketchup_k4"))
-    before, after = _weights(warm_start), _weights(tmp_path / "best")
+    before, after = _weights(warm_start), _weights(tmp_path / "model")
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 

@@ -61,6 +61,7 @@ def run(
     nan_at=None,
     sigterm_at=None,
     precision="float32",
+    keep_checkpoints=False,
 ):
     model = new_model(tokenizer, arch)
     calls = {"n": 0}
@@ -99,6 +100,7 @@ def run(
         fingerprint={"test": 1},
         progress=False,
         precision=precision,
+        keep_checkpoints=keep_checkpoints,
     )
 
 
@@ -139,12 +141,14 @@ def test_float16_training_resumes_with_its_loss_scaler(tokenizer, archs, tmp_pat
         saved = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)
         return saved["scaler"]
 
-    state = run(tokenizer, archs["t5"], tmp_path / "straight", precision="float16")
+    # the finished runs keep their checkpoints, so that the scaler state can be read back
+    kept = {"precision": "float16", "keep_checkpoints": True}
+    state = run(tokenizer, archs["t5"], tmp_path / "straight", **kept)
     straight = scaler_state(tmp_path / "straight")
     assert state.step == CFG.steps and straight["_growth_tracker"] == CFG.steps
     with pytest.raises(KeyboardInterrupt):
-        run(tokenizer, archs["t5"], tmp_path / "resumed", interrupt_at=5, precision="float16")
-    run(tokenizer, archs["t5"], tmp_path / "resumed", precision="float16")
+        run(tokenizer, archs["t5"], tmp_path / "resumed", interrupt_at=5, **kept)
+    run(tokenizer, archs["t5"], tmp_path / "resumed", **kept)
     assert scaler_state(tmp_path / "resumed") == straight
     assert {w.dtype for w in weights(tmp_path / "resumed" / "model").values()} == {torch.float32}
 
@@ -208,7 +212,7 @@ def test_an_unknown_or_missing_logger_is_named(tokenizer, archs, tmp_path, monke
 def test_a_truncated_checkpoint_is_named_with_what_to_delete(tokenizer, archs, tmp_path):
     from ketchup.files import CorruptFileError
 
-    run(tokenizer, archs["t5"], tmp_path)
+    run(tokenizer, archs["t5"], tmp_path, keep_checkpoints=True)
     state_file = tmp_path / "checkpoint" / "trainer_state.pt"
     data = state_file.read_bytes()
     state_file.write_bytes(data[: len(data) // 2])  # a disk that filled up, a copy cut short
@@ -217,3 +221,20 @@ def test_a_truncated_checkpoint_is_named_with_what_to_delete(tokenizer, archs, t
     assert str(state_file) in str(error.value) and f"delete {tmp_path / 'checkpoint'}" in str(
         error.value
     )
+
+
+def test_a_finished_run_keeps_its_model_and_log_only(tokenizer, archs, tmp_path):
+    """The optimizer checkpoint and the best-so-far copy serve an interrupted run only: once
+    model/ is written they are removed, unless keep_checkpoints; the same model either way.
+    Temporaries of writes killed in an earlier run (`.NAME.XXXX.tmp`) are gone too."""
+    done, kept = tmp_path / "done", tmp_path / "kept"
+    done.mkdir()
+    for leftover in (".checkpoint.k1ll3d.tmp", ".best.k1ll3d.tmp", ".model.k1ll3d.tmp"):
+        (done / leftover).mkdir()
+        (done / leftover / "half").write_bytes(b"x" * 100)
+    run(tokenizer, archs["t5"], done)
+    assert sorted(p.name for p in done.iterdir()) == ["log.jsonl", "model"]
+    run(tokenizer, archs["t5"], kept, keep_checkpoints=True)
+    assert sorted(p.name for p in kept.iterdir()) == ["best", "checkpoint", "log.jsonl", "model"]
+    a, b = weights(done / "model"), weights(kept / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)

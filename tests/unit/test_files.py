@@ -73,3 +73,19 @@ def test_outputs_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_a_write_removes_the_temporaries_killed_writes_of_the_same_path_left(tmp_path):
+    """`.NAME.XXXX.tmp` (a file, or a directory for a directory output) is what a write killed
+    before its rename leaves; the next write of NAME removes them, and nothing else."""
+    (tmp_path / ".out.txt.k1ll3d.tmp").write_text("half")
+    (tmp_path / ".out.txt.0ther.tmp").mkdir()
+    (tmp_path / ".out.txt.0ther.tmp" / "part").write_text("half")
+    kept = [tmp_path / ".out.txt.k1ll3d", tmp_path / ".model.k1ll3d.tmp", tmp_path / "out.txt.tmp"]
+    for path in kept:
+        path.write_text("not a temporary of out.txt")
+    write_text(tmp_path / "out.txt", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.txt", *(p.name for p in kept)]
+    )
+    assert (tmp_path / "out.txt").read_text() == "whole"

@@ -90,3 +90,33 @@ def test_a_job_asking_for_more_gpus_than_shown_is_told_how_many_there_are(tmp_pa
     assert result.returncode == 3 and len(result.stderr.strip().splitlines()) == 1
     assert "shows 1 (CUDA_VISIBLE_DEVICES='4')" in result.stderr
     assert "--set-resources teacher:gpu=1" in result.stderr
+
+
+def test_data_parallel_runs_as_many_processes_as_gpus_given():
+    """The count the job got (`{resources.gpu}`, filled in when it runs) is the number of
+    accelerate processes; one GPU (or none) runs the command as it is."""
+    from ketchup.gpu_slots import data_parallel
+
+    command = ["python", "-m", "ketchup", "distill", "--seed", "0"]
+    assert data_parallel(3, command) == [
+        *("accelerate", "launch", "--multi_gpu", "--num_processes", "3", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no"),
+        *("-m", "ketchup", "distill", "--seed", "0"),
+    ]
+    assert data_parallel(1, command) == command and data_parallel(0, command) == command
+    with pytest.raises(ValueError, match="python -m MODULE"):
+        data_parallel(2, ["./train.sh"])
+
+
+def test_no_gpu_asked_for_hides_them_all(tmp_path):
+    """gpu: 0 (every job of the CPU default): the command sees no GPU, even on a GPU machine."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1", "KETCHUP_GPU_LOCK_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "ketchup.gpu_slots", "0", "--data-parallel", "--", *PRINT_DEVICES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "-1"

@@ -8,30 +8,35 @@ import torch
 
 from ketchup.math.divergences import forward_kl
 from ketchup.math.objectives import (
+    MiniLLM,
     Reinforce,
-    divergence_objective,
+    fdistill_objective,
+    gkd_objective,
     minillm_objective,
     policy_gradient_objective,
 )
+from ketchup.math.policy_gradient import Sampler
 from ketchup.precision import MixedPrecision, own_dtype
 
 B, T, V = 3, 6, 11
 SETTINGS = Reinforce(normalize="std", clip=2.0, uniform_ce=0.1)
+PG = {"settings": SETTINGS, "sampler": Sampler(top_k=4)}
+ROWS = torch.tensor([True, False, True])  # f-distill: student samples and teacher sequences
 
 OBJECTIVES = {
     "ketchup_k2": lambda s, t, y, m: policy_gradient_objective(
-        s, t, y, m, k=2, value="max", baseline="none", settings=SETTINGS
+        s, t, y, m, k=2, value="max", baseline="none", sequence_end="released", **PG
     ),
     "llmr_soft_mean": lambda s, t, y, m: policy_gradient_objective(
-        s, t, y, m, k=1, value="soft", baseline="mean", settings=SETTINGS
+        s, t, y, m, k=1, value="soft", baseline="mean", **PG
     ),
     "llmr_minvar": lambda s, t, y, m: policy_gradient_objective(
-        s, t, y, m, k=1, value="max", baseline="minvar", settings=SETTINGS
+        s, t, y, m, k=1, value="max", baseline="minvar", **PG
     ),
-    "minillm": lambda s, t, y, m: minillm_objective(s, t, y, m, SETTINGS),
-    "gkd": lambda s, t, y, m: divergence_objective("gkd", s, t, m),
-    "js": lambda s, t, y, m: divergence_objective("js", s, t, m),
-    "tvd": lambda s, t, y, m: divergence_objective("tvd", s, t, m),
+    "minillm": lambda s, t, y, m: minillm_objective(s, t, y, m, MiniLLM()),
+    "gkd": lambda s, t, y, m: gkd_objective(s, t, m),
+    "js": lambda s, t, y, m: fdistill_objective("js", s, t, m, ROWS),
+    "tvd": lambda s, t, y, m: fdistill_objective("tvd", s, t, m, ROWS),
     "kl": lambda s, t, y, m: (forward_kl(s, t, m), {}),
 }
 

@@ -23,3 +23,5 @@ def test_config_files_merge_key_by_key(tmp_path):
     assert (train["steps"], train["learning_rate"]) == (200, 1e-5)  # from long.yaml
     assert train["batch_size"] == 32  # from config.yaml, which long.yaml leaves alone
     assert study.raw["distill"]["ks"] == [2, 4, 8, 16]
+    # the workflow's paths of the long study (its own results/long/)
+    assert study.warm_start(1) == tmp_path / "long" / "restaurants/students/t5-tiny/kl/seed1/model"

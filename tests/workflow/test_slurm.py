@@ -175,7 +175,7 @@ def _slurm_jobs(env: dict[str, str]) -> dict[str, str]:
 
 def test_smoke_study_outputs(smoke_run):
     workdir, _, _ = smoke_run
-    task = workdir / "results" / "restaurants"
+    task = workdir / "results" / "smoke" / "restaurants"
     for split in ("train", "validation", "test"):
         assert (task / "data" / f"{split}.jsonl").is_file()
     assert (task / "tokenizer").is_dir()

@@ -17,6 +17,7 @@ import yaml
 
 from ketchup.config import parse_config
 from ketchup.files import read_jsonl
+from ketchup.studies import INDEX as STUDIES_INDEX
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -57,9 +58,9 @@ def test_dry_run_resolves_the_dag(configfile, tmp_path):
         shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     out = dry_run_in(tmp_path, *([ROOT / configfile] if configfile else []))
     assert "prepare_data" in out
-    tasks = yaml.safe_load((ROOT / (configfile or "config.yaml")).read_text())["tasks"]
-    for task in tasks:
-        assert f"results/{task}/data/train.jsonl" in out
+    config = yaml.safe_load((ROOT / (configfile or "config.yaml")).read_text())
+    for task in config["tasks"]:
+        assert f"results/{config['study']}/{task}/data/train.jsonl" in out
     if configfile == "configs/paper.yaml":
         # the pretrained teacher brings its own vocabulary: no tokenizer is trained
         assert "rule tokenizer" not in out
@@ -82,7 +83,8 @@ def test_local_runs_read_the_default_profile(tmp_path):
 def test_configfile_replaces_the_default_config(tmp_path):
     """--configfile must not merge the embedded task into the paper's study."""
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
-    assert "results/restaurants" not in dry_run_in(tmp_path, ROOT / "configs" / "paper.yaml")
+    out = dry_run_in(tmp_path, ROOT / "configs" / "paper.yaml")
+    assert "results/paper/xsum/" in out and "restaurants" not in out
 
 
 @pytest.mark.parametrize("overlay", ["seeds.yaml", "long.yaml"])
@@ -130,22 +132,30 @@ def dry_run_smoke_edited(directory: Path, edit, *args: str) -> str:
     return out.stdout + out.stderr
 
 
-def test_a_rule_given_several_gpus_runs_its_verb_under_accelerate(tmp_path):
-    def two_gpus(config):
-        config["resources"]["distill"]["gpu"] = 2
-
-    out = dry_run_smoke_edited(tmp_path, two_gpus, "-p", "--resources", "gpu=2")
+def test_gpus_come_from_the_job_not_the_parsed_config(tmp_path):
+    """`--set-resources distill:gpu=2` (what a profile's set-resources does too) with the config
+    saying 0: the distill jobs' commands, as `-p` prints them, take 2 GPU slots and run as 2
+    data-parallel processes; every other job keeps its 0 from the config."""
+    out = dry_run_smoke_edited(
+        tmp_path, lambda c: None, "-p", "--set-resources", "distill:gpu=2", "--resources", "gpu=2"
+    )
     commands = [line for line in out.splitlines() if "-m ketchup" in line]
     distill = [c for c in commands if " distill " in c]
-    two = (
-        "python -m ketchup.gpu_slots 2 --rule distill -- accelerate launch --multi_gpu"
-        " --num_processes 2"
+    assert distill and all(
+        "python -m ketchup.gpu_slots 2 --rule distill --data-parallel -- python -m ketchup distill "
+        in c
+        for c in distill
     )
-    assert distill and all(two in c for c in distill)
-    # no GPU asked for: the verb as it is, no GPU slot
     teacher = [c for c in commands if " train-teacher " in c]
-    assert teacher and all("python -m ketchup train-teacher" in c for c in teacher)
-    assert not any("gpu_slots" in c for c in commands if " distill " not in c)
+    assert teacher and all(
+        "python -m ketchup.gpu_slots 0 --rule teacher --data-parallel -- python -m ketchup "
+        "train-teacher" in c
+        for c in teacher
+    )
+    generate = [c for c in commands if " generate " in c]
+    assert generate and all(
+        "python -m ketchup.gpu_slots 0 --rule generate -- python -m" in c for c in generate
+    )
 
 
 def gpu_distill(config):
@@ -153,8 +163,8 @@ def gpu_distill(config):
 
 
 def test_set_resources_runs_a_gpu_rule_on_the_cpu(tmp_path):
-    """With no GPU shown, the run warns once before any job and names the fix; the fix,
-    --set-resources distill:gpu=0, runs the distill jobs' verb as it is, without a GPU slot."""
+    """With no GPU shown, a dry run warns once and names the fix; with the fix,
+    --set-resources distill:gpu=0, the warning is gone and the distill jobs get no GPU slot."""
     config = yaml.safe_load(SMOKE.read_text())
     gpu_distill(config)
     (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(config))
@@ -166,34 +176,34 @@ def test_set_resources_runs_a_gpu_rule_on_the_cpu(tmp_path):
         "this machine shows 0 GPU(s), fewer than the config asks for in rules distill " in printed
     )
     assert "--set-resources distill:gpu=0" in printed
-    distill = [line for line in printed.splitlines() if " distill --teacher" in line]
-    assert distill and all("python -m ketchup.gpu_slots 1 --rule distill --" in c for c in distill)
 
     out = snakemake(*args, "--set-resources", "distill:gpu=0", env=env)
     printed = out.stdout + out.stderr
     assert "fewer than the config asks for" not in printed
     distill = [line for line in printed.splitlines() if " distill --teacher" in line]
-    assert distill and all("gpu_slots" not in c for c in distill)
-    assert all("python -m ketchup distill --teacher" in c for c in distill)
+    assert distill and all(
+        "python -m ketchup.gpu_slots 0 --rule distill --data-parallel -- python -m ketchup distill"
+        in c
+        for c in distill
+    )
 
 
 def test_a_gpu_job_on_a_machine_without_one_stops_with_one_line(tmp_path):
-    """The smoke study with the teacher on a GPU, on a machine that shows none: the teacher job
-    fails at once, and what Snakemake prints of its log is gpu_slots' one line, no traceback."""
+    """The smoke study with the teacher on a GPU, on a machine that shows none: Snakemake would
+    lower the job's gpu to 0 and run it on the CPU without a word; the run stops before its first
+    job instead, with the line that names the fix, and no traceback."""
     config = yaml.safe_load(SMOKE.read_text())
     config["resources"]["teacher"]["gpu"] = 1
     (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    target = "results/restaurants/teacher/model"
-    args = [target, "--cores", "1", "--directory", str(tmp_path), "--configfile"]
+    args = ["--cores", "1", "--directory", str(tmp_path), "--configfile"]
     result = snakemake(*args, str(tmp_path / "gpu.yaml"), env=env, check=False)
     printed = result.stdout + result.stderr
     assert result.returncode != 0
-    log = (tmp_path / "results/restaurants/logs/teacher.log").read_text().strip().splitlines()
-    assert len(log) == 1 and log[0].startswith("gpu_slots: rule teacher asks for 1 GPU(s)")
-    assert log[0] in printed  # shown by the default profile's show-failed-logs
+    assert "fewer than the config asks for in rules teacher" in printed
+    assert "--set-resources teacher:gpu=0" in printed
     assert "Traceback" not in printed and "RuntimeError" not in printed
-    assert not (tmp_path / target).exists()
+    assert not (tmp_path / "results").exists()  # no job ran
 
 
 @pytest.mark.parametrize(
@@ -216,6 +226,150 @@ def test_bad_config_fails_before_any_job(edit, key, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_pinned_revisions_reach_every_job_that_loads_from_the_hub(tmp_path):
+    """`revision:` of the paper's hub teacher, student and a dataset: in the jobs' commands
+    (their params, so that a new revision reruns them): the teacher as `id@revision`, the
+    student and the task in their config sections."""
+    config = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    config["teacher"]["model"]["revision"] = "7d6315d"
+    config["students"]["t5-base"]["model"]["revision"] = "a9723ea"
+    config["tasks"]["gsm8k"]["revision"] = "e53f048"
+    (tmp_path / "pinned.yaml").write_text(yaml.safe_dump(config))
+    args = ("-n", "-p", "--directory", str(tmp_path), "--configfile", str(tmp_path / "pinned.yaml"))
+    commands = [line for line in snakemake(*args).stdout.splitlines() if "-m ketchup" in line]
+    teacher = [c for c in commands if " teacher-outputs " in c or " distill " in c]
+    assert teacher and all("--teacher google/flan-t5-xl@7d6315d " in c for c in teacher)
+    distill = [c for c in commands if " distill " in c]
+    assert all("--tokenizer google/flan-t5-xl@7d6315d " in c for c in distill)
+    assert all('"revision":"a9723ea"' in c for c in distill)
+    gsm8k = [c for c in commands if "prepare-data --task gsm8k " in c]
+    assert len(gsm8k) == 1 and '"revision":"e53f048"' in gsm8k[0]
+
+
+def test_an_overlay_given_alone_stops_with_one_line(tmp_path):
+    """`--configfile configs/seeds.yaml` without config.yaml: one line saying to put config.yaml
+    first, not the schema's "'tasks': missing"."""
+    seeds = ROOT / "configs" / "seeds.yaml"
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(seeds), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (
+        f"{seeds} has no tasks, teacher, students: it changes config.yaml, so give both, "
+        f"config.yaml first: --configfile config.yaml {seeds}"
+    ) in output.splitlines(), output
+    assert "missing" not in output
+
+
+@pytest.mark.parametrize(
+    "key,value,problem",
+    [
+        ("d_model", "many", "expected an integer, got 'many'"),
+        ("num_heads", -7, "-7 is not allowed; a size or count must be at least 1"),
+        ("d_kv", [1, 2], "expected an integer, got [1, 2]"),
+    ],
+)
+def test_a_bad_architecture_value_is_refused_by_the_dry_run(tmp_path, key, value, problem):
+    """Values inside `architecture:` are checked with the rest of the config: `snakemake -n`
+    refuses them in one line naming the key, before the teacher job would fail on them."""
+
+    def bad(config):
+        config["teacher"]["model"]["architecture"][key] = value
+
+    config = yaml.safe_load(SMOKE.read_text())
+    bad(config)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    args = ("-n", "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml"))
+    result = snakemake(*args, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    line = f"invalid config: config key 'teacher.model.architecture.{key}': {problem}"
+    assert any(x.startswith(line) for x in output.splitlines()), output
+
+
+@pytest.mark.slow
+def test_every_file_a_job_reads_is_an_input(tmp_path):
+    """A study on your own data files (`files:`), with a pretrained teacher and student in
+    local directories and the judge reading its templates from judge.templates_dir: every
+    output present and up to date (made by hand and `--touch`: no job runs). Each kind of file
+    a job reads is edited in turn; the dry run then reruns exactly the jobs that read it and
+    those downstream of them."""
+    for split in ("train", "validation", "test"):
+        rows = [{"q": f"{split} question {i}", "a": f"answer {i}"} for i in range(4)]
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / "data" / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+    for model in ("teacher", "student"):
+        directory = tmp_path / "models" / model
+        (directory / ".cache").mkdir(parents=True)
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            (directory / name).write_text("{}")
+        (directory / ".cache" / "download.lock").write_text("")
+    shutil.copytree(ROOT / "src" / "ketchup" / "judge" / "templates", tmp_path / "templates")
+    config = {
+        "study": "inputs",
+        "tasks": {
+            "mine": {
+                "dataset": "file",
+                "files": {s: f"data/{s}.jsonl" for s in ("train", "validation", "test")},
+                "source_field": "q",
+                "target_field": "a",
+            }
+        },
+        "teacher": {"mode": "prompted", "model": {"name_or_path": "models/teacher"}},
+        "students": {"s": {"model": {"name_or_path": "models/student"}}},
+        "distill": {"methods": ["sft", "kl", "llmr"], "seeds": [0]},
+        "judge": {
+            "enabled": True,
+            "model": "m",
+            "protocols": ["pointwise"],
+            "templates_dir": "templates",
+        },
+    }
+    (tmp_path / "inputs.yaml").write_text(yaml.safe_dump(config))
+    args = ("--directory", str(tmp_path), "--configfile", str(tmp_path / "inputs.yaml"))
+    summary = snakemake("--summary", *args).stdout.splitlines()
+    header = next(i for i, line in enumerate(summary) if line.startswith("output_file"))
+    for line in summary[header + 1 :]:
+        path = tmp_path / line.split("\t")[0]
+        if path.name in ("model", "tokenizer"):  # directory() outputs
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+    def reruns_after(edit) -> dict[str, int]:
+        snakemake("--touch", "--cores", "1", *args)  # every output newer than every input
+        edit()
+        return job_counts(snakemake("-n", *args).stdout)
+
+    def append(path: Path, text: str):
+        return lambda: path.open("a").write(text)
+
+    report = {"judge": 1, "tables": 1, "figures": 1, "all": 1}
+    students = {"distill": 3, "generate": 3, "grad_variance": 1}
+    everything = {"prepare_data": 1, "teacher_outputs": 2, "score": 4, **students, **report}
+    row = json.dumps({"q": "one more", "a": "row"}) + "\n"
+    assert reruns_after(append(tmp_path / "data" / "validation.jsonl", row)) == everything
+    # the student's pretrained files: the students initialised from them (sft, kl) and what
+    # starts from kl (llmr, the variance table)
+    student = tmp_path / "models" / "student" / "model.safetensors"
+    assert reruns_after(append(student, " ")) == {"score": 3, **students, **report}
+    # the teacher's (also the tokenizer of every student): its outputs and every student
+    teacher = tmp_path / "models" / "teacher" / "tokenizer.json"
+    assert reruns_after(append(teacher, " ")) == {
+        "teacher_outputs": 2,
+        "score": 4,
+        **students,
+        **report,
+    }
+    template = tmp_path / "templates" / "pointwise.txt"
+    assert reruns_after(append(template, "Be strict.\n")) == report
+    # hidden files of a model directory (a download's lock, a cache) are not the model's
+    hidden = tmp_path / "models" / "teacher" / ".cache" / "download.lock"
+    assert reruns_after(append(hidden, "x")) == {}
+
+
 @pytest.mark.slow
 def test_smoke_study_runs_end_to_end(tmp_path):
     snakemake(
@@ -226,9 +380,10 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         "--configfile",
         str(ROOT / "configs" / "smoke.yaml"),
     )
-    data = tmp_path / "results" / "restaurants" / "data"
+    study = tmp_path / "results" / "smoke"
+    data = study / "restaurants" / "data"
     assert all((data / f"{s}.jsonl").stat().st_size > 0 for s in ("train", "validation", "test"))
-    task = tmp_path / "results" / "restaurants"
+    task = study / "restaurants"
     assert (task / "tokenizer" / "tokenizer.json").is_file()
     assert (task / "teacher" / "model" / "train-teacher.config.json").is_file()
     for split in ("train", "test"):
@@ -271,16 +426,28 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         assert summary["n_examples"] == len(test_ids) and summary["validation"] is not None
         with (task / "scores" / f"{run}.csv").open() as f:
             assert [row["id"] for row in csv.DictReader(f)] == test_ids
-    main_table = (tmp_path / "results" / "tables" / "main.md").read_text()
+    main_table = (study / "tables" / "main.md").read_text()
     labels = ("Teacher", "SeqKD", "LLMR (max value)", "LLMR + min-var (max value)", "KETCHUP (K=")
     for label in (*labels, "GKD", "MiniLLM (no PT loss)", "JS (f-distill)", "seed-aware 95% CI"):
         assert label in main_table, label
     for name in ("main", "k_grid", "variance", "sizes", "paper", "provenance"):
         for ext in ("md", "csv", "tex"):
-            assert (tmp_path / "results" / "tables" / f"{name}.{ext}").stat().st_size > 0
-    figures = sorted(p.name for p in (tmp_path / "results" / "figures").iterdir())
+            assert (study / "tables" / f"{name}.{ext}").stat().st_size > 0
+    figures = sorted(p.name for p in (study / "figures").iterdir())
     kinds = ("grad_variance", "methods", "metric_vs_k", "training_curves")
     assert figures == sorted(f"restaurants_t5-micro_{k}.{e}" for k in kinds for e in ("png", "svg"))
+    # disk: finished training jobs keep model/ and their step log; no optimizer checkpoint, no
+    # best/ copy of model/, no temporary
+    assert sorted(p.name for p in (task / "teacher").iterdir()) == ["log.jsonl", "model", "outputs"]
+    scratch = [
+        p for p in study.rglob("*") if p.name in ("checkpoint", "best") or p.suffix == ".tmp"
+    ]
+    assert not scratch, scratch
+    # the study's config as it ran (defaults filled in), and the index of studies listing it
+    ran = copy.deepcopy(config)
+    parse_config(ran)
+    assert yaml.safe_load((study / "config.yaml").read_text()) == ran
+    assert "| `smoke` | restaurants |" in (tmp_path / "results" / "studies.md").read_text()
     snakemake(
         "--directory",
         str(tmp_path),
@@ -290,13 +457,15 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         str(tmp_path / "report.html"),
     )
     assert (tmp_path / "report.html").stat().st_size > 10_000
-    assert "judge.enabled` is false" in (tmp_path / "results" / "tables" / "judge.md").read_text()
+    assert "judge.enabled` is false" in (study / "tables" / "judge.md").read_text()
 
     def dry_run(edit):
         return dry_run_smoke_edited(tmp_path, edit)
 
-    # a finished study reruns nothing
+    # a finished study reruns nothing, on more GPUs too (the count is read when a job runs)
     assert "Nothing to be done" in dry_run(lambda c: None)
+    more_gpus = ("--set-resources", "distill:gpu=2", "--resources", "gpu=2")
+    assert "Nothing to be done" in dry_run_smoke_edited(tmp_path, lambda c: None, *more_gpus)
     # adding a K adds its job (and the variance table, which has a row per K), nothing else
     # (tables and figures summarise every run: they are redone whenever a run is)
     report = {"tables": 1, "figures": 1, "all": 1}
@@ -326,6 +495,41 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     # last (it changes the study's config): the judge against a local server
     run_the_judge_on_the_finished_study(tmp_path)
     assert_every_file_is_declared(tmp_path)
+    a_second_study_leaves_the_first_alone(tmp_path)
+
+
+def a_second_study_leaves_the_first_alone(workdir: Path) -> None:
+    """Another study (another name, another teacher, fewer methods) run in the same directory
+    writes under results/<its name>/ only: every file of the first is as it was (content and
+    modification time), the first still has nothing to do, and the index lists both."""
+    import hashlib
+
+    def files(study: Path) -> dict[Path, tuple[int, str]]:
+        return {
+            p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(study.rglob("*"))
+            if p.is_file()
+        }
+
+    results = workdir / "results"
+    before = files(results / "smoke")
+    config = yaml.safe_load(SMOKE.read_text())
+    config["study"] = "smoke-b"
+    config["teacher"]["train"]["steps"] = 20
+    config["distill"].update(methods=["sft", "kl", "ketchup"], ks=[2])
+    (workdir / "b.yaml").write_text(yaml.safe_dump(config))
+    snakemake("--cores", "2", "--directory", str(workdir), "--configfile", str(workdir / "b.yaml"))
+    assert files(results / "smoke") == before
+    second = results / "smoke-b"
+    assert (second / "tables" / "main.md").is_file()
+    assert (second / "restaurants" / "teacher" / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in results.iterdir()) == ["smoke", "smoke-b", "studies.md"]
+    index = (results / "studies.md").read_text()
+    for study in ("smoke", "smoke-b"):
+        assert f"| `{study}` | restaurants |" in index
+        assert f"[config.yaml]({study}/config.yaml)" in index
+    first = ("-n", "--directory", str(workdir), "--configfile", str(workdir / "judge.yaml"))
+    assert "Nothing to be done" in snakemake(*first).stdout
 
 
 @pytest.mark.slow
@@ -370,6 +574,7 @@ def test_a_study_killed_at_a_random_point_resumes(tmp_path):
         first.wait()
 
     results = work / "results"
+    study = results / "smoke"
     incomplete = snakemake_records(work, "incomplete")
     finished = {}
     for path in results.rglob("*"):
@@ -379,7 +584,7 @@ def test_a_study_killed_at_a_random_point_resumes(tmp_path):
                 finished[path] = path.stat().st_mtime_ns
     interrupted = [
         d.parent
-        for d in results.glob("*/students/*/*/seed*/checkpoint")
+        for d in study.glob("*/students/*/*/seed*/checkpoint")
         if not (d.parent / "model").exists()
     ]
     print(
@@ -390,10 +595,10 @@ def test_a_study_killed_at_a_random_point_resumes(tmp_path):
     rerun = snakemake(*args)
     assert "removed the lock of an earlier Snakemake run" in rerun.stdout + rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
-    assert (results / "tables" / "main.md").is_file()
+    assert (study / "tables" / "main.md").is_file()
     assert "Nothing to be done" in snakemake("-n", *args).stdout
     for out_dir in interrupted:
-        job_log = results / "restaurants" / "logs" / f"distill_{'_'.join(out_dir.parts[-3:])}.log"
+        job_log = study / "restaurants" / "logs" / f"distill_{'_'.join(out_dir.parts[-3:])}.log"
         assert "resuming from" in job_log.read_text(), job_log
 
 
@@ -412,11 +617,12 @@ def snakemake_records(workdir: Path, kind: str) -> set[Path]:
 
 
 def is_output(path: Path, results: Path) -> bool:
-    """A file a rule declares (not a log, a checkpoint, a temporary or the judge's answer cache,
-    which outlive a job on purpose)."""
+    """A file a rule declares (not a log, a checkpoint, a temporary, the judge's answer cache,
+    which outlive a job on purpose, or the index of studies, which every study's tables job
+    rewrites)."""
     parts = path.relative_to(results).parts
     scratch = {"logs", "benchmarks", "checkpoint", "best"}
-    kept = path.name in ("log.jsonl", "cache.sqlite")
+    kept = path.name in ("log.jsonl", "cache.sqlite") or parts == (STUDIES_INDEX,)
     return not (scratch & set(parts) or path.name.startswith(".") or kept)
 
 
@@ -502,7 +708,8 @@ def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
         }
         snakemake(*args, env=env)
         sent = len(server.requests)
-        judge = tmp_path / "results" / "restaurants" / "judge" / "t5-micro"
+        study = tmp_path / "results" / "smoke"
+        judge = study / "restaurants" / "judge" / "t5-micro"
         judgments = read_jsonl(judge / "judgments.jsonl")
         # 13 systems (teacher + 12) x 4 examples pointwise, 2 pairs x 4 examples x 2 orders;
         # identical prompts (the micro students often write the same text) are sent once
@@ -512,16 +719,14 @@ def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
             pairs = {(r["system_a"], r["system_b"]) for r in csv.DictReader(f)}
         best_k = next(
             line
-            for line in (tmp_path / "results" / "tables" / "main.md").read_text().splitlines()
+            for line in (study / "tables" / "main.md").read_text().splitlines()
             if "KETCHUP (K=" in line
         )
         k = best_k.split("KETCHUP (K=")[1].split(")")[0]
         assert ("ketchup_k" + k, "llmr") in pairs and len(pairs) == 2, pairs
-        table = (tmp_path / "results" / "tables" / "judge.md").read_text()
+        table = (study / "tables" / "judge.md").read_text()
         assert "Pointwise" in table and "unparsed: 1" in table, table
-        assert (
-            tmp_path / "results" / "figures" / "restaurants_t5-micro_judge_win_rates.png"
-        ).is_file()
+        assert (study / "figures" / "restaurants_t5-micro_judge_win_rates.png").is_file()
         for path in (tmp_path / "results").rglob("*"):
             if path.is_file() and path.suffix in (".json", ".jsonl", ".md", ".csv", ".log"):
                 assert "sk-test-secret" not in path.read_text(errors="ignore"), path
@@ -589,7 +794,9 @@ def test_plan_counts_the_jobs_that_snakemake_schedules(tmp_path, capsys, edit):
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
-    """Snakemake's 'Job stats' table of a dry run, as {rule: count}."""
+    """Snakemake's 'Job stats' table of a dry run, as {rule: count} ({} with nothing to do)."""
+    if "Nothing to be done" in dry_run_output:
+        return {}
     table = dry_run_output.split("Job stats:")[1].split("total")[0]
     counts = {}
     for line in table.splitlines():

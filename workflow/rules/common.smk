@@ -2,6 +2,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
@@ -15,15 +16,19 @@ from ketchup.config import (
     WARM_STARTED_METHODS,
     ConfigError,
     job_distill_section,
+    overlay_error,
     parse_config,
     split_system,
 )
+from ketchup.models import local_directory, model_reference
 from ketchup.tasks import task_kind
 from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
+from ketchup.judge.prompts import template_files
 from ketchup.judge.stage import (
     ANSWER_FILES as JUDGE_ANSWER_FILES,
     DRY_RUN_FILES as JUDGE_DRY_RUN_FILES,
 )
+from ketchup.studies import INDEX as STUDIES_INDEX, STUDY_CONFIG
 from ketchup.workflow_env import (
     detect_gpus,
     record_lock_owner,
@@ -45,11 +50,15 @@ if workflow.is_main_process:
 
 
 onstart:
+    stop_on_gpu_shortfall()
     record_lock_owner()
 
 
 def load_study(config):
     """Validate the config (schema defaults filled in place) and type it, before any job runs."""
+    overlay = overlay_error(config, workflow.config_settings.configfiles)
+    if overlay:
+        raise WorkflowError(overlay)
     try:
         validate(config, "../schemas/config.schema.yaml")
     except WorkflowError as schema_error:
@@ -120,8 +129,8 @@ def rule_resources(rule_name):
 
 def requested_gpus(rule_name):
     """The GPUs a rule's jobs ask for: `--set-resources <rule>:gpu=N` when given, else the
-    config's `resources.<rule>.gpu`. (Not the job's own `gpu` resource: Snakemake lowers that to
-    the global limit, 0 on a machine without GPUs, which would hide that GPUs were asked for.)
+    config's `resources.<rule>.gpu`. (Snakemake lowers a job's own `gpu` resource to the global
+    limit, 0 on a machine without GPUs, which would hide that GPUs were asked for.)
     """
     overwrite = workflow.resource_settings.overwrite_resources.get(rule_name, {})
     if "gpu" in overwrite:
@@ -130,23 +139,20 @@ def requested_gpus(rule_name):
 
 
 def launcher(rule_name, parallel=True):
-    """How a job starts its verb: `python -m ketchup`, on its own GPU(s) when it asks for any.
+    """The start of a job's shell command: `python -m ketchup` on the GPUs the job was given.
 
-    With gpu >= 1 (`requested_gpus`) the job runs under `python -m ketchup.gpu_slots N --rule
-    <rule> --`, which gives it N free GPUs of its own (CUDA_VISIBLE_DEVICES; Snakemake only counts
-    GPUs, it does not assign them), or stops with one line saying how to run on the CPU when the
-    machine shows fewer. A training rule given several GPUs runs data-parallel under `accelerate
-    launch` (see src/ketchup/distributed.py); other rules just see their GPUs.
+    `{resources.gpu}` is filled in when the job runs, so `--set-resources distill:gpu=2` or a
+    profile's resources count, not the config as parsed (and a new count reruns nothing).
+    `python -m ketchup.gpu_slots N --rule <rule>` gives the job N free GPUs of its own
+    (CUDA_VISIBLE_DEVICES; Snakemake only counts GPUs, it does not assign them), none with N = 0,
+    or stops with one line saying how to run on the CPU when the machine shows fewer than N; with
+    --data-parallel, a training verb given several GPUs runs as N processes under `accelerate
+    launch` (see src/ketchup/distributed.py); other verbs just see their GPUs.
     """
-    gpus = requested_gpus(rule_name)
-    if gpus == 0:
-        return "python -m ketchup"
-    slots = f"python -m ketchup.gpu_slots {gpus} --rule {rule_name} --"
-    if gpus == 1 or not parallel:
-        return f"{slots} python -m ketchup"
+    mode = " --data-parallel" if parallel else ""
     return (
-        f"{slots} accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1"
-        " --mixed_precision no --dynamo_backend no -m ketchup"
+        f"python -m ketchup.gpu_slots {{resources.gpu}} --rule {rule_name}{mode}"
+        " -- python -m ketchup"
     )
 
 
@@ -178,31 +184,107 @@ if workflow.is_main_process and gpu_shortfall():
     logger.warning(gpu_shortfall())
 
 
+def stop_on_gpu_shortfall():
+    """Before the first job of a local run: stop when rules ask for more GPUs than the machine
+    shows. Snakemake would lower those jobs' `gpu` to what there is, and they would run on fewer
+    GPUs than asked (none on a CPU machine) without a word. Dry runs only warn (above).
+    """
+    line = gpu_shortfall()
+    if line:
+        raise WorkflowError(line.replace(", whose jobs will stop", ""))
+
+
 def rule_threads(rule_name):
     return config["resources"][rule_name]["threads"]
 
 
+def study_path(*parts):
+    """A path under the study's own directory, results/<study>/: every file a job writes.
+
+    Studies with other names never write the same file, so they sit side by side in one
+    directory. A part may be a wildcard ("{task}") that the rule fills in.
+    """
+    return "/".join([RESULTS, STUDY.study, *map(str, parts)])
+
+
 def task_dir(task):
-    return f"{RESULTS}/{task}"
+    return study_path(task)
+
+
+def data_dir(task):
+    return study_path(task, "data")
+
+
+def split_files(task="{task}"):
+    """The prepare_data outputs of a task: train, validation and test.jsonl."""
+    return [f"{data_dir(task)}/{split}.jsonl" for split in SPLITS]
+
+
+def job_log(name, task="{task}"):
+    return study_path(task, "logs", f"{name}.log")
+
+
+def job_benchmark(name, task="{task}"):
+    return study_path(task, "benchmarks", f"{name}.tsv")
+
+
+def task_files(wildcards):
+    """A task's own data files (`files:`): an edit reruns the task's prepare_data and after."""
+    files = STUDY.tasks[wildcards.task].files
+    return sorted({files.train, files.validation, files.test}) if files else []
+
+
+def local_files(model):
+    """The files of a model's local directory (`name_or_path`), [] for a hub id: as inputs, an
+    edit of any of them reruns the jobs that read the model. A directory that does not exist is
+    listed as it is, so that Snakemake names it as a missing input."""
+    directory = local_directory(model.name_or_path) if model.name_or_path else None
+    if directory is None:
+        return []
+    if not os.path.isdir(directory):
+        return [directory]
+    return sorted(
+        str(path)
+        for path in Path(directory).rglob("*")
+        if path.is_file()
+        and not any(p.startswith(".") for p in path.relative_to(directory).parts)
+    )
 
 
 def tokenizer_path(task):
     """The vocabulary every model of a task shares: the trained one, or the pretrained teacher's."""
     if STUDY.teacher.model.from_scratch:
         return f"{task_dir(task)}/tokenizer"
-    return STUDY.teacher.model.name_or_path
+    return model_reference(STUDY.teacher.model)
 
 
 def tokenizer_inputs(wildcards):
-    """The tokenizer directory as a rule input when the workflow trains it, else nothing."""
-    return [tokenizer_path(wildcards.task)] if STUDY.teacher.model.from_scratch else []
+    """The tokenizer directory the workflow trains, or the pretrained teacher's own files."""
+    if STUDY.teacher.model.from_scratch:
+        return [tokenizer_path(wildcards.task)]
+    return local_files(STUDY.teacher.model)
+
+
+def teacher_dir(task):
+    return study_path(task, "teacher")
 
 
 def teacher_model(task):
     """The teacher: the fine-tuned checkpoint, or the pretrained model as it is (prompted)."""
     if STUDY.teacher.mode == "finetune":
-        return f"{task_dir(task)}/teacher/model"
-    return STUDY.teacher.model.name_or_path
+        return f"{teacher_dir(task)}/model"
+    return model_reference(STUDY.teacher.model)
+
+
+def teacher_inputs(wildcards):
+    """What reading the teacher reads: its fine-tuned checkpoint, or its pretrained files."""
+    if STUDY.teacher.mode == "finetune":
+        return [teacher_model(wildcards.task)]
+    return local_files(STUDY.teacher.model)
+
+
+def keep_checkpoints_arg():
+    return "--keep-checkpoints" if STUDY.keep_checkpoints else ""
 
 
 def distill_systems():
@@ -210,9 +292,14 @@ def distill_systems():
     return sorted({*STUDY.distill.systems, WARM_START_METHOD})
 
 
+def student_dir(task, student, system, seed):
+    """A distilled student's job directory: model/, log.jsonl, its test outputs."""
+    return study_path(task, "students", student, system, f"seed{seed}")
+
+
 def student_model(task, student, system, seed):
     """A distilled student's checkpoint (the distill rule's output)."""
-    return f"{task_dir(task)}/students/{student}/{system}/seed{seed}/model"
+    return f"{student_dir(task, student, system, seed)}/model"
 
 
 def warm_start_model(wildcards, seed=None):
@@ -226,12 +313,14 @@ def distill_inputs(wildcards):
     method, _ = split_system(wildcards.method)
     inputs = []
     if method != "sft":
-        inputs.append(f"{task_dir(wildcards.task)}/teacher/outputs/train.jsonl")
-    if method not in TEACHER_FREE_METHODS and STUDY.teacher.mode == "finetune":
-        inputs.append(teacher_model(wildcards.task))
+        inputs.append(teacher_outputs_file(wildcards.task, "train"))
+    if method not in TEACHER_FREE_METHODS:
+        inputs += teacher_inputs(wildcards)
     if method in WARM_STARTED_METHODS:
         inputs.append(warm_start_model(wildcards))
-    return inputs
+    else:  # initialised from the student's pretrained files when it has them
+        inputs += local_files(STUDY.students[wildcards.student].model)
+    return list(dict.fromkeys(inputs))
 
 
 def warm_start_arg(wildcards):
@@ -270,12 +359,14 @@ def variance_section():
     return {key: config["distill"][key] for key in keys}
 
 
+def variance_table(task="{task}", student="{student}"):
+    """The trained updates' variance, signal and direction of one student's policy-gradient
+    systems, on its first seed's warm start."""
+    return study_path(task, "students", student, "grad_variance.csv")
+
+
 def variance_tables(task):
-    """Gradient variance and bias by K, one table per student, on its first seed's warm start."""
-    return [
-        f"{task_dir(task)}/students/{student}/grad_variance.csv"
-        for student in STUDY.students
-    ]
+    return [variance_table(task, student) for student in STUDY.students]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,7 +393,7 @@ def score_runs():
 
 
 def score_summaries(task):
-    return [f"{task_dir(task)}/scores/{run}.json" for run in score_runs()]
+    return [score_file(run, task) for run in score_runs()]
 
 
 def run_parts(run):
@@ -313,13 +404,17 @@ def run_parts(run):
     return student, system, int(seed.removeprefix("seed"))
 
 
+def teacher_outputs_file(task, split):
+    return f"{teacher_dir(task)}/outputs/{split}.jsonl"
+
+
 def teacher_test_outputs(task):
-    return f"{task_dir(task)}/teacher/outputs/test.jsonl"
+    return teacher_outputs_file(task, "test")
 
 
 def student_test_outputs(task, student, system, seed):
     """A student's test outputs (the generate rule's output)."""
-    return f"{task_dir(task)}/students/{student}/{system}/seed{seed}/test_outputs.jsonl"
+    return f"{student_dir(task, student, system, seed)}/test_outputs.jsonl"
 
 
 def run_outputs(wildcards):
@@ -338,6 +433,11 @@ def run_model(wildcards):
             [teacher_model(wildcards.task)] if STUDY.teacher.mode == "finetune" else []
         )
     return [student_model(wildcards.task, *parts)]
+
+
+def score_file(run, task="{task}", ext="json"):
+    """A run's score summary (json) or per-example scores (csv)."""
+    return study_path(task, "scores", f"{run}.{ext}")
 
 
 def run_json(wildcards):
@@ -367,12 +467,12 @@ def study_figure_kinds():
 def figure_stems():
     """The figures of one task ({task} left as a wildcard), without extension."""
     stems = [
-        f"{RESULTS}/figures/{{task}}_{student}_{kind}"
+        study_path("figures", f"{{task}}_{student}_{kind}")
         for student in STUDY.students
         for kind in figure_kinds() + judge_figure_kinds()
     ]
     return stems + [
-        f"{RESULTS}/figures/{{task}}_{kind}" for kind in study_figure_kinds()
+        study_path("figures", f"{{task}}_{kind}") for kind in study_figure_kinds()
     ]
 
 
@@ -394,25 +494,39 @@ def figure_outputs():
     return outputs
 
 
+def table_files():
+    """The tables job's tables: each of TABLES as md, csv and tex, and judge.md."""
+    files = [
+        study_path("tables", f"{n}.{ext}")
+        for n in TABLES
+        for ext in ("md", "csv", "tex")
+    ]
+    return files + [study_path("tables", "judge.md")]
+
+
 def table_outputs():
+    """The table files, the markdown ones in the HTML report (captions in workflow/report/)."""
     outputs = []
-    for name in TABLES:
-        outputs.append(
-            in_report(
-                f"{RESULTS}/tables/{name}.md",
-                caption=f"../report/{name}_table.rst",
-                category="Tables",
+    for path in table_files():
+        name = Path(path).stem
+        if path.endswith(".md"):
+            caption = "judge" if name == "judge" else f"{name}_table"
+            path = in_report(
+                path, caption=f"../report/{caption}.rst", category="Tables"
             )
-        )
-        outputs += [f"{RESULTS}/tables/{name}.csv", f"{RESULTS}/tables/{name}.tex"]
-    outputs.append(
-        in_report(
-            f"{RESULTS}/tables/judge.md",
-            caption="../report/judge.rst",
-            category="Tables",
-        )
-    )
+        outputs.append(path)
     return outputs
+
+
+def study_config_file():
+    """The study's resolved config (results/<study>/config.yaml), written by the tables job."""
+    return study_path(STUDY_CONFIG)
+
+
+def studies_index():
+    """results/studies.md: every study present with its config; the tables job of each study
+    rewrites it (no job's declared output: the studies share it)."""
+    return f"{RESULTS}/{STUDIES_INDEX}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,7 +538,7 @@ def judge_dir(task, student):
 
 def judge_outputs():
     """The judge job's files ({task} and {student} left as wildcards)."""
-    base = f"{RESULTS}/{{task}}/judge/{{student}}"
+    base = judge_dir("{task}", "{student}")
     if STUDY.judge.dry_run:
         return [f"{base}/{name}" for name in JUDGE_DRY_RUN_FILES]
     return [
@@ -453,6 +567,11 @@ def judge_systems(wildcards):
     return files
 
 
+def judge_templates():
+    """The prompt templates the judge reads: judge.templates_dir's, or the packaged ones."""
+    return [str(path) for path in template_files(STUDY.judge.templates_dir)]
+
+
 def judge_pairs():
     """KETCHUP (its best K) against LLMR and the best non-RL baseline, when the study has them."""
     methods = STUDY.distill.methods
@@ -479,9 +598,7 @@ def judge_figure_kinds():
 def student_score_summaries(task, student):
     """The score summaries of one student's runs (every system and seed)."""
     return [
-        f"{task_dir(task)}/scores/{run}.json"
-        for run in student_runs()
-        if run_parts(run)[0] == student
+        score_file(run, task) for run in student_runs() if run_parts(run)[0] == student
     ]
 
 
@@ -489,11 +606,9 @@ def all_targets():
     """The targets of the default run: every stage the workflow has so far, for every task."""
     targets = []
     for task in STUDY.tasks:
-        targets += [f"{task_dir(task)}/data/{split}.jsonl" for split in SPLITS]
+        targets += split_files(task)
         # the teacher's outputs on train feed SeqKD / KL; on test, the results tables
-        targets += [
-            f"{task_dir(task)}/teacher/outputs/{s}.jsonl" for s in ("train", "test")
-        ]
+        targets += [teacher_outputs_file(task, s) for s in ("train", "test")]
         targets += student_models(task)
         targets += variance_tables(task)
         targets += score_summaries(task)
@@ -503,9 +618,4 @@ def all_targets():
             for ext in ("png", "svg")
         ]
         targets += judge_markers(task)
-    targets += [
-        f"{RESULTS}/tables/{name}.{ext}"
-        for name in TABLES
-        for ext in ("md", "csv", "tex")
-    ]
-    return targets + [f"{RESULTS}/tables/judge.md"]
+    return targets + table_files() + [study_config_file()]

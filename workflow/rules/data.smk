@@ -2,13 +2,15 @@
 
 
 rule prepare_data:
+    input:
+        task_files,
     output:
-        expand("results/{{task}}/data/{split}.jsonl", split=SPLITS),
-        config="results/{task}/data/prepare-data.config.json",
+        split_files(),
+        config=study_path("{task}/data/prepare-data.config.json"),
     log:
-        "results/{task}/logs/prepare_data.log",
+        job_log("prepare_data"),
     benchmark:
-        "results/{task}/benchmarks/prepare_data.tsv"
+        job_benchmark("prepare_data")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("prepare_data")
@@ -16,7 +18,7 @@ rule prepare_data:
         **rule_resources("prepare_data"),
     params:
         cfg=lambda w: section_json(config["tasks"][w.task]),
-        out_dir=lambda w: f"results/{w.task}/data",
+        out_dir=lambda w: data_dir(w.task),
     shell:
         "python -m ketchup prepare-data --task {wildcards.task:q} --config-json {params.cfg:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
@@ -24,13 +26,13 @@ rule prepare_data:
 
 rule tokenizer:
     input:
-        "results/{task}/data/train.jsonl",
+        study_path("{task}/data/train.jsonl"),
     output:
-        directory("results/{task}/tokenizer"),
+        directory(study_path("{task}/tokenizer")),
     log:
-        "results/{task}/logs/tokenizer.log",
+        job_log("tokenizer"),
     benchmark:
-        "results/{task}/benchmarks/tokenizer.tsv"
+        job_benchmark("tokenizer")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("tokenizer")
@@ -38,7 +40,7 @@ rule tokenizer:
         **rule_resources("tokenizer"),
     params:
         cfg=section_json(config["tokenizer"]),
-        data_dir=lambda w: f"results/{w.task}/data",
+        data_dir=lambda w: data_dir(w.task),
     shell:
         "python -m ketchup train-tokenizer --data-dir {params.data_dir:q} --config-json {params.cfg:q}"
         " --out-dir {output:q} > {log:q} 2>&1"

@@ -4,15 +4,15 @@
 
 rule distill:
     input:
-        data=expand("results/{{task}}/data/{split}.jsonl", split=SPLITS),
+        data=split_files(),
         tokenizer=tokenizer_inputs,
         upstream=distill_inputs,
     output:
-        directory("results/{task}/students/{student}/{method}/seed{seed}/model"),
+        directory(study_path("{task}/students/{student}/{method}/seed{seed}/model")),
     log:
-        "results/{task}/logs/distill_{student}_{method}_seed{seed}.log",
+        job_log("distill_{student}_{method}_seed{seed}"),
     benchmark:
-        "results/{task}/benchmarks/distill_{student}_{method}_seed{seed}.tsv"
+        job_benchmark("distill_{student}_{method}_seed{seed}")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("distill")
@@ -23,40 +23,39 @@ rule distill:
         student=lambda w: section_json(config["students"][w.student]),
         generation=section_json(config["teacher"]["generation"]),
         cfg=distill_job_json,
-        data_dir=lambda w: f"results/{w.task}/data",
+        data_dir=lambda w: data_dir(w.task),
         tokenizer=lambda w: tokenizer_path(w.task),
         teacher=lambda w: teacher_model(w.task),
         teacher_precision=config["teacher"]["model"]["precision"],
-        teacher_outputs=lambda w: f"results/{w.task}/teacher/outputs/train.jsonl",
+        teacher_outputs=lambda w: teacher_outputs_file(w.task, "train"),
         warm_start=warm_start_arg,
-        launcher=launcher("distill"),
-        out_dir=lambda w: f"results/{w.task}/students/{w.student}/{w.method}/seed{w.seed}",
+        keep=keep_checkpoints_arg(),
+        out_dir=lambda w: student_dir(w.task, w.student, w.method, w.seed),
     shell:
-        "{params.launcher} distill --teacher {params.teacher:q} --tokenizer {params.tokenizer:q}"
+        launcher("distill")
+        + " distill --teacher {params.teacher:q} --tokenizer {params.tokenizer:q}"
         " --data-dir {params.data_dir:q} --teacher-outputs {params.teacher_outputs:q}"
         " --method {wildcards.method} --seed {wildcards.seed} --task-json {params.task:q}"
         " --student-json {params.student:q} --generation-json {params.generation:q}"
         " --teacher-precision {params.teacher_precision}"
-        " --config-json {params.cfg:q} {params.warm_start} --out-dir {params.out_dir:q}"
-        " > {log:q} 2>&1"
+        " --config-json {params.cfg:q} {params.warm_start} {params.keep}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # Theorem 1, measured: the variance, signal and direction of the update of every policy-gradient
 # system (llmr, its baselines, each K), on the same rollout sets, from the first seed's warm start.
 rule grad_variance:
     input:
-        data="results/{task}/data/validation.jsonl",
-        teacher=lambda w: (
-            [teacher_model(w.task)] if STUDY.teacher.mode == "finetune" else []
-        ),
+        data=study_path("{task}/data/validation.jsonl"),
+        teacher=teacher_inputs,
         student=variance_student,
     output:
-        table="results/{task}/students/{student}/grad_variance.csv",
-        config="results/{task}/students/{student}/grad-variance.config.json",
+        table=variance_table(),
+        config=study_path("{task}/students/{student}/grad-variance.config.json"),
     log:
-        "results/{task}/logs/grad_variance_{student}.log",
+        job_log("grad_variance_{student}"),
     benchmark:
-        "results/{task}/benchmarks/grad_variance_{student}.tsv"
+        job_benchmark("grad_variance_{student}")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("grad_variance")
@@ -65,13 +64,14 @@ rule grad_variance:
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
         cfg=section_json(variance_section()),
-        data_dir=lambda w: f"results/{w.task}/data",
+        data_dir=lambda w: data_dir(w.task),
         teacher=lambda w: teacher_model(w.task),
         precision=lambda w: config["students"][w.student]["model"]["precision"],
         teacher_precision=config["teacher"]["model"]["precision"],
     shell:
         launcher("grad_variance", parallel=False)
-        + " grad-variance --teacher {params.teacher:q} --student {input.student:q}"
-        " --data-dir {params.data_dir:q} --task-json {params.task:q} --config-json {params.cfg:q}"
+        + " grad-variance --teacher {params.teacher:q}"
+        " --student {input.student:q} --data-dir {params.data_dir:q}"
+        " --task-json {params.task:q} --config-json {params.cfg:q}"
         " --precision {params.precision} --teacher-precision {params.teacher_precision}"
         " --out {output.table:q} > {log:q} 2>&1"

@@ -4,15 +4,19 @@
 
 rule generate:
     input:
-        model="results/{task}/students/{student}/{method}/seed{seed}/model",
-        data="results/{task}/data/test.jsonl",
+        model=study_path("{task}/students/{student}/{method}/seed{seed}/model"),
+        data=study_path("{task}/data/test.jsonl"),
     output:
-        outputs="results/{task}/students/{student}/{method}/seed{seed}/test_outputs.jsonl",
-        config="results/{task}/students/{student}/{method}/seed{seed}/generate-test.config.json",
+        outputs=study_path(
+            "{task}/students/{student}/{method}/seed{seed}/test_outputs.jsonl"
+        ),
+        config=study_path(
+            "{task}/students/{student}/{method}/seed{seed}/generate-test.config.json"
+        ),
     log:
-        "results/{task}/logs/generate_{student}_{method}_seed{seed}.log",
+        job_log("generate_{student}_{method}_seed{seed}"),
     benchmark:
-        "results/{task}/benchmarks/generate_{student}_{method}_seed{seed}.tsv"
+        job_benchmark("generate_{student}_{method}_seed{seed}")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("generate")
@@ -21,27 +25,27 @@ rule generate:
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
         cfg=section_json(config["evaluation"]),
-        data_dir=lambda w: f"results/{w.task}/data",
+        data_dir=lambda w: data_dir(w.task),
         precision=lambda w: config["students"][w.student]["model"]["precision"],
     shell:
-        launcher("generate", parallel=False)
-        + " generate --model {input.model:q} --data-dir {params.data_dir:q}"
-        " --split test --task-json {params.task:q} --config-json {params.cfg:q}"
-        " --precision {params.precision} --out {output.outputs:q} > {log:q} 2>&1"
+        launcher("generate", parallel=False) + " generate --model {input.model:q}"
+        " --data-dir {params.data_dir:q} --split test --task-json {params.task:q}"
+        " --config-json {params.cfg:q} --precision {params.precision}"
+        " --out {output.outputs:q} > {log:q} 2>&1"
 
 
 rule score:
     input:
         outputs=run_outputs,
-        data="results/{task}/data/test.jsonl",
+        data=study_path("{task}/data/test.jsonl"),
         model=run_model,
     output:
-        csv="results/{task}/scores/{run}.csv",
-        summary="results/{task}/scores/{run}.json",
+        csv=score_file("{run}", ext="csv"),
+        summary=score_file("{run}"),
     log:
-        "results/{task}/logs/score_{run}.log",
+        job_log("score_{run}"),
     benchmark:
-        "results/{task}/benchmarks/score_{run}.tsv"
+        job_benchmark("score_{run}")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("score")
@@ -50,7 +54,7 @@ rule score:
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
         run=run_json,
-        data_dir=lambda w: f"results/{w.task}/data",
+        data_dir=lambda w: data_dir(w.task),
         model=lambda w, input: f"--model {input.model[0]}" if input.model else "",
     shell:
         "python -m ketchup score --outputs {input.outputs:q} --data-dir {params.data_dir:q}"
@@ -58,6 +62,8 @@ rule score:
         " --out {output.csv:q} > {log:q} 2>&1"
 
 
+# The study's tables, and its resolved config; the index of every study in results/ is refreshed
+# too (not an output: each study's tables job rewrites it).
 rule tables:
     input:
         scores=[s for task in STUDY.tasks for s in score_summaries(task)],
@@ -65,10 +71,11 @@ rule tables:
         judge=[j for task in STUDY.tasks for j in judge_markers(task)],
     output:
         table_outputs(),
+        study=study_config_file(),
     log:
-        "results/logs/tables.log",
+        study_path("logs", "tables.log"),
     benchmark:
-        "results/benchmarks/tables.tsv"
+        study_path("benchmarks", "tables.tsv")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("report")
@@ -76,9 +83,13 @@ rule tables:
         **rule_resources("report"),
     params:
         judge=lambda w, input: " ".join(os.path.dirname(j) for j in input.judge),
+        study=section_json(config),
+        out_dir=lambda w: study_path("tables"),
+        index=studies_index(),
     shell:
         "python -m ketchup tables --scores {input.scores:q} --variance {input.variance:q}"
-        " --judge {params.judge} --out-dir results/tables > {log:q} 2>&1"
+        " --judge {params.judge} --out-dir {params.out_dir:q} --study-json {params.study:q}"
+        " --study-config {output.study:q} --index {params.index:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -89,9 +100,9 @@ rule figures:
     output:
         figure_outputs(),
     log:
-        "results/{task}/logs/figures.log",
+        job_log("figures"),
     benchmark:
-        "results/{task}/benchmarks/figures.tsv"
+        job_benchmark("figures")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("report")
@@ -100,11 +111,11 @@ rule figures:
     params:
         kinds=figure_kinds() + study_figure_kinds(),
         judge=lambda w, input: " ".join(os.path.dirname(j) for j in input.judge),
+        out_dir=lambda w: study_path("figures"),
     shell:
         "python -m ketchup figures --task {wildcards.task} --scores {input.scores:q}"
         " --variance {input.variance:q} --kinds {params.kinds} --judge {params.judge}"
-        " --out-dir results/figures"
-        " > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # The LLM judge: a local rule (compute nodes often have no network), in `rule all` only with
@@ -112,13 +123,14 @@ rule figures:
 # or interrupted run keeps every answer, and a rerun sends only what is missing).
 rule judge:
     input:
-        data="results/{task}/data/test.jsonl",
+        data=study_path("{task}/data/test.jsonl"),
         systems=lambda w: list(judge_systems(w).values()),
         scores=lambda w: student_score_summaries(w.task, w.student),
+        templates=judge_templates(),
     output:
         judge_outputs(),
     log:
-        "results/{task}/logs/judge_{student}.log",
+        job_log("judge_{student}"),
     conda:
         "../../envs/ketchup.yaml"
     params:

@@ -3,14 +3,15 @@
 
 rule teacher:
     input:
-        expand("results/{{task}}/data/{split}.jsonl", split=SPLITS),
+        split_files(),
+        # the trained tokenizer, or a pretrained teacher's own files (its weights too)
         tokenizer_inputs,
     output:
-        directory("results/{task}/teacher/model"),
+        directory(study_path("{task}/teacher/model")),
     log:
-        "results/{task}/logs/teacher.log",
+        job_log("teacher"),
     benchmark:
-        "results/{task}/benchmarks/teacher.tsv"
+        job_benchmark("teacher")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("teacher")
@@ -19,29 +20,27 @@ rule teacher:
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
         cfg=section_json(config["teacher"]),
-        data_dir=lambda w: f"results/{w.task}/data",
+        data_dir=lambda w: data_dir(w.task),
         tokenizer=lambda w: tokenizer_path(w.task),
-        out_dir=lambda w: f"results/{w.task}/teacher",
-        launcher=launcher("teacher"),
+        out_dir=lambda w: teacher_dir(w.task),
+        keep=keep_checkpoints_arg(),
     shell:
-        "{params.launcher} train-teacher --data-dir {params.data_dir:q} --tokenizer {params.tokenizer:q}"
-        " --task-json {params.task:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q}"
-        " > {log:q} 2>&1"
+        launcher("teacher") + " train-teacher --data-dir {params.data_dir:q}"
+        " --tokenizer {params.tokenizer:q} --task-json {params.task:q}"
+        " --config-json {params.cfg:q} {params.keep} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule teacher_outputs:
     input:
-        data="results/{task}/data/{split}.jsonl",
-        teacher=lambda w: (
-            [teacher_model(w.task)] if STUDY.teacher.mode == "finetune" else []
-        ),
+        data=study_path("{task}/data/{split}.jsonl"),
+        teacher=teacher_inputs,
     output:
-        outputs="results/{task}/teacher/outputs/{split}.jsonl",
-        config="results/{task}/teacher/outputs/teacher-outputs-{split}.config.json",
+        outputs=study_path("{task}/teacher/outputs/{split}.jsonl"),
+        config=study_path("{task}/teacher/outputs/teacher-outputs-{split}.config.json"),
     log:
-        "results/{task}/logs/teacher_outputs_{split}.log",
+        job_log("teacher_outputs_{split}"),
     benchmark:
-        "results/{task}/benchmarks/teacher_outputs_{split}.tsv"
+        job_benchmark("teacher_outputs_{split}")
     conda:
         "../../envs/ketchup.yaml"
     threads: rule_threads("teacher_outputs")
@@ -50,10 +49,10 @@ rule teacher_outputs:
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
         cfg=section_json(config["teacher"]),
-        data_dir=lambda w: f"results/{w.task}/data",
+        data_dir=lambda w: data_dir(w.task),
         teacher=lambda w: teacher_model(w.task),
     shell:
         launcher("teacher_outputs", parallel=False)
-        + " teacher-outputs --teacher {params.teacher:q} --data-dir {params.data_dir:q}"
-        " --split {wildcards.split} --task-json {params.task:q} --config-json {params.cfg:q}"
-        " --out {output.outputs:q} > {log:q} 2>&1"
+        + " teacher-outputs --teacher {params.teacher:q}"
+        " --data-dir {params.data_dir:q} --split {wildcards.split} --task-json {params.task:q}"
+        " --config-json {params.cfg:q} --out {output.outputs:q} > {log:q} 2>&1"

@@ -1,8 +1,12 @@
 """Reading the judge's answers: a 1-10 score (pointwise) or a winner A / B / tie (pairwise).
 
 The prompts ask for one line of JSON. Parsing accepts, in this order: a JSON object anywhere in
-the answer (code fences and surrounding prose are fine), then a `Score: n` / `Winner: A` line, then
-an answer that is nothing but the score or the verdict. Anything else, a score outside 1-10, or two
+the answer (code fences and surrounding prose are fine); then the formats of the judge literature,
+which judge models fine-tuned on them keep to whatever the prompt says: MT-Bench's `[[7]]`
+(`Rating: [[7]]`) and `[[A]]` / `[[B]]` / `[[C]]` (C: a tie), Arena-Hard's `[[A>B]]`, `[[A>>B]]`,
+`[[A=B]]`, `[[B>A]]`, `[[B>>A]]`, and Prometheus's `[RESULT] 4` / `[RESULT] A`; then a `Score: n` /
+`Winner: A` line; then an answer that is nothing but the score or the verdict. A score is read on
+the prompt's 1-10 scale whatever format carries it. Anything else, a score outside 1-10, or two
 different values in one answer, is *unparsed*: kept with its raw text, counted, never scored.
 """
 
@@ -30,6 +34,15 @@ _LONE_VERDICT = re.compile(
     r"^\s*[\"'\[]*\s*(response\s+a|response\s+b|a|b|tie)\s*[\"'\]]*\.?\s*$", re.I
 )
 _REASON_LINE = re.compile(r"\breason\b\s*[:=]\s*(.+)", re.I)
+# MT-Bench (Zheng et al. 2023): "Rating: [[7]]"; Prometheus (Kim et al. 2024): "[RESULT] 4"
+_BRACKET_SCORE = re.compile(rf"\[\[\s*{_NUMBER}\s*(?:/\s*10\s*)?\]\]")
+_RESULT_SCORE = re.compile(rf"\[RESULT\]\s*:?\s*\(?\s*{_NUMBER}\b", re.I)
+# MT-Bench pairwise "[[A]]" / "[[B]]" / "[[C]]" (tie); Arena-Hard (Li et al. 2024) "[[A>>B]]",
+# "[[A>B]]", "[[A=B]]", "[[B>A]]", "[[B>>A]]"; Prometheus relative grading "[RESULT] A"
+_BRACKET_VERDICT = re.compile(r"\[\[\s*(A\s*>>?\s*B|B\s*>>?\s*A|A\s*=\s*B|A|B|C)\s*\]\]")
+_RESULT_VERDICT = re.compile(r"\[RESULT\]\s*:?\s*\(?\s*(A|B)\b")
+_BRACKET_VERDICTS = {"A": "A", "B": "B", "C": "tie", "A>B": "A", "A>>B": "A", "B>A": "B"}
+_BRACKET_VERDICTS.update({"B>>A": "B", "A=B": "tie"})
 
 _VERDICTS = {
     "a": "A",
@@ -112,6 +125,10 @@ def parse_score(text: str | None) -> Parsed:
     if scores and any(s is None for s in scores):
         return Parsed(False, problem="the JSON score is not a number")
     if not scores:
+        scores = [float(m.group(1)) for m in _BRACKET_SCORE.finditer(text)]
+    if not scores:
+        scores = [float(m.group(1)) for m in _RESULT_SCORE.finditer(text)]
+    if not scores:
         scores = [float(m.group(1)) for m in _SCORE_LINE.finditer(text)]
     if not scores:
         m = _LONE_SCORE.match(text)
@@ -136,6 +153,13 @@ def parse_winner(text: str | None) -> Parsed:
     verdicts = [_verdict(v) if isinstance(v, str) else None for v in raw]
     if verdicts and any(v is None for v in verdicts):
         return Parsed(False, problem=f"the JSON winner {raw[0]!r} is not A, B or tie")
+    if not verdicts:
+        verdicts = [
+            _BRACKET_VERDICTS[re.sub(r"\s+", "", m.group(1))]
+            for m in _BRACKET_VERDICT.finditer(text)
+        ]
+    if not verdicts:
+        verdicts = [_BRACKET_VERDICTS[m.group(1)] for m in _RESULT_VERDICT.finditer(text)]
     if not verdicts:
         verdicts = [_verdict(m.group(1)) for m in _WINNER_LINE.finditer(text)]
     if not verdicts:

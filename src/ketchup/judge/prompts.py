@@ -84,11 +84,21 @@ def parse_template(protocol: str, text: str, where: str = "<text>") -> Template:
     return Template(protocol, version.strip(), body.strip("\n") + "\n")
 
 
-def load_template(protocol: str, directory: str | Path | None = None) -> Template:
-    """The template of `protocol` from `directory` (default: the packaged templates)."""
+def template_file(protocol: str, directory: str | Path | None = None) -> Path:
+    """Where the template of `protocol` is: in `directory`, or among the packaged templates."""
     if protocol not in PROTOCOLS:
         raise TemplateError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    path = Path(directory or TEMPLATE_DIR) / f"{protocol}.txt"
+    return Path(directory or TEMPLATE_DIR) / f"{protocol}.txt"
+
+
+def template_files(directory: str | Path | None = None) -> list[Path]:
+    """Every template file a judge run reads (the workflow's inputs of the judge job)."""
+    return [template_file(p, directory) for p in PROTOCOLS]
+
+
+def load_template(protocol: str, directory: str | Path | None = None) -> Template:
+    """The template of `protocol` from `directory` (default: the packaged templates)."""
+    path = template_file(protocol, directory)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such template")
     return parse_template(protocol, path.read_text(encoding="utf-8"), str(path))

@@ -66,6 +66,10 @@ from ketchup.tasks import TaskDataError
 
 STAGE = "judge"
 EXIT_INCOMPLETE = 3
+# More than this share of the answers unparsed: the judge does not answer in a format the parser
+# reads, and its tables would be nearly empty; the run fails (exit EXIT_UNPARSED) saying so.
+UNPARSED_LIMIT = 0.5
+EXIT_UNPARSED = 4
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 JUDGMENTS = "judgments.jsonl"
@@ -112,10 +116,21 @@ class JudgeResult:
     n_not_judged: int = 0
     not_judged_reasons: Counter = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    unparsed_example: str | None = None  # one unparsed answer's raw text
 
     @property
     def complete(self) -> bool:
         return self.n_not_judged == 0
+
+    @property
+    def unparsed_share(self) -> float:
+        """The share of the answers received that could not be parsed (0 with none)."""
+        answered = self.n_requests - self.n_not_judged
+        return self.n_unparsed / answered if answered else 0.0
+
+    @property
+    def mostly_unparsed(self) -> bool:
+        return self.unparsed_share > UNPARSED_LIMIT
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,7 +336,9 @@ def run_judge(
     for key, failure in failures.items():
         n = sum(r.key == key for r in requests)
         result.not_judged_reasons[failure.reason] += n
-    result.n_unparsed = sum(row["status"] == UNPARSED for row in rows)
+    unparsed = [row for row in rows if row["status"] == UNPARSED]
+    result.n_unparsed = len(unparsed)
+    result.unparsed_example = unparsed[0]["raw"] if unparsed else None
     result.n_not_judged = sum(row["status"] == NOT_JUDGED for row in rows)
     result.elapsed_s = time.monotonic() - start
     _write_results(cfg, rows, outputs, pairs, ids, out_dir, resolved, result)
@@ -506,11 +523,12 @@ def judge_stage(args) -> int:
     examples = load_examples(args.data, cfg.max_examples)
     ids = [ex["id"] for ex in examples]
     outputs = {name: load_outputs(path, ids, name) for name, path in systems}
-    templates = load_templates(args.templates_dir) if args.templates_dir else None
+    templates_dir = args.templates_dir or cfg.templates_dir
+    templates = load_templates(templates_dir) if templates_dir else None
     inputs = {
         "data": str(args.data),
         "system_files": dict(systems),
-        "templates_dir": args.templates_dir,
+        "templates_dir": templates_dir,
     }
     result = run_judge(
         cfg,
@@ -544,5 +562,23 @@ def judge_stage(args) -> int:
             "only the missing requests.",
             file=sys.stderr,
         )
-        return EXIT_INCOMPLETE
-    return 0
+    if result.mostly_unparsed:
+        print(unparsed_warning(result, args.cache), file=sys.stderr)
+        return EXIT_UNPARSED
+    return 0 if result.complete else EXIT_INCOMPLETE
+
+
+def unparsed_warning(result: JudgeResult, cache: str | Path) -> str:
+    """One line: how many answers could not be read, and one of them as the judge wrote it."""
+    answered = result.n_requests - result.n_not_judged
+    example = " ".join((result.unparsed_example or "").split())
+    if len(example) > 300:
+        example = example[:300] + "..."
+    return (
+        f"ketchup judge: warning: {result.n_unparsed} of {answered} answers "
+        f"({result.unparsed_share:.0%}) could not be parsed, so the judge tables are mostly "
+        f"empty; one answer as the judge wrote it: {example!r}. The parser reads JSON "
+        '({"score": 7} / {"winner": "A"}), Score: / Winner: lines, MT-Bench [[7]] / [[A]] / '
+        "[[C]], Arena-Hard [[A>B]] and Prometheus [RESULT] 4; use a judge model (or prompt "
+        f"templates, judge.templates_dir) that answers so. The answers stay cached in {cache}."
+    )

@@ -10,13 +10,15 @@ from ketchup.files import atomic_path, read_jsonl, write_jsonl, write_resolved_c
 
 def prepare_data(args) -> int:
     """Load (or generate) a task and write one JSONL file per split."""
-    from ketchup.tasks import load_task
+    from ketchup.tasks import load_task, resolved_task
 
     task = parse_section(TaskConfig, args.config_json, "task", f"tasks.{args.task}")
     splits = load_task(args.task, task)
     out_dir = Path(args.out_dir)
     counts = {split: write_jsonl(out_dir / f"{split}.jsonl", splits[split]) for split in SPLITS}
-    write_resolved_config(out_dir, "prepare-data", task, task_name=args.task, counts=counts)
+    write_resolved_config(
+        out_dir, "prepare-data", resolved_task(task), task_name=args.task, counts=counts
+    )
     print(f"prepare-data: task {args.task}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 

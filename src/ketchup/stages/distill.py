@@ -287,7 +287,7 @@ def distill(args) -> int:
         resolve_dtype,
     )
     from ketchup.precision import precision_record
-    from ketchup.tasks import task_prompt, task_selection_metric
+    from ketchup.tasks import resolved_task, task_prompt, task_selection_metric
     from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
     method, k = split_system(args.method)
@@ -372,6 +372,7 @@ def distill(args) -> int:
         },
         evaluate_initial=warm_started,
         precision=student_cfg.model.precision,
+        keep_checkpoints=args.keep_checkpoints,
     )
     if not processes().is_main:
         return 0
@@ -384,7 +385,7 @@ def distill(args) -> int:
         k=k,
         seed=args.seed,
         student=to_dict(student_cfg),
-        task=to_dict(task),
+        task=resolved_task(task),
         teacher=args.teacher,
         warm_start=args.warm_start,
         best_step=state.best_step,

@@ -13,7 +13,8 @@ def _cells(score_files):
 
 
 def _variance(files) -> dict[tuple[str, str], list[dict[str, str]]]:
-    """grad_variance.csv files by (task, student), from their path results/<task>/students/<s>/."""
+    """grad_variance.csv files by (task, student), from their path
+    results/<study>/<task>/students/<s>/."""
     out = {}
     for path in files:
         p = Path(path)
@@ -40,7 +41,7 @@ JUDGE_NOT_RUN = (
 
 
 def judge_summary(judge_dirs) -> str:
-    """results/tables/judge.md: each judge run's report, a dry run's totals, or how to enable it."""
+    """tables/judge.md: each judge run's report, a dry run's totals, or how to enable it."""
     if not judge_dirs:
         return JUDGE_NOT_RUN
     parts = []
@@ -87,8 +88,26 @@ def tables_stage(args) -> int:
     provenance, provenance_records = provenance_table(cells)
     _write(out_dir, "provenance", [provenance], provenance_records)
     write_text(out_dir / "judge.md", judge_summary(args.judge))
+    if args.study_json:
+        _write_study(args)
     print((out_dir / "main.md").read_text())
     return 0
+
+
+def _write_study(args) -> None:
+    """The study's resolved config beside its tables' directory, and the index of studies."""
+    import json
+
+    from ketchup.config import ConfigError
+    from ketchup.studies import write_study
+
+    if not (args.study_config and args.index):
+        raise ConfigError("--study-json needs --study-config and --index")
+    try:
+        config = json.loads(args.study_json)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--study-json: not valid JSON ({e.msg})") from None
+    write_study(config, args.study_config, args.index)
 
 
 def figures_stage(args) -> int:

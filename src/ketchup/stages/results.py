@@ -25,7 +25,6 @@ from ketchup.config import (
     TaskConfig,
     parse_section,
     split_system,
-    to_dict,
 )
 from ketchup.files import (
     csv_text,
@@ -86,12 +85,14 @@ def generate_outputs(args) -> int:
     n, precision = write_split_outputs(
         args.model, args.precision, rows, task, cfg.generation, cfg.max_source_length, out
     )
+    from ketchup.tasks import resolved_task
+
     write_resolved_config(
         out.parent,
         f"generate-{args.split}",
         cfg,
         model=args.model,
-        task=to_dict(task),
+        task=resolved_task(task),
         precision=precision,
     )
     print(f"generate: {n} outputs for {args.split} from {args.model}")

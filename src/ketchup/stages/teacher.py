@@ -25,7 +25,7 @@ def train_teacher(args) -> int:
         load_tokenizer,
     )
     from ketchup.precision import MixedPrecision
-    from ketchup.tasks import task_prompt, task_selection_metric
+    from ketchup.tasks import resolved_task, task_prompt, task_selection_metric
     from ketchup.training import cross_entropy_loss, fit, generation_evaluator
 
     task = _task(args)
@@ -59,6 +59,7 @@ def train_teacher(args) -> int:
         out_dir=out_dir,
         fingerprint={"teacher": to_dict(cfg), "task": to_dict(task)},
         precision=cfg.model.precision,
+        keep_checkpoints=args.keep_checkpoints,
     )
     if not processes().is_main:
         return 0
@@ -66,7 +67,7 @@ def train_teacher(args) -> int:
         out_dir / "model",
         "train-teacher",
         cfg,
-        task=to_dict(task),
+        task=resolved_task(task),
         tokenizer=args.tokenizer,
         best_step=state.best_step,
         best_validation_score=state.best_score,
@@ -82,6 +83,7 @@ def train_teacher(args) -> int:
 def teacher_outputs(args) -> int:
     """Greedy teacher outputs for one split, batched, in the split's order."""
     from ketchup.stages.results import write_split_outputs
+    from ketchup.tasks import resolved_task
 
     task = _task(args)
     cfg = parse_section(TeacherConfig, args.config_json, "teacher", "teacher")
@@ -102,6 +104,7 @@ def teacher_outputs(args) -> int:
         cfg,
         teacher=args.teacher,
         precision=precision,
+        task=resolved_task(task),
     )
     print(f"teacher-outputs: {n} outputs for {args.split}")
     return 0

@@ -54,7 +54,7 @@ def grad_variance(args) -> int:
         resolve_dtype,
     )
     from ketchup.precision import MixedPrecision, own_dtype, precision_record
-    from ketchup.tasks import format_prompt, task_prompt
+    from ketchup.tasks import format_prompt, resolved_task, task_prompt
 
     task = parse_section(TaskConfig, args.task_json, "task", "task")
     cfg = parse_section(DistillConfig, args.config_json, "distill", "distill")
@@ -152,7 +152,7 @@ def grad_variance(args) -> int:
         Path(args.out).parent,
         "grad-variance",
         cfg,
-        task=to_dict(task),
+        task=resolved_task(task),
         teacher=args.teacher,
         student=args.student,
         parameters=n_params,

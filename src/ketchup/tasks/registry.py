@@ -25,14 +25,16 @@ dart's source is the triples as "s | p | o && s | p | o" and its references all 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ketchup import hub
 from ketchup.config import SPLITS, ConfigError
-from ketchup.files import CorruptFileError, check_utf8
+from ketchup.files import CorruptFileError, check_jsonl, check_utf8
 
 if TYPE_CHECKING:
     from ketchup.config import TaskConfig
@@ -117,13 +119,35 @@ def _lookup(row: Mapping[str, Any], path: Sequence[str | int]) -> Any:
     return value
 
 
+def _fields_there(row: Mapping[str, Any], path: Sequence[str | int]) -> str:
+    """What the row has where `path` is missing or null: the fields with a value of the deepest
+    mapping reached (a CSV row or a JSON row without the key reads its value as null)."""
+    value: Any = row
+    depth = 0  # value is what path[:depth] names; path[depth] has no value in it
+    for part in path[:-1]:
+        try:
+            inner = value[part]
+        except (KeyError, IndexError, TypeError):
+            break
+        if not isinstance(inner, (Mapping, list, tuple)):
+            break
+        value, depth = inner, depth + 1
+    if isinstance(value, Mapping):
+        under = f" under '{_field_name(path[:depth])}'" if depth else ""
+        names = [str(k) for k, v in value.items() if v is not None]
+        return f"; the row's fields{under}: {', '.join(names) or '(none)'}"
+    if isinstance(value, (list, tuple)):
+        return f"; '{_field_name(path[:depth])}' has {len(value)} items"
+    return ""
+
+
 def _require(row: Mapping[str, Any], path: Sequence[str | int]) -> Any:
     value = _lookup(row, path)
     if value is _ABSENT:
-        raise RowError(f"field '{_field_name(path)}' is missing")
+        raise RowError(f"field '{_field_name(path)}' is missing{_fields_there(row, path)}")
     # A JSON row without the key and an empty CSV cell both arrive as null.
     if value is None:
-        raise RowError(f"field '{_field_name(path)}' is missing or empty")
+        raise RowError(f"field '{_field_name(path)}' is missing or empty{_fields_there(row, path)}")
     return value
 
 
@@ -195,8 +219,29 @@ def _convert_dart(row: Mapping[str, Any], task: TaskConfig) -> Converted:
     return Converted(source, references, {"tripleset": triples})
 
 
+def _references(row: Mapping[str, Any], name: str) -> list[str]:
+    """The texts of a list column; in a CSV file, a cell holding a JSON list of strings."""
+    value = _require(row, [name])
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RowError(f"field '{name}' is not a JSON list ({e.msg})") from None
+        row = {name: value}
+    return [_text(row, name, i) for i in range(len(_list(row, name)))]
+
+
 def _convert_file(row: Mapping[str, Any], task: TaskConfig) -> Converted:
-    return Converted(_text(row, task.source_field), [_text(row, task.target_field)], {})
+    """Your own rows: `source_field`, and `target_field` and / or `references_field` (a list of
+    references: the target is the first unless `target_field` names it)."""
+    source = _text(row, task.source_field)
+    target = _text(row, task.target_field) if task.target_field else None
+    if task.references_field is None:
+        return Converted(source, [target], {})
+    references = _references(row, task.references_field)
+    if target is not None:
+        references = [target, *(r for r in references if r != target)]
+    return Converted(source, references, {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +295,7 @@ DATASETS: dict[str, DatasetSpec] = {
             hub_id="Yale-LILY/dart",
             convert=_convert_dart,
         ),
-        # The user's own files, with source_field / target_field from the task config.
+        # The user's own files, with source_field, target_field / references_field from the config.
         DatasetSpec("file", prompt="{source}", metric="bleu", hub_splits=(), convert=_convert_file),
     )
 }
@@ -287,6 +332,19 @@ def task_selection_metric(task: TaskConfig) -> str:
     if task.selection_metric is not None:
         return task.selection_metric
     return {"rouge": "rouge1"}.get(task_metric(task), task_metric(task))
+
+
+def resolved_task(task: TaskConfig) -> dict[str, Any]:
+    """The task's config as a job ran it, for its resolved config: the prompt, the metric and the
+    selection metric actually used in place of null (the dataset's own)."""
+    from ketchup.config import to_dict
+
+    return {
+        **to_dict(task),
+        "prompt": task_prompt(task),
+        "metric": task_metric(task),
+        "selection_metric": task_selection_metric(task),
+    }
 
 
 def format_prompt(template: str, source: str) -> str:
@@ -354,6 +412,8 @@ def _read_file(path: str, task_name: str, split: str):
     if fmt != "parquet":
         try:
             check_utf8(file)  # else a UnicodeDecodeError from deep inside datasets
+            if fmt == "json" and _is_json_lines(file):
+                check_jsonl(file)  # datasets names only a byte position, not the line
         except CorruptFileError as e:
             raise TaskDataError(str(e)) from None
     # datasets fails on a file without rows with an obscure message (or StopIteration).
@@ -372,6 +432,15 @@ def _read_file(path: str, task_name: str, split: str):
         raise TaskDataError(f"{path}: cannot be read as {fmt}: {reason}") from e
 
 
+def _is_json_lines(file: Path) -> bool:
+    """JSON lines (one object per line), not one JSON array: the first character is not '['."""
+    with file.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                return not line.lstrip().startswith("[")
+    return True
+
+
 def _has_no_rows(file: Path, fmt: str) -> bool:
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -388,21 +457,25 @@ def _has_no_rows(file: Path, fmt: str) -> bool:
         return all(not line.strip() for line in f)
 
 
-def _read_hub(spec: DatasetSpec, hub_split: str, task_name: str):
+def _read_hub(spec: DatasetSpec, hub_split: str, task_name: str, revision: str | None):
     import datasets
 
     try:
         try:
-            return datasets.load_dataset(spec.hub_id, spec.hub_config, split=hub_split)
+            return datasets.load_dataset(
+                spec.hub_id, spec.hub_config, split=hub_split, revision=revision
+            )
         except RuntimeError as e:
-            if "scripts are no longer supported" not in str(e):
+            if "scripts are no longer supported" not in str(e) or revision:
                 raise
             # A repository that still has a loading script: the hub's automatic Parquet export
-            # holds the same rows and loads without it.
+            # holds the same rows and loads without it (a pinned revision is taken as it is).
             return datasets.load_dataset(
                 spec.hub_id, spec.hub_config, split=hub_split, revision="refs/convert/parquet"
             )
     except Exception as e:
+        if hub.is_hub_failure(e):
+            raise hub.dataset_error(task_name, spec.hub_id, spec.hub_config, hub_split, e) from e
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TaskDataError(
             f"hub {spec.hub_id} ({spec.hub_config or 'default'}) split {hub_split}: cannot be "
@@ -430,7 +503,7 @@ def _raw_splits(task_name: str, task: TaskConfig, spec: DatasetSpec) -> dict[str
             if hub_split is None:
                 carved.append(split)
             else:
-                rows = _read_hub(spec, hub_split, task_name)
+                rows = _read_hub(spec, hub_split, task_name, task.revision)
                 raw[split] = _RawSplit(rows, f"hub {spec.hub_id} split {hub_split}")
     if carved:
         train = raw["train"]
@@ -491,10 +564,13 @@ def load_task(name: str, task: TaskConfig) -> dict[str, list[dict[str, Any]]]:
         generated = generate(task.embedded)
         return {split: generated[split][: limits[split]] for split in SPLITS}
     if spec.name == "file" and (
-        task.files is None or not task.source_field or not task.target_field
+        task.files is None
+        or not task.source_field
+        or not (task.target_field or task.references_field)
     ):
         raise ConfigError(
-            f"config key 'tasks.{name}': dataset 'file' needs files, source_field and target_field"
+            f"config key 'tasks.{name}': dataset 'file' needs files, source_field and "
+            "target_field or references_field"
         )
     raw = _raw_splits(name, task, spec)
     out: dict[str, list[dict[str, Any]]] = {}
