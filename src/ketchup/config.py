@@ -534,11 +534,19 @@ def parse_config(data: dict[str, Any]) -> StudyConfig:
 
 def merge_configs(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
     """`base` with `change` applied key by key (nested mappings merged, anything else replaced),
-    as Snakemake merges the files of `--configfile A B`; neither input is modified."""
+    as the workflow merges the files of `--configfile A B`; neither input is modified.
+
+    A mapping that names another `model_type` than the one it is merged into (an `architecture`
+    block changed from t5 to gpt2, say) replaces it whole: one transformers config's keys mean
+    nothing to another's (T5's d_ff and d_kv in a GPT-2 config).
+    """
     out = copy.deepcopy(base)
     for key, value in change.items():
-        both_mappings = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge_configs(out[key], value) if both_mappings else copy.deepcopy(value)
+        old = out.get(key)
+        merge = isinstance(value, dict) and isinstance(old, dict)
+        if merge and "model_type" in value and "model_type" in old:
+            merge = value["model_type"] == old["model_type"]
+        out[key] = merge_configs(old, value) if merge else copy.deepcopy(value)
     return out
 
 

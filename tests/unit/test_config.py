@@ -320,3 +320,20 @@ def test_config_files_merge_in_order_without_changing_their_inputs(tmp_path):
     overlay.write_text("distill: {seeds: [3, 3]}\n")
     with pytest.raises(cfg.ConfigError, match=r"overlay.yaml: config key 'distill.seeds'"):
         cfg.load_config(ROOT / "config.yaml", overlay)
+
+
+def test_a_changed_model_type_replaces_the_architecture_block(tmp_path, capsys):
+    """An overlay that turns the T5 student into a GPT-2 gets GPT-2's keys only (T5's d_ff and
+    d_kv mean nothing to GPT2Config); one that keeps the type changes only the keys it names."""
+    gpt2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2}
+    overlay = tmp_path / "gpt2.yaml"
+    overlay.write_text(yaml.safe_dump({"students": {"t5-tiny": {"model": {"architecture": gpt2}}}}))
+    study = cfg.load_config(ROOT / "config.yaml", overlay)
+    assert study.students["t5-tiny"].model.architecture == gpt2
+    assert main(["check-config", str(ROOT / "config.yaml"), str(overlay)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+    base = default_config()["students"]["t5-tiny"]["model"]["architecture"]
+    wider = {"students": {"t5-tiny": {"model": {"architecture": {"model_type": "t5", "d_ff": 8}}}}}
+    merged = cfg.merge_configs(default_config(), wider)
+    assert merged["students"]["t5-tiny"]["model"]["architecture"] == {**base, "d_ff": 8}

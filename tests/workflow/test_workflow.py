@@ -482,3 +482,23 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def test_an_overlay_that_changes_model_type_replaces_the_architecture(tmp_path):
+    """`--configfile smoke.yaml gpt2.yaml`, the student turned into a GPT-2: its jobs get GPT-2's
+    keys only (Snakemake's own merge would keep T5's d_kv and d_ff, which GPT2Config rejects),
+    as `ketchup check-config` merges the same files."""
+    from ketchup.config import load_config
+
+    gpt2 = {"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 128}
+    overlay = tmp_path / "gpt2.yaml"
+    overlay.write_text(
+        yaml.safe_dump({"students": {"t5-micro": {"model": {"architecture": gpt2}}}})
+    )
+    out = snakemake(
+        "-n", "-p", "--directory", str(tmp_path), "--configfile", str(SMOKE), str(overlay)
+    ).stdout
+    student = next(line for line in out.splitlines() if " distill " in line)
+    student = json.loads(student.split("--student-json '")[1].split("'")[0])
+    assert student["model"]["architecture"] == gpt2
+    assert load_config(SMOKE, overlay).students["t5-micro"].model.architecture == gpt2

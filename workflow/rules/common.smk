@@ -6,7 +6,7 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 import yaml
-from snakemake.utils import update_config, validate
+from snakemake.utils import validate
 
 from ketchup.config import (
     SPLITS,
@@ -15,7 +15,9 @@ from ketchup.config import (
     WARM_STARTED_METHODS,
     ConfigError,
     job_distill_section,
+    merge_configs,
     parse_config,
+    read_config_files,
     split_system,
 )
 from ketchup.tasks import task_kind
@@ -74,12 +76,24 @@ def retyped(value):
     return yaml.safe_load(value) if isinstance(value, str) else value
 
 
-# Snakemake reads `--config key=value` with YAML's BaseLoader, so a nested value such as
-# judge='{enabled: true}' arrives with every leaf a string; type those leaves again.
-for key, value in workflow.config_settings.config.items():
-    if isinstance(value, (dict, list)):
-        update_config(config, {key: retyped(value)})
+def merged_config():
+    """The config files merged as `ketchup check-config` merges them (a changed `model_type`
+    replaces its architecture block, where Snakemake would mix two architectures' keys), then
+    `--config` on top. Snakemake reads `--config key=value` with YAML's BaseLoader, so a nested
+    value such as judge='{enabled: true}' arrives with every leaf a string: typed again here.
+    """
+    try:
+        merged = read_config_files(*workflow.configfiles)
+    except ConfigError as e:
+        raise WorkflowError(f"invalid config: {e}") from None
+    for key, value in workflow.config_settings.config.items():
+        typed = retyped(value) if isinstance(value, (dict, list)) else value
+        merged = merge_configs(merged, {key: typed})
+    return merged
 
+
+config.clear()
+config.update(merged_config())
 STUDY = load_study(config)
 
 
