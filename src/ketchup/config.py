@@ -156,6 +156,17 @@ class TeacherConfig:
     model: ModelConfig
     train: TrainConfig
     generation: GenerationConfig
+    # its outputs' source length; parse_config fills null with evaluation.max_source_length
+    max_source_length: int | None
+
+    def outputs_source_length(self) -> int:
+        """The source length of the teacher's outputs (set, or filled in by parse_config)."""
+        if self.max_source_length is None:
+            raise ConfigError(
+                "config key 'teacher.max_source_length': needed to write the teacher's outputs "
+                "(the workflow sets it to evaluation.max_source_length when it is null)"
+            )
+        return self.max_source_length
 
     def check(self, where: str) -> None:
         self.model.check(f"{where}.model")
@@ -527,6 +538,10 @@ def parse_config(data: dict[str, Any]) -> StudyConfig:
     if not isinstance(data, dict):
         raise ConfigError("config: expected a mapping at the top level")
     validate_with_defaults(data)
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("max_source_length") is None:
+        # The teacher's outputs read sources as far as the systems they are compared with do.
+        teacher["max_source_length"] = data["evaluation"]["max_source_length"]
     study = from_dict(StudyConfig, data, "")
     study.check()
     return study

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from ketchup.cli import main
 from ketchup.files import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TASK = {
     "dataset": "embedded",
@@ -67,7 +70,12 @@ def test_splits_and_tokenizer(prepared):
 
 def train_teacher_with_outputs(prepared, arch: dict, out_dir, split: str):
     """`train-teacher` then `teacher-outputs` on `split`, as the workflow's two rules run them."""
-    teacher = {"model": {"architecture": arch}, "train": TRAIN, "generation": GENERATION}
+    teacher = {
+        "model": {"architecture": arch},
+        "train": TRAIN,
+        "generation": GENERATION,
+        "max_source_length": TRAIN["max_source_length"],
+    }
     args = [
         "--data-dir",
         str(prepared / "data"),
@@ -145,6 +153,7 @@ def test_prompted_teacher_is_used_as_it_is(prepared, archs, tmp_path):
         "mode": "prompted",
         "model": {"name_or_path": str(tmp_path / "pretrained")},
         "generation": GENERATION,
+        "max_source_length": 48,
     }
     task = dict(TASK, prompt="describe: {source}")
     out = tmp_path / "train.jsonl"
@@ -629,3 +638,41 @@ def test_generate_and_score_a_model(prepared, teacher_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "short.jsonl" in err and examples[0]["id"] in err
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_prompted_teacher_reads_sources_as_far_as_the_students(prepared, archs, tmp_path):
+    """configs/paper.yaml sets no teacher.train: the teacher's outputs (the SeqKD / KL targets and
+    its row of the tables) read 512 source tokens, as its students and the evaluation do, not the
+    128 of teacher.train's default; the resolved config says what was used."""
+    import yaml
+
+    import ketchup.generation
+    from ketchup.config import ModelConfig, parse_config
+    from ketchup.models import build_model, load_tokenizer, save_model
+
+    tokenizer = load_tokenizer(str(prepared / "tok"))
+    save_model(
+        build_model(ModelConfig(None, archs["t5"], "float32"), tokenizer), tokenizer, tmp_path / "m"
+    )
+    config = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    parse_config(config)  # defaults filled in place, as the workflow's config is
+    teacher = config["teacher"]
+    teacher["generation"]["max_new_tokens"] = 4
+    students = {s["train"]["max_source_length"] for s in config["students"].values()}
+    assert students == {512}
+    lengths, generate = [], ketchup.generation.generate
+
+    def recording(*args, max_source_length, **kwargs):
+        lengths.append(max_source_length)
+        return generate(*args, max_source_length=max_source_length, **kwargs)
+
+    out = tmp_path / "outputs" / "train.jsonl"
+    argv = ["teacher-outputs", "--teacher", str(tmp_path / "m"), "--split", "train"]
+    argv += ["--data-dir", str(prepared / "data"), "--task-json", json.dumps(TASK)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ketchup.generation, "generate", recording)
+        assert main([*argv, "--config-json", json.dumps(teacher), "--out", str(out)]) == 0
+    print(f"the teacher's outputs read {lengths} source tokens")
+    assert lengths == [512]
+    resolved = json.loads((out.parent / "teacher-outputs-train.config.json").read_text())
+    assert resolved["config"]["max_source_length"] == 512

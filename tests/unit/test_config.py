@@ -337,3 +337,22 @@ def test_a_changed_model_type_replaces_the_architecture_block(tmp_path, capsys):
     wider = {"students": {"t5-tiny": {"model": {"architecture": {"model_type": "t5", "d_ff": 8}}}}}
     merged = cfg.merge_configs(default_config(), wider)
     assert merged["students"]["t5-tiny"]["model"]["architecture"] == {**base, "d_ff": 8}
+
+
+def test_the_teacher_reads_sources_as_far_as_the_study_evaluates_them():
+    """teacher.max_source_length null (the paper's configs) is evaluation.max_source_length in
+    the parsed config, in either mode; set, it is the teacher's own."""
+    for name in ("paper.yaml",):
+        data = yaml.safe_load((ROOT / "configs" / name).read_text())
+        study = cfg.parse_config(data)
+        assert study.teacher.max_source_length == study.evaluation.max_source_length == 512
+        assert data["teacher"]["max_source_length"] == 512  # what the workflow's jobs are given
+        assert study.teacher.train.max_source_length == 128  # unused by a prompted teacher
+    data = default_config()
+    data["teacher"]["max_source_length"] = 40
+    assert cfg.parse_config(data).teacher.outputs_source_length() == 40
+    unfilled = cfg.parse_section(
+        cfg.TeacherConfig, data["teacher"] | {"max_source_length": None}, "teacher", "teacher"
+    )
+    with pytest.raises(cfg.ConfigError, match=r"config key 'teacher\.max_source_length'"):
+        unfilled.outputs_source_length()

@@ -225,6 +225,13 @@ def student_models(task):
 def variance_student(wildcards):
     """The fixed student of the gradient-variance table: the warm start of the first seed."""
     return warm_start_model(wildcards, seed=STUDY.distill.seeds[0])
+def teacher_training_json():
+    """The teacher section train-teacher reads, without its outputs' source length (which only
+    teacher_outputs reads, so that changing it reruns the outputs, not the training)."""
+    section = {k: v for k, v in config["teacher"].items() if k != "max_source_length"}
+    return section_json(section)
+
+
 
 
 def variance_tables(task):

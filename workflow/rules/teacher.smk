@@ -18,7 +18,7 @@ rule teacher:
         **rule_resources("teacher"),
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
-        cfg=section_json(config["teacher"]),
+        cfg=teacher_training_json(),
         data_dir=lambda w: f"results/{w.task}/data",
         tokenizer=lambda w: tokenizer_path(w.task),
         out_dir=lambda w: f"results/{w.task}/teacher",
