@@ -256,7 +256,7 @@ VERBS: tuple[Verb, ...] = (
         "train-tokenizer",
         "train a BPE tokenizer on a task's training split",
         "Reads DATA_DIR/train.jsonl; writes a transformers tokenizer to OUT_DIR "
-        "(AutoTokenizer.from_pretrained(OUT_DIR) loads it).",
+        "(ketchup.models.load_tokenizer(OUT_DIR) loads it).",
         _tokenizer_args,
         "ketchup.stages.data:train_tokenizer_stage",
     ),

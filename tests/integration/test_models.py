@@ -379,3 +379,65 @@ def test_token_logits_gradients(model, tokenizer, pairs):
     logits.logsumexp(-1).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The tokenizer a model was trained with, reloaded from its directory
+
+ARCHS_BY_TYPE = {
+    "llama": {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    },
+    "qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    },
+}
+
+
+@pytest.mark.parametrize("model_type", ["t5", "gpt2", "llama", "qwen2"])
+def test_a_saved_model_reloads_the_tokenizer_that_trained_it(
+    model_type, tokenizer, archs, tmp_path
+):
+    """The BPE of from-scratch models, saved beside a model of each type, comes back with the
+    same ids: beside a qwen2 model, transformers would rebuild it as a Qwen2Tokenizer with Qwen's
+    pre-tokenizer ("BlueSpiceserves..."). Every stage loads tokenizers through load_tokenizer."""
+    arch = {**archs, **ARCHS_BY_TYPE}[model_type]
+    out = save_model(build_model(model_config(arch), tokenizer), tokenizer, tmp_path / "m")
+    sentence = "Blue Spice serves Italian food in the riverside area."
+    loaded = load_tokenizer(str(out))
+    ids = loaded(sentence)["input_ids"]
+    assert ids == tokenizer(sentence)["input_ids"]
+    assert loaded.decode(ids, skip_special_tokens=True) == sentence
+
+
+def test_every_stage_loads_tokenizers_through_load_tokenizer():
+    """No module but ketchup.models loads a tokenizer from disk or the hub itself."""
+    from pathlib import Path
+
+    import ketchup
+
+    package = Path(ketchup.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name != "models.py":
+            text = path.read_text()
+            assert "AutoTokenizer" not in text and "Tokenizer.from_pretrained" not in text, path
+
+
+def test_a_model_directory_without_tokenizer_files_is_refused(tokenizer, archs, tmp_path):
+    """Else AutoTokenizer builds a placeholder (104 extra-id tokens for T5, one for GPT-2) whose
+    every output is empty."""
+    for name, arch in archs.items():
+        build_model(model_config(arch), tokenizer).save_pretrained(tmp_path / name)
+        with pytest.raises(FileNotFoundError, match="no tokenizer files") as err:
+            load_tokenizer(str(tmp_path / name))
+        assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)

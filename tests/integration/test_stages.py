@@ -676,3 +676,27 @@ def test_prompted_teacher_reads_sources_as_far_as_the_students(prepared, archs, 
     assert lengths == [512]
     resolved = json.loads((out.parent / "teacher-outputs-train.config.json").read_text())
     assert resolved["config"]["max_source_length"] == 512
+
+
+def test_a_model_directory_without_a_tokenizer_writes_no_outputs(
+    prepared, teacher_dir, tmp_path, capsys
+):
+    """A model saved without its tokenizer is refused in one line naming the directory (it used
+    to get a placeholder tokenizer and write empty outputs with exit status 0)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(teacher_dir / "model", model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model / name).unlink()
+    evaluation = {"generation": GENERATION, "max_source_length": 48}
+    out = tmp_path / "test_outputs.jsonl"
+    argv = ["generate", "--model", str(model), "--data-dir", str(prepared / "data")]
+    argv += ["--task-json", json.dumps(TASK), "--config-json", json.dumps(evaluation)]
+    capsys.readouterr()
+    status = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    print(f"exit status {status}; stderr: {err.strip()!r}")
+    assert status == 1 and not out.exists()
+    assert err.startswith("ketchup generate: error: ") and err.count("\n") == 1
+    assert str(model) in err and "no tokenizer files" in err
