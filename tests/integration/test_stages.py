@@ -700,3 +700,26 @@ def test_a_model_directory_without_a_tokenizer_writes_no_outputs(
     assert status == 1 and not out.exists()
     assert err.startswith("ketchup generate: error: ") and err.count("\n") == 1
     assert str(model) in err and "no tokenizer files" in err
+
+
+def test_an_onpolicy_job_whose_every_rollout_is_cut_fails_naming_the_cap(
+    prepared, teacher_dir, archs, warm_start, tmp_path, capsys
+):
+    """Rollouts of one token, none of them EOS, all dropped from the loss: no update changes the
+    model, so the job stops at its first evaluation naming the share cut and the key to raise,
+    instead of publishing the warm start as a trained system (exit status 0)."""
+    cut = {
+        "train": {**ONPOLICY["train"], "eval_every": 4},
+        "rollout": {"greedy": True, "max_new_tokens": 1, "max_source_length": 48},
+    }
+    argv = _onpolicy_argv(prepared, teacher_dir, archs, warm_start, "ketchup_k4", tmp_path, cut)
+    capsys.readouterr()
+    status = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    print(f"exit status {status}; stderr: {err!r}")
+    log = read_jsonl(tmp_path / "log.jsonl")
+    assert [r["finished_share"] for r in log if r["kind"] == "train"] == [0.0] * 4
+    assert status == 1 and not (tmp_path / "model").exists()
+    assert "100% of the rollouts hit the length cap" in err
+    assert err.startswith("ketchup distill: error: none of the 4 updates")
+    assert "'distill.rollout.max_new_tokens' (now 1)" in err

@@ -296,6 +296,12 @@ def distill(args) -> int:
             "warm_start": args.warm_start,
         },
         evaluate_initial=warm_started,
+        empty_loss_hint=(
+            f"raise config key 'distill.rollout.max_new_tokens' (now {cfg.rollout.max_new_tokens})"
+            " or set distill.rollout.drop_truncated: false"
+            if warm_started
+            else None
+        ),
     )
     if not processes().is_main:
         return 0
