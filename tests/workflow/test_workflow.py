@@ -23,14 +23,18 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def snakemake(
-    *args: str, cwd: Path = ROOT, check: bool = True, env: dict | None = None
+    *args: str,
+    cwd: Path = ROOT,
+    check: bool = True,
+    env: dict | None = None,
+    timeout: float = 900,
 ) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         env=env,
     )
     if check and result.returncode != 0:
@@ -482,6 +486,33 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+COMPUTE_VERBS = ("prepare-data", "train-tokenizer", "train-teacher", "teacher-outputs", "distill")
+COMPUTE_VERBS += ("grad-variance", "generate")
+OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
+
+
+def test_the_hub_is_fetched_by_a_local_rule_and_jobs_run_offline(tmp_path):
+    """configs/paper.yaml names two hub models and five hub datasets: one `fetch` job each (a
+    local rule, with the network), and every job that reads one waits for its record and runs
+    its verb with the hub offline, so a compute node never tries to download."""
+    out = snakemake(
+        "-n", "-p", "--directory", str(tmp_path), "--configfile", str(ROOT / "configs/paper.yaml")
+    ).stdout
+    assert job_counts(out)["fetch"] == 7
+    commands = [line for line in out.splitlines() if "-m ketchup" in line]
+    fetches = [c for c in commands if "-m ketchup fetch " in c]
+    assert len(fetches) == 7 and not any("OFFLINE" in c for c in fetches)
+    assert any("--model google/flan-t5-xl " in c for c in fetches)
+    compute = [c for c in commands if any(f" {verb} " in c for verb in COMPUTE_VERBS)]
+    assert compute and all(c.split("Shell command: ")[-1].startswith(OFFLINE) for c in compute)
+    jobs = out.split("\n\n")
+    prepare = next(j for j in jobs if "rule prepare_data:" in j and "task=xsum" in j)
+    assert "input: results/hub/data-xsum.json" in prepare
+    distill = next(j for j in jobs if "rule distill:" in j and "method=ketchup_k4" in j)
+    assert "results/hub/model-teacher.json" in distill
+    assert "results/hub/model-student-t5-base.json" in distill
 
 
 def test_an_overlay_that_changes_model_type_replaces_the_architecture(tmp_path):

@@ -20,7 +20,7 @@ from ketchup.config import (
     read_config_files,
     split_system,
 )
-from ketchup.tasks import task_kind
+from ketchup.tasks import dataset_spec, task_kind
 from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
 from ketchup.judge.stage import (
     ANSWER_FILES as JUDGE_ANSWER_FILES,
@@ -129,8 +129,14 @@ def rule_resources(rule_name):
     return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"]}
 
 
+# Compute jobs never reach the hub: what they read was fetched by the local rule `fetch` on the
+# submitting machine (a cluster node often has no network), and they load it from the cache.
+OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
+
+
 def launcher(rule_name, parallel=True):
-    """How a job starts its verb: `python -m ketchup`, on its own GPU(s) when it asks for any.
+    """How a job starts its verb: `python -m ketchup` with the hub offline, on its own GPU(s)
+    when it asks for any.
 
     With gpu >= 1 the job runs under `python -m ketchup.gpu_slots N --`, which gives it N free
     GPUs of its own (CUDA_VISIBLE_DEVICES; Snakemake only counts GPUs, it does not assign them).
@@ -139,14 +145,64 @@ def launcher(rule_name, parallel=True):
     """
     gpus = config["resources"][rule_name]["gpu"]
     if gpus == 0:
-        return "python -m ketchup"
-    slots = f"python -m ketchup.gpu_slots {gpus} --"
+        return f"{OFFLINE} python -m ketchup"
+    slots = f"{OFFLINE} python -m ketchup.gpu_slots {gpus} --"
     if gpus == 1 or not parallel:
         return f"{slots} python -m ketchup"
     return (
         f"{slots} accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1"
         " --mixed_precision no --dynamo_backend no -m ketchup"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The hub: one `fetch` job per hub model (the teacher's, each student's) and per task of a hub
+# dataset, whose record every job that reads it waits for.
+def hub_models():
+    """{item: model section} of the teacher and each student loaded by name_or_path."""
+    models = {"model-teacher": config["teacher"]["model"]}
+    for name, student in config["students"].items():
+        models[f"model-student-{name}"] = student["model"]
+    return {item: m for item, m in models.items() if m["name_or_path"] is not None}
+
+
+def hub_datasets():
+    """{item: task name} of the tasks whose dataset is a hub dataset (local `files` or not)."""
+    return {
+        f"data-{task}": task
+        for task, cfg in STUDY.tasks.items()
+        if dataset_spec(cfg.dataset).hub_id is not None
+    }
+
+
+def hub_items():
+    return [*hub_models(), *hub_datasets()]
+
+
+def fetched(*items):
+    """The fetch records of these items, for those that the study reads from the hub."""
+    return [f"{RESULTS}/hub/{item}.json" for item in items if item in hub_items()]
+
+
+def fetch_args(wildcards):
+    """The fetch verb's arguments (a list: `:q` quotes each): a model with its revision when the
+    config pins one, or a task."""
+    model = hub_models().get(wildcards.item)
+    if model is not None:
+        revision = model.get("revision")
+        return [
+            "--model",
+            model["name_or_path"],
+            *(["--revision", revision] if revision else []),
+        ]
+    task = hub_datasets()[wildcards.item]
+    # what the download depends on, so that a new prompt or example cap fetches nothing again
+    where = {
+        k: v
+        for k, v in config["tasks"][task].items()
+        if k in ("dataset", "files", "revision")
+    }
+    return ["--task", task, "--task-json", section_json(where)]
 
 
 def rule_threads(rule_name):
@@ -167,6 +223,13 @@ def tokenizer_path(task):
 def tokenizer_inputs(wildcards):
     """The tokenizer directory as a rule input when the workflow trains it, else nothing."""
     return [tokenizer_path(wildcards.task)] if STUDY.teacher.model.from_scratch else []
+
+
+def teacher_training_json():
+    """The teacher section train-teacher reads, without its outputs' source length (which only
+    teacher_outputs reads, so that changing it reruns the outputs, not the training)."""
+    section = {k: v for k, v in config["teacher"].items() if k != "max_source_length"}
+    return section_json(section)
 
 
 def teacher_model(task):
@@ -225,13 +288,6 @@ def student_models(task):
 def variance_student(wildcards):
     """The fixed student of the gradient-variance table: the warm start of the first seed."""
     return warm_start_model(wildcards, seed=STUDY.distill.seeds[0])
-def teacher_training_json():
-    """The teacher section train-teacher reads, without its outputs' source length (which only
-    teacher_outputs reads, so that changing it reruns the outputs, not the training)."""
-    section = {k: v for k, v in config["teacher"].items() if k != "max_source_length"}
-    return section_json(section)
-
-
 
 
 def variance_tables(task):

@@ -1,7 +1,24 @@
-# Data: a task's splits, and the tokenizer of from-scratch models.
+# Data: the hub's models and datasets, a task's splits, and the tokenizer of from-scratch models.
+
+
+# Local (the submitting machine has the network): every job that reads the item waits for its
+# record and runs with the hub offline. A local directory or local `files` are only recorded.
+rule fetch:
+    output:
+        "results/hub/{item}.json",
+    log:
+        "results/logs/fetch_{item}.log",
+    conda:
+        "../../envs/ketchup.yaml"
+    params:
+        args=fetch_args,
+    shell:
+        "python -m ketchup fetch {params.args:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_data:
+    input:
+        lambda w: fetched(f"data-{w.task}"),
     output:
         expand("results/{{task}}/data/{split}.jsonl", split=SPLITS),
         config="results/{task}/data/prepare-data.config.json",
@@ -17,8 +34,9 @@ rule prepare_data:
     params:
         cfg=lambda w: section_json(config["tasks"][w.task]),
         out_dir=lambda w: f"results/{w.task}/data",
+        launcher=launcher("prepare_data"),
     shell:
-        "python -m ketchup prepare-data --task {wildcards.task:q} --config-json {params.cfg:q}"
+        "{params.launcher} prepare-data --task {wildcards.task:q} --config-json {params.cfg:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
@@ -39,6 +57,7 @@ rule tokenizer:
     params:
         cfg=section_json(config["tokenizer"]),
         data_dir=lambda w: f"results/{w.task}/data",
+        launcher=launcher("tokenizer"),
     shell:
-        "python -m ketchup train-tokenizer --data-dir {params.data_dir:q} --config-json {params.cfg:q}"
+        "{params.launcher} train-tokenizer --data-dir {params.data_dir:q} --config-json {params.cfg:q}"
         " --out-dir {output:q} > {log:q} 2>&1"

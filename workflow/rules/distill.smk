@@ -7,6 +7,7 @@ rule distill:
         data=expand("results/{{task}}/data/{split}.jsonl", split=SPLITS),
         tokenizer=tokenizer_inputs,
         upstream=distill_inputs,
+        hub=lambda w: fetched("model-teacher", f"model-student-{w.student}"),
     output:
         directory("results/{task}/students/{student}/{method}/seed{seed}/model"),
     log:
@@ -48,6 +49,7 @@ rule grad_variance:
             [teacher_model(w.task)] if STUDY.teacher.mode == "finetune" else []
         ),
         student=variance_student,
+        hub=fetched("model-teacher"),
     output:
         table="results/{task}/students/{student}/grad_variance.csv",
         config="results/{task}/students/{student}/grad-variance.config.json",

@@ -5,6 +5,7 @@ rule teacher:
     input:
         expand("results/{{task}}/data/{split}.jsonl", split=SPLITS),
         tokenizer_inputs,
+        fetched("model-teacher"),
     output:
         directory("results/{task}/teacher/model"),
     log:
@@ -35,6 +36,7 @@ rule teacher_outputs:
         teacher=lambda w: (
             [teacher_model(w.task)] if STUDY.teacher.mode == "finetune" else []
         ),
+        hub=fetched("model-teacher"),
     output:
         outputs="results/{task}/teacher/outputs/{split}.jsonl",
         config="results/{task}/teacher/outputs/teacher-outputs-{split}.config.json",
