@@ -342,7 +342,7 @@ def test_a_changed_model_type_replaces_the_architecture_block(tmp_path, capsys):
 def test_the_teacher_reads_sources_as_far_as_the_study_evaluates_them():
     """teacher.max_source_length null (the paper's configs) is evaluation.max_source_length in
     the parsed config, in either mode; set, it is the teacher's own."""
-    for name in ("paper.yaml",):
+    for name in ("paper.yaml", "paper_qwen.yaml"):
         data = yaml.safe_load((ROOT / "configs" / name).read_text())
         study = cfg.parse_config(data)
         assert study.teacher.max_source_length == study.evaluation.max_source_length == 512
