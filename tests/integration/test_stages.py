@@ -200,7 +200,11 @@ def test_prompted_teacher_is_used_as_it_is(prepared, archs, tmp_path):
 
 
 def test_missing_model_path_is_named(prepared, tmp_path, capsys):
-    teacher = {"mode": "prompted", "model": {"name_or_path": str(tmp_path / "nowhere")}}
+    teacher = {
+        "mode": "prompted",
+        "model": {"name_or_path": str(tmp_path / "nowhere")},
+        "max_source_length": 48,
+    }
     assert (
         main(
             [
