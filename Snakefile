@@ -22,6 +22,7 @@ wildcard_constraints:
     method=one_of(distill_systems()),
     seed=one_of(STUDY.distill.seeds),
     run=one_of(score_runs()),
+    item=one_of(hub_items()),
 
 
 include: "workflow/rules/data.smk"
@@ -30,9 +31,10 @@ include: "workflow/rules/distill.smk"
 include: "workflow/rules/results.smk"
 
 
-# Seconds of CPU work each: on a cluster they run where Snakemake runs instead of queueing.
+# Seconds of CPU work each, or the network (fetch): on a cluster they run where Snakemake runs.
 localrules:
     all,
+    fetch,
     score,
     tables,
     figures,

@@ -20,6 +20,36 @@ def root() -> Path:
     return ROOT
 
 
+# The paper's configs and the stand-in family their models are replaced by.
+PAPER_CONFIGS = {
+    "t5": ROOT / "configs" / "paper.yaml",
+    "qwen2": ROOT / "configs" / "paper_qwen.yaml",
+}
+
+
+@pytest.fixture(scope="session")
+def paper_standins(tmp_path_factory):
+    """Tiny stand-ins of the paper's hub models (T5 v1.1 / T5, Qwen2) and datasets in the hub's
+    row formats (tests/standins.py), each family trained on its config's prompts; built once."""
+    import torch
+    import yaml
+    from standins import build
+
+    prompts = {
+        family: {
+            t["dataset"]: t.get("prompt")
+            for t in yaml.safe_load(path.read_text())["tasks"].values()
+        }
+        for family, path in PAPER_CONFIGS.items()
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: intra-op threads only wait on a busy machine
+    try:
+        return build(tmp_path_factory.mktemp("standins"), prompts)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """Run a module's tests with one intra-op thread, restoring the previous count afterwards."""

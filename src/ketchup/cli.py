@@ -269,6 +269,15 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, help="directory for judgments, tables and report")
 
 
+def _fetch_args(p: argparse.ArgumentParser) -> None:
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="a model's hub id or local directory")
+    what.add_argument("--task", help="a task's name (as under `tasks:`), with --task-json")
+    p.add_argument("--revision", help="the model's branch, tag or commit (default: main)")
+    p.add_argument("--task-json", help="the task's config section as JSON (with --task)")
+    p.add_argument("--out", required=True, help="JSON record of what was fetched or found local")
+
+
 def _check_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "configfile",
@@ -324,6 +333,15 @@ VERBS: tuple[Verb, ...] = (
         "ketchup.plan:plan_main",
     ),
     Verb(
+        "fetch",
+        "download a hub model or a task's hub dataset into the local cache",
+        "Run where the network is (the workflow's local rule `fetch`), before the jobs that read "
+        "it offline. A local directory or a task with local files is left alone. Writes OUT, a "
+        "JSON record (source local or hub, the revision and commit fetched).",
+        _fetch_args,
+        "ketchup.stages.fetch:fetch",
+    ),
+    Verb(
         "prepare-data",
         "load or generate a task's splits",
         "Writes OUT_DIR/{train,validation,test}.jsonl (id, source, target, references, meta) and "
@@ -335,7 +353,7 @@ VERBS: tuple[Verb, ...] = (
         "train-tokenizer",
         "train a BPE tokenizer on a task's training split",
         "Reads DATA_DIR/train.jsonl; writes a transformers tokenizer to OUT_DIR "
-        "(AutoTokenizer.from_pretrained(OUT_DIR) loads it).",
+        "(ketchup.models.load_tokenizer(OUT_DIR) loads it).",
         _tokenizer_args,
         "ketchup.stages.data:train_tokenizer_stage",
     ),

@@ -188,6 +188,17 @@ class TeacherConfig:
     model: ModelConfig
     train: TrainConfig
     generation: GenerationConfig
+    # its outputs' source length; parse_config fills null with evaluation.max_source_length
+    max_source_length: int | None
+
+    def outputs_source_length(self) -> int:
+        """The source length of the teacher's outputs (set, or filled in by parse_config)."""
+        if self.max_source_length is None:
+            raise ConfigError(
+                "config key 'teacher.max_source_length': needed to write the teacher's outputs "
+                "(the workflow sets it to evaluation.max_source_length when it is null)"
+            )
+        return self.max_source_length
 
     def check(self, where: str) -> None:
         self.model.check(f"{where}.model")
@@ -614,6 +625,10 @@ def parse_config(data: dict[str, Any]) -> StudyConfig:
     if not isinstance(data, dict):
         raise ConfigError("config: expected a mapping at the top level")
     validate_with_defaults(data)
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("max_source_length") is None:
+        # The teacher's outputs read sources as far as the systems they are compared with do.
+        teacher["max_source_length"] = data["evaluation"]["max_source_length"]
     study = from_dict(StudyConfig, data, "")
     study.check()
     return study
@@ -621,11 +636,19 @@ def parse_config(data: dict[str, Any]) -> StudyConfig:
 
 def merge_configs(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
     """`base` with `change` applied key by key (nested mappings merged, anything else replaced),
-    as Snakemake merges the files of `--configfile A B`; neither input is modified."""
+    as the workflow merges the files of `--configfile A B`; neither input is modified.
+
+    A mapping that names another `model_type` than the one it is merged into (an `architecture`
+    block changed from t5 to gpt2, say) replaces it whole: one transformers config's keys mean
+    nothing to another's (T5's d_ff and d_kv in a GPT-2 config).
+    """
     out = copy.deepcopy(base)
     for key, value in change.items():
-        both_mappings = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge_configs(out[key], value) if both_mappings else copy.deepcopy(value)
+        old = out.get(key)
+        merge = isinstance(value, dict) and isinstance(old, dict)
+        if merge and "model_type" in value and "model_type" in old:
+            merge = value["model_type"] == old["model_type"]
+        out[key] = merge_configs(old, value) if merge else copy.deepcopy(value)
     return out
 
 

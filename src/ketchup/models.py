@@ -66,6 +66,20 @@ _GENERIC_CONFIG_KEYS = frozenset(
 _TOKENIZER_KEYS = ("vocab_size", "pad_token_id", "eos_token_id", "bos_token_id")
 _KNOWN_EXAMPLES = ("t5", "bart", "gpt2", "llama", "qwen2")
 
+# What a tokenizer is read from: a directory with none of these (or a *.tiktoken) has none.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "tekken.json",
+)
+# `tokenizer_class` of a tokenizer that is its tokenizer.json and nothing else (transformers 5
+# writes TokenizersBackend, 4 PreTrainedTokenizerFast).
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
 
 # --------------------------------------------------------------------------------------------
 # dtypes and devices
@@ -385,19 +399,43 @@ def load_model(name_or_path: str, *, dtype: Any = None, device: Any = None) -> P
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local directory or a hub id (``id@revision`` to pin one).
+    """Load the tokenizer of a local directory or a hub id (``id@revision`` to pin one): exactly
+    the one saved there.
+
+    A tokenizer saved as the generic fast class (one built with `tokenizers`, as
+    :func:`ketchup.tokenizer.train_tokenizer` builds it) is loaded from its tokenizer.json as it
+    is: AutoTokenizer would replace it, beside a model of some types (qwen2, phi3, ...), by that
+    family's class rebuilt from the vocabulary with the family's own pre-tokenizer, which gives
+    other ids for the same text. A local directory without tokenizer files is refused (AutoTokenizer
+    would build an empty placeholder whose outputs are empty).
 
     Decoder-only tokenizers without a pad token (GPT-2, Llama) get the EOS token as pad token,
     since batching needs one; attention masks keep the two apart.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
     source, local, revision = _resolve_source(name_or_path, "tokenizer")
+    if local and not _has_tokenizer_files(Path(source)):
+        raise FileNotFoundError(
+            f"{source}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}); a model directory "
+            "must hold the tokenizer it was trained with (save_pretrained it beside the model)"
+        )
     with _loading("tokenizer", source, local, revision):
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local, revision=revision)
+        declared = get_tokenizer_config(source, local_files_only=local, revision=revision).get(
+            "tokenizer_class"
+        )
+        loader = PreTrainedTokenizerFast if declared in _GENERIC_TOKENIZERS else AutoTokenizer
+        tokenizer = loader.from_pretrained(source, local_files_only=local, revision=revision)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _has_tokenizer_files(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in _TOKENIZER_FILES) or any(
+        directory.glob("*.tiktoken")
+    )
 
 
 def save_model(

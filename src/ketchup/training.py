@@ -7,6 +7,9 @@ What it guarantees:
   to `<out>/model` only at the end, atomically; then `<out>/checkpoint` and `<out>/best` are
   removed (unless `keep_checkpoints`): a finished job keeps its model and its log only;
 - a NaN or infinite loss stops the run naming the step, before any checkpoint is overwritten;
+- a run none of whose updates had a token in its loss (every on-policy rollout cut by the length
+  cap and dropped, say) stops at its first evaluation with an error, instead of publishing the
+  unchanged model as if it had trained;
 - one log line per update (loss, learning rate, gradient norm, tokens/s) and per evaluation in
   `<out>/log.jsonl`, which a resumed run truncates to its checkpoint's step first;
 - the forward passes run under autocast in the model's compute dtype (`precision`, see
@@ -33,7 +36,7 @@ from typing import Any
 import torch
 
 from ketchup import distributed, loggers
-from ketchup.config import TrainConfig
+from ketchup.config import ConfigError, TrainConfig
 from ketchup.files import CorruptFileError, atomic_path
 from ketchup.signals import DivergedError, Preempted, sigterm_flag
 
@@ -46,6 +49,11 @@ class TrainState:
     best_score: float = -math.inf
     best_step: int = -1
     evals_since_best: int = 0
+    updates_with_tokens: int = 0  # updates whose loss had at least one target token
+
+
+class NoTrainingSignal(ConfigError):
+    """Every update so far had an empty loss: the model never changed."""
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -134,7 +142,8 @@ class Checkpoint:
         if scaler is not None and saved.get("scaler") is not None:
             scaler.load_state_dict(saved["scaler"])
         _set_rng_state(saved["rng"])
-        state = TrainState(**saved["state"])
+        # a checkpoint from before updates_with_tokens was counted: take its updates as real
+        state = TrainState(**{"updates_with_tokens": saved["state"]["step"], **saved["state"]})
         print(f"resuming from {self.dir} at step {state.step}")
         return state
 
@@ -183,6 +192,7 @@ def fit(
     evaluate_initial: bool = False,
     precision: Any = "float32",
     keep_checkpoints: bool = False,
+    empty_loss_hint: str | None = None,
 ) -> TrainState:
     """Train `model` with AdamW on `loss_fn` and keep the best checkpoint by `evaluate`.
 
@@ -197,6 +207,9 @@ def fit(
     `loss_fn` and `evaluate`, both run under its autocast (see `ketchup.precision`).
     candidate for the best checkpoint. Once `<out_dir>/model` is written, the checkpoint and the
     best-so-far copy are removed unless `keep_checkpoints`.
+    When no update up to an evaluation had a target token, NoTrainingSignal is raised with the
+    share of rollouts that hit the length cap (the `finished_share` statistic, when loss_fn
+    reports it) and `empty_loss_hint`, what to change.
     """
     from tqdm.auto import tqdm
 
@@ -223,6 +236,7 @@ def fit(
         mirrors=loggers.mirrors(out_dir, fingerprint) if procs.is_main else (),
     )
     best_dir = out_dir / "best"
+    finished_shares: list[float] = []
 
     def validate(model) -> float:
         """The main process evaluates; every process gets its score."""
@@ -247,6 +261,8 @@ def fit(
             with amp.autocast():  # the backward pass follows the forward's dtypes
                 loss, n_tokens, *extra = loss_fn(model, rows)
             stats = extra[0] if extra else {}
+            if "finished_share" in stats:
+                finished_shares.append(float(stats["finished_share"]))
             # every process sees the same mean loss, so a NaN anywhere stops them all at this step
             # (and a SIGTERM to any process stops them all after this update)
             loss_sum, n_tokens, stop = distributed.sum_over_processes(
@@ -271,6 +287,7 @@ def fit(
                 scaler.update()
             scheduler.step()
             state.step += 1
+            state.updates_with_tokens += int(n_tokens > 0)
             elapsed = time.perf_counter() - started
             log.write(
                 kind="train",
@@ -285,6 +302,10 @@ def fit(
             bar.set_postfix(loss=f"{mean_loss:.3f}")
 
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                if state.updates_with_tokens == 0:
+                    raise NoTrainingSignal(
+                        _empty_loss_message(state.step, finished_shares, empty_loss_hint)
+                    )
                 score = validate(model)
                 improved = score > state.best_score
                 if improved:
@@ -323,6 +344,18 @@ def fit(
             shutil.rmtree(best_dir, ignore_errors=True)
     distributed.barrier(procs)
     return state
+
+
+def _empty_loss_message(steps: int, finished_shares: list[float], hint: str | None) -> str:
+    message = (
+        f"none of the {steps} updates so far had a token in its loss, so none changed the model"
+    )
+    if finished_shares:
+        truncated = 1 - sum(finished_shares) / len(finished_shares)
+        message += (
+            f": {truncated:.0%} of the rollouts hit the length cap without EOS and were dropped"
+        )
+    return f"{message}; {hint}" if hint else message
 
 
 def generation_evaluator(

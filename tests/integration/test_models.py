@@ -313,12 +313,16 @@ def test_an_offline_hub_load_is_one_line_naming_the_model_and_the_way_around(cap
     (data / "test.jsonl").write_text('{"id": "a", "source": "x", "target": "y"}\n')
     argv = ["teacher-outputs", "--teacher", "org/not-cached@v2", "--data-dir", str(data)]
     argv += ["--split", "test", "--task-json", '{"dataset": "embedded"}', "--out", "o.jsonl"]
-    argv += ["--config-json", '{"mode": "prompted", "model": {"name_or_path": "org/not-cached"}}']
+    teacher = (
+        '{"mode": "prompted", "model": {"name_or_path": "org/not-cached"}, "max_source_length": 8}'
+    )
+    argv += ["--config-json", teacher]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err, err
+    # the tokenizer is loaded first (a model directory without one is refused before its weights)
     assert err.startswith(
-        "ketchup teacher-outputs: error: model 'org/not-cached' at revision v2: not a local "
+        "ketchup teacher-outputs: error: tokenizer 'org/not-cached' at revision v2: not a local "
         "directory, and loading it from the Hugging Face Hub failed: the hub is switched off here"
     ), err
     assert err.endswith(
@@ -445,3 +449,92 @@ def test_token_logits_gradients(model, tokenizer, pairs):
     logits.logsumexp(-1).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The tokenizer a model was trained with, reloaded from its directory
+
+ARCHS_BY_TYPE = {
+    "llama": {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    },
+    "qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    },
+}
+
+
+@pytest.mark.parametrize("model_type", ["t5", "gpt2", "llama", "qwen2"])
+def test_a_saved_model_reloads_the_tokenizer_that_trained_it(
+    model_type, tokenizer, archs, tmp_path
+):
+    """The BPE of from-scratch models, saved beside a model of each type, comes back with the
+    same ids: beside a qwen2 model, transformers would rebuild it as a Qwen2Tokenizer with Qwen's
+    pre-tokenizer ("BlueSpiceserves..."). Every stage loads tokenizers through load_tokenizer."""
+    arch = {**archs, **ARCHS_BY_TYPE}[model_type]
+    out = save_model(build_model(model_config(arch), tokenizer), tokenizer, tmp_path / "m")
+    sentence = "Blue Spice serves Italian food in the riverside area."
+    loaded = load_tokenizer(str(out))
+    ids = loaded(sentence)["input_ids"]
+    assert ids == tokenizer(sentence)["input_ids"]
+    assert loaded.decode(ids, skip_special_tokens=True) == sentence
+
+
+def test_every_stage_loads_tokenizers_through_load_tokenizer():
+    """No module but ketchup.models loads a tokenizer from disk or the hub itself."""
+    from pathlib import Path
+
+    import ketchup
+
+    package = Path(ketchup.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name != "models.py":
+            text = path.read_text()
+            assert "AutoTokenizer" not in text and "Tokenizer.from_pretrained" not in text, path
+
+
+def test_a_model_directory_without_tokenizer_files_is_refused(tokenizer, archs, tmp_path):
+    """Else AutoTokenizer builds a placeholder (104 extra-id tokens for T5, one for GPT-2) whose
+    every output is empty."""
+    for name, arch in archs.items():
+        build_model(model_config(arch), tokenizer).save_pretrained(tmp_path / name)
+        with pytest.raises(FileNotFoundError, match="no tokenizer files") as err:
+            load_tokenizer(str(tmp_path / name))
+        assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_paper_standin_tokenizers_are_those_of_their_families(paper_standins):
+    """The stand-ins load by path as the hub's models do: T5's SentencePiece tokenizer (pad 0,
+    EOS 1, unk 2, 100 extra ids after the pieces, EOS appended) and Qwen2's byte-level BPE (EOS
+    and pad <|endoftext|>, no BOS, nothing appended, the ChatML template); teacher and student of
+    a family share one, and their logits cover it (padded past it, as the hub's models)."""
+    from transformers import Qwen2Tokenizer, T5Tokenizer
+
+    sentence = "Ann has 3 apples.\n#### 3"
+    t5 = load_tokenizer(str(paper_standins.t5.teacher))
+    assert isinstance(t5, T5Tokenizer)
+    assert (t5.pad_token_id, t5.eos_token_id, t5.unk_token_id) == (0, 1, 2)
+    assert t5.convert_ids_to_tokens(len(t5) - 1) == "<extra_id_0>"
+    assert sum(token.startswith("<extra_id_") for token in t5.get_vocab()) == 100
+    assert t5(sentence)["input_ids"][-1] == 1
+    qwen = load_tokenizer(str(paper_standins.qwen2.teacher))
+    assert isinstance(qwen, Qwen2Tokenizer)
+    assert qwen.eos_token == qwen.pad_token == "<|endoftext|>" and qwen.bos_token is None
+    assert qwen.decode(qwen(sentence)["input_ids"]) == sentence
+    chat = qwen.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat.startswith("<|im_start|>system\n") and "<|im_start|>user\nhi<|im_end|>" in chat
+    for family, tok in (("t5", t5), ("qwen2", qwen)):
+        for role in ("teacher", "student"):
+            path = getattr(getattr(paper_standins, family), role)
+            assert load_tokenizer(str(path)).get_vocab() == tok.get_vocab()
+            assert load_model(str(path)).config.vocab_size > len(tok)

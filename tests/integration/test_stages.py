@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from ketchup.cli import main
 from ketchup.files import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TASK = {
     "dataset": "embedded",
@@ -93,7 +96,12 @@ def test_a_rerun_removes_what_killed_writes_left(tmp_path):
 
 def train_teacher_with_outputs(prepared, arch: dict, out_dir, split: str):
     """`train-teacher` then `teacher-outputs` on `split`, as the workflow's two rules run them."""
-    teacher = {"model": {"architecture": arch}, "train": TRAIN, "generation": GENERATION}
+    teacher = {
+        "model": {"architecture": arch},
+        "train": TRAIN,
+        "generation": GENERATION,
+        "max_source_length": TRAIN["max_source_length"],
+    }
     args = [
         "--data-dir",
         str(prepared / "data"),
@@ -172,6 +180,7 @@ def test_prompted_teacher_is_used_as_it_is(prepared, archs, tmp_path):
         "mode": "prompted",
         "model": {"name_or_path": str(tmp_path / "pretrained")},
         "generation": GENERATION,
+        "max_source_length": 48,
     }
     task = dict(TASK, prompt="describe: {source}")
     out = tmp_path / "train.jsonl"
@@ -218,7 +227,11 @@ def test_prompted_teacher_is_used_as_it_is(prepared, archs, tmp_path):
 
 
 def test_missing_model_path_is_named(prepared, tmp_path, capsys):
-    teacher = {"mode": "prompted", "model": {"name_or_path": str(tmp_path / "nowhere")}}
+    teacher = {
+        "mode": "prompted",
+        "model": {"name_or_path": str(tmp_path / "nowhere")},
+        "max_source_length": 48,
+    }
     assert (
         main(
             [
@@ -825,6 +838,7 @@ def test_teacher_and_outputs_in_bfloat16(prepared, archs, tmp_path):
         "model": {"architecture": archs["t5"], "precision": "bfloat16"},
         "train": TRAIN,
         "generation": GENERATION,
+        "max_source_length": 48,
     }
     common = ["--data-dir", str(prepared / "data"), "--task-json", json.dumps(TASK)]
     train = ["train-teacher", "--tokenizer", str(prepared / "tok"), *common]
@@ -851,3 +865,88 @@ def test_teacher_and_outputs_in_bfloat16(prepared, archs, tmp_path):
         assert main([*argv, "--precision", precision, "--out", str(generated)]) == 0
         resolved = json.loads((generated.parent / "generate-test.config.json").read_text())
         assert resolved["precision"] == {"weights": precision, "compute": precision}
+
+
+def test_prompted_teacher_reads_sources_as_far_as_the_students(prepared, archs, tmp_path):
+    """configs/paper.yaml sets no teacher.train: the teacher's outputs (the SeqKD / KL targets and
+    its row of the tables) read 512 source tokens, as its students and the evaluation do, not the
+    128 of teacher.train's default; the resolved config says what was used."""
+    import yaml
+
+    import ketchup.generation
+    from ketchup.config import ModelConfig, parse_config
+    from ketchup.models import build_model, load_tokenizer, save_model
+
+    tokenizer = load_tokenizer(str(prepared / "tok"))
+    save_model(
+        build_model(ModelConfig(None, archs["t5"], "float32"), tokenizer), tokenizer, tmp_path / "m"
+    )
+    config = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    parse_config(config)  # defaults filled in place, as the workflow's config is
+    teacher = config["teacher"]
+    teacher["generation"]["max_new_tokens"] = 4
+    students = {s["train"]["max_source_length"] for s in config["students"].values()}
+    assert students == {512}
+    lengths, generate = [], ketchup.generation.generate
+
+    def recording(*args, max_source_length, **kwargs):
+        lengths.append(max_source_length)
+        return generate(*args, max_source_length=max_source_length, **kwargs)
+
+    out = tmp_path / "outputs" / "train.jsonl"
+    argv = ["teacher-outputs", "--teacher", str(tmp_path / "m"), "--split", "train"]
+    argv += ["--data-dir", str(prepared / "data"), "--task-json", json.dumps(TASK)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ketchup.generation, "generate", recording)
+        assert main([*argv, "--config-json", json.dumps(teacher), "--out", str(out)]) == 0
+    print(f"the teacher's outputs read {lengths} source tokens")
+    assert lengths == [512]
+    resolved = json.loads((out.parent / "teacher-outputs-train.config.json").read_text())
+    assert resolved["config"]["max_source_length"] == 512
+
+
+def test_a_model_directory_without_a_tokenizer_writes_no_outputs(
+    prepared, teacher_dir, tmp_path, capsys
+):
+    """A model saved without its tokenizer is refused in one line naming the directory (it used
+    to get a placeholder tokenizer and write empty outputs with exit status 0)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(teacher_dir / "model", model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model / name).unlink()
+    evaluation = {"generation": GENERATION, "max_source_length": 48}
+    out = tmp_path / "test_outputs.jsonl"
+    argv = ["generate", "--model", str(model), "--data-dir", str(prepared / "data")]
+    argv += ["--task-json", json.dumps(TASK), "--config-json", json.dumps(evaluation)]
+    capsys.readouterr()
+    status = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    print(f"exit status {status}; stderr: {err.strip()!r}")
+    assert status == 1 and not out.exists()
+    assert err.startswith("ketchup generate: error: ") and err.count("\n") == 1
+    assert str(model) in err and "no tokenizer files" in err
+
+
+def test_an_onpolicy_job_whose_every_rollout_is_cut_fails_naming_the_cap(
+    prepared, teacher_dir, archs, warm_start, tmp_path, capsys
+):
+    """Rollouts of one token, none of them EOS, all dropped from the loss: no update changes the
+    model, so the job stops at its first evaluation naming the share cut and the key to raise,
+    instead of publishing the warm start as a trained system (exit status 0)."""
+    cut = {
+        "train": {**ONPOLICY["train"], "eval_every": 4},
+        "rollout": {"greedy": True, "max_new_tokens": 1, "max_source_length": 48},
+    }
+    argv = _onpolicy_argv(prepared, teacher_dir, archs, warm_start, "ketchup_k4", tmp_path, cut)
+    capsys.readouterr()
+    status = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    print(f"exit status {status}; stderr: {err!r}")
+    log = read_jsonl(tmp_path / "log.jsonl")
+    assert [r["finished_share"] for r in log if r["kind"] == "train"] == [0.0] * 4
+    assert status == 1 and not (tmp_path / "model").exists()
+    assert "100% of the rollouts hit the length cap" in err
+    assert err.startswith("ketchup distill: error: none of the 4 updates")
+    assert "'distill.rollout.max_new_tokens' (now 1)" in err

@@ -411,3 +411,39 @@ def test_study_names_and_the_new_keys_are_checked():
         cfg.ConfigError, match=r"'tasks\.restaurants\.revision': pins a hub dataset"
     ):
         cfg.parse_config(data)
+
+
+def test_a_changed_model_type_replaces_the_architecture_block(tmp_path, capsys):
+    """An overlay that turns the T5 student into a GPT-2 gets GPT-2's keys only (T5's d_ff and
+    d_kv mean nothing to GPT2Config); one that keeps the type changes only the keys it names."""
+    gpt2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2}
+    overlay = tmp_path / "gpt2.yaml"
+    overlay.write_text(yaml.safe_dump({"students": {"t5-tiny": {"model": {"architecture": gpt2}}}}))
+    study = cfg.load_config(ROOT / "config.yaml", overlay)
+    assert study.students["t5-tiny"].model.architecture == gpt2
+    assert main(["check-config", str(ROOT / "config.yaml"), str(overlay)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+    base = default_config()["students"]["t5-tiny"]["model"]["architecture"]
+    wider = {"students": {"t5-tiny": {"model": {"architecture": {"model_type": "t5", "d_ff": 8}}}}}
+    merged = cfg.merge_configs(default_config(), wider)
+    assert merged["students"]["t5-tiny"]["model"]["architecture"] == {**base, "d_ff": 8}
+
+
+def test_the_teacher_reads_sources_as_far_as_the_study_evaluates_them():
+    """teacher.max_source_length null (the paper's configs) is evaluation.max_source_length in
+    the parsed config, in either mode; set, it is the teacher's own."""
+    for name in ("paper.yaml", "paper_qwen.yaml"):
+        data = yaml.safe_load((ROOT / "configs" / name).read_text())
+        study = cfg.parse_config(data)
+        assert study.teacher.max_source_length == study.evaluation.max_source_length == 512
+        assert data["teacher"]["max_source_length"] == 512  # what the workflow's jobs are given
+        assert study.teacher.train.max_source_length == 128  # unused by a prompted teacher
+    data = default_config()
+    data["teacher"]["max_source_length"] = 40
+    assert cfg.parse_config(data).teacher.outputs_source_length() == 40
+    unfilled = cfg.parse_section(
+        cfg.TeacherConfig, data["teacher"] | {"max_source_length": None}, "teacher", "teacher"
+    )
+    with pytest.raises(cfg.ConfigError, match=r"config key 'teacher\.max_source_length'"):
+        unfilled.outputs_source_length()

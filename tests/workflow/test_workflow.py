@@ -25,14 +25,18 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def snakemake(
-    *args: str, cwd: Path = ROOT, check: bool = True, env: dict | None = None
+    *args: str,
+    cwd: Path = ROOT,
+    check: bool = True,
+    env: dict | None = None,
+    timeout: float = 900,
 ) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         env=env,
     )
     if check and result.returncode != 0:
@@ -52,7 +56,9 @@ def dry_run_in(directory: Path, *configfiles: Path) -> str:
     return snakemake("-n", "--cores", "all", "--directory", str(directory), *extra).stdout
 
 
-@pytest.mark.parametrize("configfile", [None, "configs/smoke.yaml", "configs/paper.yaml"])
+@pytest.mark.parametrize(
+    "configfile", [None, "configs/smoke.yaml", "configs/paper.yaml", "configs/paper_qwen.yaml"]
+)
 def test_dry_run_resolves_the_dag(configfile, tmp_path):
     if configfile is None:
         shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
@@ -61,7 +67,7 @@ def test_dry_run_resolves_the_dag(configfile, tmp_path):
     config = yaml.safe_load((ROOT / (configfile or "config.yaml")).read_text())
     for task in config["tasks"]:
         assert f"results/{config['study']}/{task}/data/train.jsonl" in out
-    if configfile == "configs/paper.yaml":
+    if configfile and configfile.startswith("configs/paper"):
         # the pretrained teacher brings its own vocabulary: no tokenizer is trained
         assert "rule tokenizer" not in out
     else:
@@ -804,3 +810,50 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+COMPUTE_VERBS = ("prepare-data", "train-tokenizer", "train-teacher", "teacher-outputs", "distill")
+COMPUTE_VERBS += ("grad-variance", "generate")
+OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
+
+
+def test_the_hub_is_fetched_by_a_local_rule_and_jobs_run_offline(tmp_path):
+    """configs/paper.yaml names two hub models and five hub datasets: one `fetch` job each (a
+    local rule, with the network), and every job that reads one waits for its record and runs
+    its verb with the hub offline, so a compute node never tries to download."""
+    out = snakemake(
+        "-n", "-p", "--directory", str(tmp_path), "--configfile", str(ROOT / "configs/paper.yaml")
+    ).stdout
+    assert job_counts(out)["fetch"] == 7
+    commands = [line for line in out.splitlines() if "-m ketchup" in line]
+    fetches = [c for c in commands if "-m ketchup fetch " in c]
+    assert len(fetches) == 7 and not any("OFFLINE" in c for c in fetches)
+    assert any("--model google/flan-t5-xl " in c for c in fetches)
+    compute = [c for c in commands if any(f" {verb} " in c for verb in COMPUTE_VERBS)]
+    assert compute and all(c.split("Shell command: ")[-1].startswith(OFFLINE) for c in compute)
+    jobs = out.split("\n\n")
+    prepare = next(j for j in jobs if "rule prepare_data:" in j and "task=xsum" in j)
+    assert "input: results/hub/data-xsum.json" in prepare
+    distill = next(j for j in jobs if "rule distill:" in j and "method=ketchup_k4" in j)
+    assert "results/hub/model-teacher.json" in distill
+    assert "results/hub/model-student-t5-base.json" in distill
+
+
+def test_an_overlay_that_changes_model_type_replaces_the_architecture(tmp_path):
+    """`--configfile smoke.yaml gpt2.yaml`, the student turned into a GPT-2: its jobs get GPT-2's
+    keys only (Snakemake's own merge would keep T5's d_kv and d_ff, which GPT2Config rejects),
+    as `ketchup check-config` merges the same files."""
+    from ketchup.config import load_config
+
+    gpt2 = {"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 128}
+    overlay = tmp_path / "gpt2.yaml"
+    overlay.write_text(
+        yaml.safe_dump({"students": {"t5-micro": {"model": {"architecture": gpt2}}}})
+    )
+    out = snakemake(
+        "-n", "-p", "--directory", str(tmp_path), "--configfile", str(SMOKE), str(overlay)
+    ).stdout
+    student = next(line for line in out.splitlines() if " distill " in line)
+    student = json.loads(student.split("--student-json '")[1].split("'")[0])
+    assert student["model"]["architecture"] == gpt2
+    assert load_config(SMOKE, overlay).students["t5-micro"].model.architecture == gpt2

@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 import yaml
-from snakemake.utils import update_config, validate
+from snakemake.utils import validate
 
 from ketchup.config import (
     SPLITS,
@@ -17,11 +17,13 @@ from ketchup.config import (
     ConfigError,
     job_distill_section,
     overlay_error,
+    merge_configs,
     parse_config,
+    read_config_files,
     split_system,
 )
 from ketchup.models import local_directory, model_reference
-from ketchup.tasks import task_kind
+from ketchup.tasks import dataset_spec, task_kind
 from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
 from ketchup.judge.prompts import template_files
 from ketchup.judge.stage import (
@@ -83,12 +85,24 @@ def retyped(value):
     return yaml.safe_load(value) if isinstance(value, str) else value
 
 
-# Snakemake reads `--config key=value` with YAML's BaseLoader, so a nested value such as
-# judge='{enabled: true}' arrives with every leaf a string; type those leaves again.
-for key, value in workflow.config_settings.config.items():
-    if isinstance(value, (dict, list)):
-        update_config(config, {key: retyped(value)})
+def merged_config():
+    """The config files merged as `ketchup check-config` merges them (a changed `model_type`
+    replaces its architecture block, where Snakemake would mix two architectures' keys), then
+    `--config` on top. Snakemake reads `--config key=value` with YAML's BaseLoader, so a nested
+    value such as judge='{enabled: true}' arrives with every leaf a string: typed again here.
+    """
+    try:
+        merged = read_config_files(*workflow.configfiles)
+    except ConfigError as e:
+        raise WorkflowError(f"invalid config: {e}") from None
+    for key, value in workflow.config_settings.config.items():
+        typed = retyped(value) if isinstance(value, (dict, list)) else value
+        merged = merge_configs(merged, {key: typed})
+    return merged
 
+
+config.clear()
+config.update(merged_config())
 STUDY = load_study(config)
 
 
@@ -127,6 +141,11 @@ def rule_resources(rule_name):
     return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"]}
 
 
+# Compute jobs never reach the hub: what they read was fetched by the local rule `fetch` on the
+# submitting machine (a cluster node often has no network), and they load it from the cache.
+OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
+
+
 def requested_gpus(rule_name):
     """The GPUs a rule's jobs ask for: `--set-resources <rule>:gpu=N` when given, else the
     config's `resources.<rule>.gpu`. (Snakemake lowers a job's own `gpu` resource to the global
@@ -139,7 +158,8 @@ def requested_gpus(rule_name):
 
 
 def launcher(rule_name, parallel=True):
-    """The start of a job's shell command: `python -m ketchup` on the GPUs the job was given.
+    """The start of a job's shell command: `python -m ketchup` with the hub offline (OFFLINE), on
+    the GPUs the job was given.
 
     `{resources.gpu}` is filled in when the job runs, so `--set-resources distill:gpu=2` or a
     profile's resources count, not the config as parsed (and a new count reruns nothing).
@@ -151,7 +171,7 @@ def launcher(rule_name, parallel=True):
     """
     mode = " --data-parallel" if parallel else ""
     return (
-        f"python -m ketchup.gpu_slots {{resources.gpu}} --rule {rule_name}{mode}"
+        f"{OFFLINE} python -m ketchup.gpu_slots {{resources.gpu}} --rule {rule_name}{mode}"
         " -- python -m ketchup"
     )
 
@@ -192,6 +212,56 @@ def stop_on_gpu_shortfall():
     line = gpu_shortfall()
     if line:
         raise WorkflowError(line.replace(", whose jobs will stop", ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# The hub: one `fetch` job per hub model (the teacher's, each student's) and per task of a hub
+# dataset, whose record every job that reads it waits for.
+def hub_models():
+    """{item: model section} of the teacher and each student loaded by name_or_path."""
+    models = {"model-teacher": config["teacher"]["model"]}
+    for name, student in config["students"].items():
+        models[f"model-student-{name}"] = student["model"]
+    return {item: m for item, m in models.items() if m["name_or_path"] is not None}
+
+
+def hub_datasets():
+    """{item: task name} of the tasks whose dataset is a hub dataset (local `files` or not)."""
+    return {
+        f"data-{task}": task
+        for task, cfg in STUDY.tasks.items()
+        if dataset_spec(cfg.dataset).hub_id is not None
+    }
+
+
+def hub_items():
+    return [*hub_models(), *hub_datasets()]
+
+
+def fetched(*items):
+    """The fetch records of these items, for those that the study reads from the hub."""
+    return [study_path("hub", f"{item}.json") for item in items if item in hub_items()]
+
+
+def fetch_args(wildcards):
+    """The fetch verb's arguments (a list: `:q` quotes each): a model with its revision when the
+    config pins one, or a task."""
+    model = hub_models().get(wildcards.item)
+    if model is not None:
+        revision = model.get("revision")
+        return [
+            "--model",
+            model["name_or_path"],
+            *(["--revision", revision] if revision else []),
+        ]
+    task = hub_datasets()[wildcards.item]
+    # what the download depends on, so that a new prompt or example cap fetches nothing again
+    where = {
+        k: v
+        for k, v in config["tasks"][task].items()
+        if k in ("dataset", "files", "revision")
+    }
+    return ["--task", task, "--task-json", section_json(where)]
 
 
 def rule_threads(rule_name):
@@ -267,6 +337,13 @@ def tokenizer_inputs(wildcards):
 
 def teacher_dir(task):
     return study_path(task, "teacher")
+
+
+def teacher_training_json():
+    """The teacher section train-teacher reads, without its outputs' source length (which only
+    teacher_outputs reads, so that changing it reruns the outputs, not the training)."""
+    section = {k: v for k, v in config["teacher"].items() if k != "max_source_length"}
+    return section_json(section)
 
 
 def teacher_model(task):

@@ -1,9 +1,25 @@
-# Data: a task's splits, and the tokenizer of from-scratch models.
+# Data: the hub's models and datasets, a task's splits, and the tokenizer of from-scratch models.
+
+
+# Local (the submitting machine has the network): every job that reads the item waits for its
+# record and runs with the hub offline. A local directory or local `files` are only recorded.
+rule fetch:
+    output:
+        study_path("hub/{item}.json"),
+    log:
+        study_path("logs/fetch_{item}.log"),
+    conda:
+        "../../envs/ketchup.yaml"
+    params:
+        args=fetch_args,
+    shell:
+        "python -m ketchup fetch {params.args:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_data:
     input:
         task_files,
+        lambda w: fetched(f"data-{w.task}"),
     output:
         split_files(),
         config=study_path("{task}/data/prepare-data.config.json"),
@@ -20,7 +36,8 @@ rule prepare_data:
         cfg=lambda w: section_json(config["tasks"][w.task]),
         out_dir=lambda w: data_dir(w.task),
     shell:
-        "python -m ketchup prepare-data --task {wildcards.task:q} --config-json {params.cfg:q}"
+        launcher("prepare_data", parallel=False)
+        + " prepare-data --task {wildcards.task:q} --config-json {params.cfg:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
@@ -42,5 +59,6 @@ rule tokenizer:
         cfg=section_json(config["tokenizer"]),
         data_dir=lambda w: data_dir(w.task),
     shell:
-        "python -m ketchup train-tokenizer --data-dir {params.data_dir:q} --config-json {params.cfg:q}"
+        launcher("tokenizer", parallel=False)
+        + " train-tokenizer --data-dir {params.data_dir:q} --config-json {params.cfg:q}"
         " --out-dir {output:q} > {log:q} 2>&1"

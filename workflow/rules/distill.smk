@@ -7,6 +7,7 @@ rule distill:
         data=split_files(),
         tokenizer=tokenizer_inputs,
         upstream=distill_inputs,
+        hub=lambda w: fetched("model-teacher", f"model-student-{w.student}"),
     output:
         directory(study_path("{task}/students/{student}/{method}/seed{seed}/model")),
     log:
@@ -49,6 +50,7 @@ rule grad_variance:
         data=study_path("{task}/data/validation.jsonl"),
         teacher=teacher_inputs,
         student=variance_student,
+        hub=fetched("model-teacher"),
     output:
         table=variance_table(),
         config=study_path("{task}/students/{student}/grad-variance.config.json"),

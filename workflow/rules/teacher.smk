@@ -6,6 +6,7 @@ rule teacher:
         split_files(),
         # the trained tokenizer, or a pretrained teacher's own files (its weights too)
         tokenizer_inputs,
+        fetched("model-teacher"),
     output:
         directory(study_path("{task}/teacher/model")),
     log:
@@ -19,7 +20,7 @@ rule teacher:
         **rule_resources("teacher"),
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
-        cfg=section_json(config["teacher"]),
+        cfg=teacher_training_json(),
         data_dir=lambda w: data_dir(w.task),
         tokenizer=lambda w: tokenizer_path(w.task),
         out_dir=lambda w: teacher_dir(w.task),
@@ -34,6 +35,7 @@ rule teacher_outputs:
     input:
         data=study_path("{task}/data/{split}.jsonl"),
         teacher=teacher_inputs,
+        hub=fetched("model-teacher"),
     output:
         outputs=study_path("{task}/teacher/outputs/{split}.jsonl"),
         config=study_path("{task}/teacher/outputs/teacher-outputs-{split}.config.json"),

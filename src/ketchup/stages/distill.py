@@ -373,6 +373,12 @@ def distill(args) -> int:
         evaluate_initial=warm_started,
         precision=student_cfg.model.precision,
         keep_checkpoints=args.keep_checkpoints,
+        empty_loss_hint=(
+            f"raise config key 'distill.rollout.max_new_tokens' (now {cfg.rollout.max_new_tokens})"
+            " or set distill.rollout.drop_truncated: false"
+            if warm_started
+            else None
+        ),
     )
     if not processes().is_main:
         return 0

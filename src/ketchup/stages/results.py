@@ -60,8 +60,8 @@ def write_split_outputs(
     from ketchup.tasks import format_prompt, task_prompt
 
     device = default_device()
+    tokenizer = load_tokenizer(model_path)  # first: a directory without one fails at once
     model = load_model(model_path, dtype=resolve_dtype(precision, device), device=device)
-    tokenizer = load_tokenizer(model_path)
     template = task_prompt(task)
     outputs = generate(
         model,

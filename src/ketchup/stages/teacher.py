@@ -95,7 +95,7 @@ def teacher_outputs(args) -> int:
         rows,
         task,
         cfg.generation,
-        cfg.train.max_source_length,
+        cfg.outputs_source_length(),
         out,
     )
     write_resolved_config(
