@@ -180,10 +180,15 @@ def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tmp_
 
 
 def test_figures_are_written_for_every_kind(study, tmp_path):
+    from ketchup import figures
+
     args = ["figures", "--task", "toy", "--scores", *study["summaries"], "--variance"]
-    kinds = ["metric_vs_k", "grad_variance", "training_curves", "methods", "gain_vs_size"]
+    kinds = [*figures.KINDS, "gain_vs_size"]
     assert main([*args, *study["variance"], "--kinds", *kinds, "--out-dir", str(tmp_path)]) == 0
-    expected = {f"toy_{s}_{k}.{e}" for s in ("s1", "s2") for k in kinds[:4] for e in ("png", "svg")}
+    per_student = figures.KINDS
+    expected = {
+        f"toy_{s}_{k}.{e}" for s in ("s1", "s2") for k in per_student for e in ("png", "svg")
+    }
     expected |= {"toy_gain_vs_size.png", "toy_gain_vs_size.svg"}
     assert {p.name for p in tmp_path.iterdir()} == expected
     assert all(p.stat().st_size > 1000 for p in tmp_path.iterdir())
@@ -194,9 +199,13 @@ def test_training_curves_draw_every_panel(study):
     from ketchup.stages.report import _cells
 
     cell = next(c for c in _cells(study["summaries"]) if c.student == "s1")
-    fig = figures.training_curves(cell, ON_POLICY)
-    # one line per on-policy system in each panel: validation score and each training field
-    assert [len(ax.get_lines()) for ax in fig.axes] == [len(ON_POLICY)] * 4
+    fig = figures.training_curves_k(cell)
+    # LLMR and each K in every panel: validation score and each training field
+    assert [len(ax.get_lines()) for ax in fig.axes] == [3] * 4
+    fig = figures.training_curves_baselines(cell)
+    # of the baselines only GKD ran here, in the divergence column beside LLMR
+    panels = [len(ax.get_lines()) for ax in fig.axes if ax.get_visible()]
+    assert panels == [1, 2, 1, 2, 1, 0, 1], panels  # (row by row; GKD's log has no divergence)
 
 
 def test_runs_scored_on_different_examples_are_refused(study, tmp_path):

@@ -19,7 +19,11 @@ from ketchup.config import (
     split_system,
 )
 from ketchup.tasks import task_kind
-from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
+from ketchup.figures import (
+    KINDS as FIGURE_KINDS,
+    STUDY_KINDS as STUDY_FIGURE_KINDS,
+    kinds_for as figure_kinds_for,
+)
 from ketchup.judge.stage import (
     ANSWER_FILES as JUDGE_ANSWER_FILES,
     DRY_RUN_FILES as JUDGE_DRY_RUN_FILES,
@@ -243,6 +247,7 @@ TEACHER_RUN = "teacher"
 # as the `report:` directive.
 in_report = report
 TABLES = ["main", "k_grid", "variance", "paper", "provenance"]
+TABLE_FORMATS = ("md", "html", "csv", "tex")
 
 
 def student_runs():
@@ -306,11 +311,9 @@ def run_json(wildcards):
 
 
 def figure_kinds():
-    """What the study can draw: the K figures only with KETCHUP in the methods."""
-    has_ketchup = "ketchup" in STUDY.distill.methods
-    return [
-        k for k in FIGURE_KINDS if has_ketchup or k in ("training_curves", "methods")
-    ]
+    """What the study can draw: the K figures only with KETCHUP in the methods, the baselines'
+    training curves only with a baseline that trains on-policy."""
+    return figure_kinds_for(STUDY.distill.methods)
 
 
 def study_figure_kinds():
@@ -351,25 +354,26 @@ def figure_outputs():
     return outputs
 
 
+def table_files():
+    """Every file of the tables job: each table as Markdown, HTML, CSV and LaTeX; the judge's."""
+    files = [f"{RESULTS}/tables/{n}.{ext}" for n in TABLES for ext in TABLE_FORMATS]
+    return files + [f"{RESULTS}/tables/judge.{ext}" for ext in ("md", "html")]
+
+
 def table_outputs():
-    outputs = []
-    for name in TABLES:
-        outputs.append(
-            in_report(
-                f"{RESULTS}/tables/{name}.md",
-                caption=f"../report/{name}_table.rst",
-                category="Tables",
-            )
+    """table_files(), the HTML of each in the report (shown inline, with its caption)."""
+    captions = {
+        f"{RESULTS}/tables/{n}.html": f"../report/{n}_table.rst" for n in TABLES
+    }
+    captions[f"{RESULTS}/tables/judge.html"] = "../report/judge.rst"
+    return [
+        (
+            in_report(path, caption=captions[path], category="Tables")
+            if path in captions
+            else path
         )
-        outputs += [f"{RESULTS}/tables/{name}.csv", f"{RESULTS}/tables/{name}.tex"]
-    outputs.append(
-        in_report(
-            f"{RESULTS}/tables/judge.md",
-            caption="../report/judge.rst",
-            category="Tables",
-        )
-    )
-    return outputs
+        for path in table_files()
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,12 +388,8 @@ def judge_outputs():
     base = f"{RESULTS}/{{task}}/judge/{{student}}"
     if STUDY.judge.dry_run:
         return [f"{base}/{name}" for name in JUDGE_DRY_RUN_FILES]
-    return [
-        in_report(
-            f"{base}/report.md", caption="../report/judge.rst", category="LLM judge"
-        ),
-        *(f"{base}/{name}" for name in JUDGE_ANSWER_FILES[1:]),
-    ]
+    # report.md joins results/tables/judge.html, which the HTML report shows
+    return [f"{base}/{name}" for name in JUDGE_ANSWER_FILES]
 
 
 def judge_markers(task):
@@ -460,9 +460,4 @@ def all_targets():
             for ext in ("png", "svg")
         ]
         targets += judge_markers(task)
-    targets += [
-        f"{RESULTS}/tables/{name}.{ext}"
-        for name in TABLES
-        for ext in ("md", "csv", "tex")
-    ]
-    return targets + [f"{RESULTS}/tables/judge.md"]
+    return targets + table_files()
