@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -126,9 +128,17 @@ def study(tmp_path_factory):
             "outputs": outputs}  # fmt: skip
 
 
-def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tmp_path):
+@pytest.fixture(scope="module")
+def tables(study, tmp_path_factory):
+    """The tables verb's directory for the fake study."""
+    out = tmp_path_factory.mktemp("tables")
     args = ["tables", "--scores", *study["summaries"], "--variance", *study["variance"]]
-    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    assert main([*args, "--out-dir", str(out)]) == 0
+    return out
+
+
+def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tables):
+    tmp_path = tables
     main_md = (tmp_path / "main.md").read_text()
     order = ["Teacher", "(SFT)", "SeqKD", "| KL", "| LLMR |", "KETCHUP (K=4)", "GKD"]
     positions = [main_md.index(label) for label in order]
@@ -177,6 +187,60 @@ def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tmp_
     assert "\\begin{tabular}" in tex and "$\\pm$" in tex
     for name in ("main", "k_grid", "variance", "paper", "provenance"):
         assert (tmp_path / f"{name}.tex").read_text().isascii(), name
+
+
+TABLE_NAMES = ("main", "k_grid", "variance", "paper", "provenance")
+# What the .tex tables may contain besides ASCII text: booktabs' rules and the escapes of tex()
+LATEX_COMMANDS = {
+    *(r"\begin", r"\end", r"\toprule", r"\midrule", r"\bottomrule"),
+    *(r"\textbackslash", r"\textasciitilde", r"\textasciicircum"),
+    *(r"\pm", r"\Delta", r"\uparrow", r"\downarrow", r"\geq", r"\leq", r"\times"),
+    *(r"\cdot", r"\Sigma"),
+}
+
+
+def test_latex_tables_use_booktabs_rules_and_ascii_only(tables):
+    import re
+
+    for name in TABLE_NAMES:
+        tex = (tables / f"{name}.tex").read_text()
+        assert tex.isascii(), name
+        body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+        assert body.count(r"\begin{tabular}") == body.count(r"\bottomrule") >= 1, name
+        commands = set(re.findall(r"\\[A-Za-z]+", body))
+        assert commands <= LATEX_COMMANDS, (name, commands - LATEX_COMMANDS)
+        for line in body.splitlines():  # math shifts in pairs, so every $...$ closes on its line
+            assert len(re.findall(r"(?<!\\)\$", line)) % 2 == 0, (name, line)
+
+
+def test_tex_maps_every_character_a_plain_latex_cannot_take():
+    from ketchup.tables import tex
+
+    text = "KETCHUP − LLMR ± 0.3 ↑ ↓ ≥ ≤ × · ‖g‖² Σ Δ – — 10% a_b #1 $5 {x} ~ ^ \\ & é"
+    out = tex(text)
+    assert out.isascii()
+    assert r"$\pm$" in out and r"\%" in out and r"\_" in out and r"$^2$" in out
+    assert "?" in out  # an unmapped letter (é) cannot break the document, it shows as ?
+
+
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="pdflatex not installed")
+def test_latex_tables_compile(tables, tmp_path):
+    """Every .tex table in a minimal document (article + booktabs), through pdflatex."""
+    body = "\n\n".join(rf"\input{{{tables / name}.tex}}" for name in TABLE_NAMES)
+    document = (
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        f"{body}\n\\end{{document}}\n"
+    )
+    (tmp_path / "tables.tex").write_text(document)
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (tmp_path / "tables.pdf").stat().st_size > 1000
 
 
 def test_figures_are_written_for_every_kind(study, tmp_path):
