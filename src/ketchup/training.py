@@ -185,9 +185,8 @@ def fit(
     start), logged at step 0 as the reference the training curves start from; it is not a
     candidate for the best checkpoint.
     """
-    from tqdm.auto import tqdm
-
     from ketchup.models import save_model
+    from ketchup.progress import ProgressBar
 
     out_dir = Path(out_dir)
     procs = distributed.processes()
@@ -217,7 +216,7 @@ def fit(
 
     if evaluate_initial and state.step == 0:
         log.write(kind="eval", step=0, score=validate(model), best=False)
-    bar = tqdm(
+    bar = ProgressBar(
         total=cfg.steps, initial=state.step, disable=not (progress and procs.is_main), desc="train"
     )
     model.train()

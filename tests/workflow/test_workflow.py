@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import csv
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -144,6 +147,48 @@ def test_a_rule_given_several_gpus_runs_its_verb_under_accelerate(tmp_path):
     assert not any("gpu_slots" in c for c in commands if " distill " not in c)
 
 
+def test_verbs_by_hand_get_the_sections_the_rules_pass(tmp_path):
+    """Every job's command in the smoke study, rerun as a user would type it: the --*-json
+    sections left out, `--configfile configs/smoke.yaml --task T [--student S]` given instead;
+    the verb resolves every section to exactly what the rule passed."""
+    import shlex
+
+    from ketchup.cli import build_parser
+    from ketchup.verb_config import fill_from_config
+
+    out = snakemake("-n", "-p", "--cores", "1", "--directory", str(tmp_path), "--configfile",
+                    str(SMOKE)).stdout  # fmt: skip
+    verbs_seen = set()
+    for line in out.splitlines():
+        if " -m ketchup " not in line:
+            continue
+        words = shlex.split(line)
+        argv = words[words.index("ketchup") + 1 : words.index(">")]
+        passed = build_parser().parse_args(argv)
+        sections = {k: v for k, v in vars(passed).items() if k.endswith("_json") and v}
+        if not sections:  # tables, figures: paths only
+            continue
+        by_hand = [w for i, w in enumerate(argv) if not (w.endswith("-json") or
+                   argv[i - 1].endswith("-json"))]  # fmt: skip
+        by_hand += ["--configfile", str(SMOKE)]
+        if getattr(build_parser().parse_args(by_hand), "task", "") is None:  # takes --task
+            by_hand += ["--task", "restaurants"]
+        if argv[0] in ("distill", "score"):
+            by_hand += ["--student", "t5-micro"]
+        if argv[0] == "score":
+            run = json.loads(passed.run_json)
+            by_hand += ["--system", run["system"]]
+            by_hand += ["--seed", str(run["seed"])] if run["seed"] is not None else []
+        resolved = build_parser().parse_args(by_hand)
+        fill_from_config(argv[0], resolved)
+        assert {k: getattr(resolved, k) for k in sections} == sections, argv[0]
+        verbs_seen.add(argv[0])
+    assert verbs_seen == {
+        "prepare-data", "train-tokenizer", "train-teacher", "teacher-outputs", "distill",
+        "grad-variance", "generate", "score",
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "edit,key",
     [
@@ -166,14 +211,18 @@ def test_bad_config_fails_before_any_job(edit, key, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_study_runs_end_to_end(tmp_path):
-    snakemake(
+    import os
+
+    run = snakemake(
         "--cores",
         "2",
         "--directory",
         str(tmp_path),
         "--configfile",
         str(ROOT / "configs" / "smoke.yaml"),
+        env={**os.environ, "KETCHUP_PROGRESS_SECONDS": "0"},  # a progress line per update
     )
+    assert_a_quiet_terminal(run.stdout + run.stderr)
     data = tmp_path / "results" / "restaurants" / "data"
     assert all((data / f"{s}.jsonl").stat().st_size > 0 for s in ("train", "validation", "test"))
     task = tmp_path / "results" / "restaurants"
@@ -223,12 +272,13 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     labels = ("Teacher", "SeqKD", "LLMR (max value)", "LLMR + min-var (max value)", "KETCHUP (K=")
     for label in (*labels, "GKD", "MiniLLM (no PT loss)", "JS (f-distill)", "seed-aware 95% CI"):
         assert label in main_table, label
-    for name in ("main", "k_grid", "variance", "paper", "provenance"):
-        for ext in ("md", "csv", "tex"):
+    for name in TABLES:
+        for ext in ("md", "html", "csv", "tex"):
             assert (tmp_path / "results" / "tables" / f"{name}.{ext}").stat().st_size > 0
     figures = sorted(p.name for p in (tmp_path / "results" / "figures").iterdir())
-    kinds = ("grad_variance", "methods", "metric_vs_k", "training_curves")
-    assert figures == sorted(f"restaurants_t5-micro_{k}.{e}" for k in kinds for e in ("png", "svg"))
+    assert figures == sorted(
+        f"restaurants_t5-micro_{k}.{e}" for k in FIGURE_KINDS for e in ("png", "svg")
+    )
     snakemake(
         "--directory",
         str(tmp_path),
@@ -237,7 +287,7 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         "--report",
         str(tmp_path / "report.html"),
     )
-    assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert_the_report_shows_tables_figures_and_the_study(tmp_path)
     assert "judge.enabled` is false" in (tmp_path / "results" / "tables" / "judge.md").read_text()
 
     def dry_run(edit):
@@ -343,6 +393,94 @@ def test_a_study_killed_at_a_random_point_resumes(tmp_path):
     for out_dir in interrupted:
         job_log = results / "restaurants" / "logs" / f"distill_{'_'.join(out_dir.parts[-3:])}.log"
         assert "resuming from" in job_log.read_text(), job_log
+
+
+TABLES = ("main", "k_grid", "variance", "paper", "provenance")
+FIGURE_KINDS = (
+    "grad_variance", "methods", "metric_vs_k", "training_curves_baselines", "training_curves_k"
+)  # fmt: skip
+
+
+def assert_a_quiet_terminal(output: str) -> None:
+    """No job's shell command (the profile does not print them), a progress line from a long
+    job (which job, step N of M), and one last line that says where the results are."""
+    assert "--config-json" not in output and "python -m ketchup" not in output
+    job = "ketchup distill results/restaurants/students/t5-micro/ketchup_k4/seed0"
+    assert f"{job}: train 6/6 (100%)" in output, output[-3000:]
+    last = next(line for line in output.splitlines() if line.startswith("ketchup: tables in"))
+    assert "results/tables/ (main, k_grid, variance, paper, provenance, judge" in last
+    assert "5 figures in results/figures/" in last and "--report report.html" in last
+
+
+class HtmlTables(HTMLParser):
+    """Every <table> of an HTML page as a list of rows, each a list of cell texts."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def report_results(report: Path) -> tuple[dict, str]:
+    """The results Snakemake's HTML report embeds ({path: entry}) and its workflow description."""
+    page = report.read_text()
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", page, re.S).group(1))
+    description = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", page, re.S).group(1))
+    return results, description
+
+
+def embedded_file(entry: dict) -> str:
+    """The file a report entry embeds (a base64 data URI)."""
+    return base64.b64decode(entry["data_uri"].split(";base64,", 1)[1]).decode()
+
+
+def assert_the_report_shows_tables_figures_and_the_study(workdir: Path) -> None:
+    results, description = report_results(workdir / "report.html")
+    # the tables: HTML (the report shows it inline, not as a download), with the table's rows
+    for name in (*TABLES, "judge"):
+        entry = results[f"results/tables/{name}.html"]
+        assert entry["mime_type"] == "text/html" and entry["caption"].strip(), name
+        tables = HtmlTables(embedded_file(entry)).tables
+        if name == "judge":
+            assert not tables  # the judge is off: the page says how to enable it
+            assert "judge.enabled" in embedded_file(entry)
+            continue
+        assert tables and all(t[0] for t in tables), name  # each with its header
+        markdown = (workdir / "results" / "tables" / f"{name}.md").read_text()
+        md_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+        assert sum(len(t) for t in tables) == len(md_rows), name  # every row, the header too
+    main = HtmlTables(embedded_file(results["results/tables/main.html"])).tables[0]
+    assert main[0][0] == "System" and main[1][0] == "Teacher"
+    assert any(row[0].startswith("KETCHUP (K=") for row in main)
+    assert not any(path.endswith(".md") for path in results)  # no download-only duplicates
+    # the figures, each with its caption
+    for kind in FIGURE_KINDS:
+        entry = results[f"results/figures/restaurants_t5-micro_{kind}.png"]
+        caption = (ROOT / "workflow" / "report" / f"{kind}.rst").read_text().split()
+        assert entry["mime_type"] == "image/png"
+        assert " ".join(caption[:4]) in " ".join(entry["caption"].split()), kind
+    # the workflow description: what ran and the config
+    for text in ("What ran", "restaurants", "t5-micro", "K grid: 2, 4", "sft, seqkd, kl, js, tvd",
+                 "The config", "n_train&quot;: 300"):  # fmt: skip
+        assert text in description, text
 
 
 def snakemake_records(workdir: Path, kind: str) -> set[Path]:

@@ -17,6 +17,7 @@ from ketchup.config import (
     job_distill_section,
     parse_config,
     split_system,
+    variance_distill_section,
 )
 from ketchup.tasks import task_kind
 from ketchup.figures import (
@@ -24,6 +25,7 @@ from ketchup.figures import (
     STUDY_KINDS as STUDY_FIGURE_KINDS,
     kinds_for as figure_kinds_for,
 )
+from ketchup.progress import FD_VARIABLE as PROGRESS_FD
 from ketchup.judge.stage import (
     ANSWER_FILES as JUDGE_ANSWER_FILES,
     DRY_RUN_FILES as JUDGE_DRY_RUN_FILES,
@@ -50,6 +52,10 @@ if workflow.is_main_process:
 
 onstart:
     record_lock_owner()
+
+
+onsuccess:
+    logger.info(results_line())
 
 
 def load_study(config):
@@ -126,11 +132,15 @@ def launcher(rule_name, parallel=True):
     GPUs of its own (CUDA_VISIBLE_DEVICES; Snakemake only counts GPUs, it does not assign them).
     A training rule given several GPUs runs data-parallel under `accelerate launch` (see
     src/ketchup/distributed.py); other rules just see their GPUs.
+
+    The job's output goes to its log; descriptor 3, Snakemake's own stderr duplicated before that
+    redirect, takes the verb's short progress lines (src/ketchup/progress.py).
     """
     gpus = config["resources"][rule_name]["gpu"]
+    progress = f"{PROGRESS_FD}=3 3>&2"
     if gpus == 0:
-        return "python -m ketchup"
-    slots = f"python -m ketchup.gpu_slots {gpus} --"
+        return f"{progress} python -m ketchup"
+    slots = f"{progress} python -m ketchup.gpu_slots {gpus} --"
     if gpus == 1 or not parallel:
         return f"{slots} python -m ketchup"
     return (
@@ -219,16 +229,7 @@ def variance_student(wildcards):
 
 def variance_section():
     """The distill keys the gradient-variance job reads: what the measured systems train with."""
-    keys = (
-        "methods",
-        "ks",
-        "value",
-        "sequence_end",
-        "rollout",
-        "policy_gradient",
-        "variance",
-    )
-    return {key: config["distill"][key] for key in keys}
+    return variance_distill_section(config["distill"])
 
 
 def variance_tables(task):
@@ -440,6 +441,22 @@ def student_score_summaries(task, student):
         for run in student_runs()
         if run_parts(run)[0] == student
     ]
+
+
+def results_line():
+    """The one line a finished run ends with: where its tables and figures are."""
+    figures = [t for t in all_targets() if t.startswith(f"{RESULTS}/figures/")]
+    kinds = dict.fromkeys(
+        k
+        for t in figures
+        for k in (*FIGURE_KINDS, *STUDY_FIGURE_KINDS, "judge_win_rates")
+        if t.endswith(f"_{k}.png")
+    )
+    return (
+        f"ketchup: tables in {RESULTS}/tables/ ({', '.join([*TABLES, 'judge'])}; "
+        f"{' '.join(TABLE_FORMATS)}), {len(figures) // 2} figures in {RESULTS}/figures/ "
+        f"({', '.join(kinds)}; png svg); with captions: snakemake --report report.html"
+    )
 
 
 def all_targets():
