@@ -125,6 +125,10 @@ def _k_of(system: str) -> int:
     return 1 if system == "llmr" else int(system[len("ketchup_k") :])
 
 
+def _seeds_text(n_seeds: int) -> str:
+    return "one seed" if n_seeds == 1 else f"mean over {n_seeds} seeds"
+
+
 def _metric_label(metric) -> str:
     return f"test {metric.label}" + (
         " (lower is better)" if metric.higher_is_better is False else ""
@@ -152,7 +156,7 @@ def metric_vs_k(cell: Cell):
         color=BLUE,
         lw=1.8,
         capsize=4,
-        label=f"mean over {n_seeds} seed(s); bars: {ci_label(n_seeds)}",
+        label=f"{_seeds_text(n_seeds)}; bars: {ci_label(n_seeds)}",
     )
     if systems and systems[0] == "llmr":
         ax.plot([1], [means[0]], "s", color=PALETTE[0], ms=8, label="K = 1: LLMR", zorder=3)
@@ -186,9 +190,11 @@ def metric_vs_k(cell: Cell):
     ax.set_xlabel("K, steps of the Bellman optimality equation (K = 1 is LLMR)")
     ax.set_ylabel(_metric_label(m))
     ax.set_title(f"{cell.task}, student {cell.student}: test {m.label} against K")
+    from matplotlib.container import ErrorbarContainer
+
     handles, names = ax.get_legend_handles_labels()
-    first = names.index(next(n for n in names if n.startswith("mean over")))  # the bars' entry
-    order = [first, *(i for i in range(len(names)) if i != first)]
+    first = next(i for i, h in enumerate(handles) if isinstance(h, ErrorbarContainer))
+    order = [first, *(i for i in range(len(names)) if i != first)]  # the bars' entry first
     ax.legend(
         [handles[i] for i in order],
         [names[i] for i in order],
@@ -197,6 +203,18 @@ def metric_vs_k(cell: Cell):
         frameon=False,
     )
     return fig
+
+
+def _plain_log_labels():
+    """Labels of a log axis as plain numbers (0.05, not 5e-02), the ticks between powers of ten
+    labelled too when the data span less than a decade or so (matplotlib's choice of which)."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:.3g}" if super().__call__(x, pos) else ""
+
+    return Plain(labelOnlyBase=False, minor_thresholds=(1.5, 0.6))
 
 
 def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
@@ -242,11 +260,9 @@ def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
         if log:
-            from matplotlib.ticker import FuncFormatter, NullFormatter
-
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_formatter(_plain_log_labels())
+            ax.yaxis.set_minor_formatter(_plain_log_labels())
         ax.set_xlabel("K")
         ax.set_title(label + (", log scale" if log else ""), fontsize=9)
     handles, names = axes[0].get_legend_handles_labels()
@@ -278,7 +294,8 @@ PANELS = {
 }
 SMOOTHING = 10
 SMOOTHING_NOTE = (
-    f"(validation at every evaluation; the other panels: {SMOOTHING}-update moving averages)"
+    f"(validation at every evaluation; the other panels: moving averages over {SMOOTHING} "
+    "updates, raw for shorter runs)"
 )
 
 
@@ -450,7 +467,8 @@ def methods(cell: Cell):
             ms=7,
             capsize=4,
             lw=1.6,
-            label=("policy-gradient (RL) method" if rl else "non-RL method") + ", mean over seeds",
+            label=("policy-gradient (RL) method" if rl else "non-RL method")
+            + f", {_seeds_text(n_seeds)}",
         )
         values = cell.groups[system].values(m)
         if len(values) > 1:
@@ -480,9 +498,10 @@ def methods(cell: Cell):
                 fontsize=9,
             )
     ax.set_xlim(left, right)
+    zero = " (the axis does not start at 0)" if left > 0 or right < 0 else ""
     ax.set_ylim(-0.7, len(rows) - 0.2)
     ax.set_yticks(y, [cell.groups[s].label for _, s in rows])
-    ax.set_xlabel(f"{_metric_label(m)}; the axis spans the data, it does not start at 0")
+    ax.set_xlabel(_metric_label(m) + zero)
     ax.set_title(f"{cell.task}, student {cell.student}: test {m.label} of every system")
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles, strict=True))

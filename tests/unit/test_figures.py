@@ -137,7 +137,7 @@ def test_metric_vs_k_starts_at_k1_and_says_what_its_bars_cover(cell):
     ketchup_line = ax.get_lines()[0]
     assert list(ketchup_line.get_xdata()) == [1, 2, 4, 8, 16]
     names = _legend_names(fig)
-    assert any("mean over 3 seed(s)" in n and "seeds and test examples" in n for n in names)
+    assert names[0].startswith("mean over 3 seeds; bars: 95% CI") and "seeds and test" in names[0]
     assert "each seed (the seed-to-seed spread)" in names
     assert any(n.startswith("best non-RL baseline") and "95% CI" in n for n in names)
 
@@ -158,6 +158,7 @@ def test_methods_axis_spans_the_data_not_zero(cell, tmp_path):
     legend = ax.get_legend()
     assert "hierarchical bootstrap over seeds and test examples" in legend.get_title().get_text()
     assert "each seed (the seed-to-seed spread)" in [t.get_text() for t in legend.texts]
+    assert ax.get_xlabel() == "test BLEU (the axis does not start at 0)"
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == [cell.groups[s].label for s in systems]
     assert labels[0].startswith("Student, no distillation")

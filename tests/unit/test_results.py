@@ -232,13 +232,8 @@ def test_latex_tables_compile(tables, tmp_path):
         f"{body}\n\\end{{document}}\n"
     )
     (tmp_path / "tables.tex").write_text(document)
-    result = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    pdflatex = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"]
+    result = subprocess.run(pdflatex, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:]
     assert (tmp_path / "tables.pdf").stat().st_size > 1000
 
@@ -302,6 +297,13 @@ def test_judge_table_says_what_ran(tmp_path):
     text = judge_summary([ran, dry])
     assert "# LLM-as-judge: toy, s1" in text and "| teacher | 4 |" in text
     assert "# LLM-as-judge (dry run): toy, s2" in text and '"prompt_tokens": 3400' in text
+    from ketchup.tables import markdown_html
+
+    page = markdown_html(text)  # judge.html, which the report shows
+    assert (
+        "<h1>LLM-as-judge: toy, s1</h1>" in page and "<th>teacher</th><th>4</th>" in page
+    )  # its one row
+    assert "<pre>{" in page and "&quot;prompt_tokens&quot;: 3400" in page
     with pytest.raises(FileNotFoundError, match="neither report.md nor dry_run.json"):
         judge_summary([tmp_path / "toy" / "judge" / "missing"])
 

@@ -408,7 +408,7 @@ def assert_a_quiet_terminal(output: str) -> None:
     job = "ketchup distill results/restaurants/students/t5-micro/ketchup_k4/seed0"
     assert f"{job}: train 6/6 (100%)" in output, output[-3000:]
     last = next(line for line in output.splitlines() if line.startswith("ketchup: tables in"))
-    assert "results/tables/ (main, k_grid, variance, paper, provenance, judge" in last
+    assert "results/tables/ (main, k_grid, variance, paper, provenance: md html csv tex" in last
     assert "5 figures in results/figures/" in last and "--report report.html" in last
 
 
@@ -605,6 +605,10 @@ def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
         assert ("ketchup_k" + k, "llmr") in pairs and len(pairs) == 2, pairs
         table = (tmp_path / "results" / "tables" / "judge.md").read_text()
         assert "Pointwise" in table and "unparsed: 1" in table, table
+        page = (tmp_path / "results" / "tables" / "judge.html").read_text()
+        pointwise, pairwise = HtmlTables(page).tables
+        assert pointwise[0][:3] == ["system", "n", "mean score"] and len(pointwise) == 1 + 13
+        assert pairwise[0][:2] == ["A", "B"] and len(pairwise) == 1 + 2
         assert (
             tmp_path / "results" / "figures" / "restaurants_t5-micro_judge_win_rates.png"
         ).is_file()

@@ -453,8 +453,8 @@ def results_line():
         if t.endswith(f"_{k}.png")
     )
     return (
-        f"ketchup: tables in {RESULTS}/tables/ ({', '.join([*TABLES, 'judge'])}; "
-        f"{' '.join(TABLE_FORMATS)}), {len(figures) // 2} figures in {RESULTS}/figures/ "
+        f"ketchup: tables in {RESULTS}/tables/ ({', '.join(TABLES)}: "
+        f"{' '.join(TABLE_FORMATS)}; judge: md html), {len(figures) // 2} figures in {RESULTS}/figures/ "
         f"({', '.join(kinds)}; png svg); with captions: snakemake --report report.html"
     )
 
