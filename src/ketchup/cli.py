@@ -3,6 +3,8 @@
 Entry points stay thin: parse arguments, then import the stage lazily and run it, so `ketchup
 --help` and the Snakefile stay fast. A stage gets its config section as JSON (`--config-json`),
 exactly as the rule's `params:` pass it, and validates it against the schema before doing anything.
+By hand, `--configfile FILE --task T [--student S]` takes those sections from a study config
+instead (src/ketchup/verb_config.py).
 """
 
 from __future__ import annotations
@@ -23,12 +25,37 @@ class Verb:
     target: str  # "module:function" taking the parsed args
 
 
+def _json(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    """A config section as JSON, as the workflow passes it; by hand, --configfile supplies it."""
+    p.add_argument(flag, help=f"{what} as JSON (default: from --configfile)")
+
+
 def _config_json(p: argparse.ArgumentParser, section: str) -> None:
-    p.add_argument(
-        "--config-json",
-        required=True,
-        help=f"the `{section}` config section as JSON (defaults filled from the schema)",
+    _json(p, "--config-json", f"the `{section}` config section (schema defaults filled)")
+
+
+def _task_json(p: argparse.ArgumentParser) -> None:
+    _json(p, "--task-json", "the task's config section (tasks.<name>)")
+
+
+def _study_config(p: argparse.ArgumentParser, task: bool = True, student: bool = False) -> None:
+    """--configfile and the names that pick its sections, in place of the JSON arguments."""
+    group = p.add_argument_group(
+        "from a study config (in place of the JSON arguments)",
+        "`--configfile config.yaml --task NAME` (and --student NAME where a student is trained) "
+        "reads every --*-json section from the file, validated with the schema's defaults, as "
+        "the workflow's rules pass it; a JSON argument given too wins.",
     )
+    group.add_argument(
+        "--configfile",
+        nargs="+",
+        metavar="FILE",
+        help="a study config (config.yaml), or several merged in order as Snakemake merges them",
+    )
+    if task:
+        group.add_argument("--task", help="the task's name, as under `tasks:`")
+    if student:
+        group.add_argument("--student", help="the student's name, as under `students:`")
 
 
 def _precision(p: argparse.ArgumentParser, flag: str, what: str) -> None:
@@ -46,12 +73,14 @@ def _prepare_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="the task's name (as under `tasks:`)")
     _config_json(p, "tasks.<name>")
     p.add_argument("--out-dir", required=True, help="directory for train/validation/test.jsonl")
+    _study_config(p, task=False)
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     _config_json(p, "tokenizer")
     p.add_argument("--out-dir", required=True, help="directory for the saved tokenizer")
+    _study_config(p, task=False)
 
 
 def _keep_checkpoints(p: argparse.ArgumentParser) -> None:
@@ -68,10 +97,11 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokenizer", required=True, help="tokenizer directory or hub id (id@revision to pin)"
     )
-    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _task_json(p)
     _config_json(p, "teacher")
     _keep_checkpoints(p)
     p.add_argument("--out-dir", required=True, help="directory for the model and its logs")
+    _study_config(p)
 
 
 def _teacher_outputs_args(p: argparse.ArgumentParser) -> None:
@@ -80,9 +110,10 @@ def _teacher_outputs_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--split", required=True, choices=["train", "validation", "test"])
-    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _task_json(p)
     _config_json(p, "teacher")
     p.add_argument("--out", required=True, help="JSONL file of greedy outputs, one per example")
+    _study_config(p)
 
 
 def _distill_args(p: argparse.ArgumentParser) -> None:
@@ -106,15 +137,14 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
         "--warm-start", help="the kl student's model directory (every method but sft/seqkd/kl)"
     )
     p.add_argument("--seed", type=int, required=True, help="seed of the student's init and data")
-    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
-    p.add_argument("--student-json", required=True, help="the student's config section as JSON")
-    p.add_argument(
-        "--generation-json", required=True, help="validation decoding (teacher.generation)"
-    )
+    _task_json(p)
+    _json(p, "--student-json", "the student's config section (students.<name>)")
+    _json(p, "--generation-json", "validation decoding (teacher.generation)")
     _precision(p, "--teacher-precision", "the teacher's dtype (teacher.model.precision)")
     _config_json(p, "distill")
     _keep_checkpoints(p)
     p.add_argument("--out-dir", required=True, help="directory for the best checkpoint and logs")
+    _study_config(p, student=True)
 
 
 def _variance_args(p: argparse.ArgumentParser) -> None:
@@ -123,7 +153,7 @@ def _variance_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--student", required=True, help="the fixed student checkpoint (directory)")
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
-    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _task_json(p)
     _precision(p, "--precision", "the student's compute dtype (students.<s>.model.precision)")
     _precision(p, "--teacher-precision", "the teacher's dtype (teacher.model.precision)")
     _config_json(p, "distill")
@@ -133,31 +163,36 @@ def _variance_args(p: argparse.ArgumentParser) -> None:
         help="CSV: per policy-gradient system, the variance, signal, inverse SNR and cosine of "
         "its trained update, with bootstrap CIs",
     )
+    _study_config(p)
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory to generate with")
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--split", default="test", choices=["validation", "test"])
-    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
+    _task_json(p)
     _precision(p, "--precision", "the model's dtype (students.<s>.model.precision)")
     _config_json(p, "evaluation")
     p.add_argument("--out", required=True, help="JSONL of outputs (id, output), one per example")
+    _study_config(p)
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outputs", required=True, help="JSONL of outputs (id, output)")
     p.add_argument("--data-dir", required=True, help="prepare-data's output directory")
     p.add_argument("--split", default="test", choices=["validation", "test"])
-    p.add_argument("--task-json", required=True, help="the task's config section as JSON")
-    p.add_argument(
+    _task_json(p)
+    _json(
+        p,
         "--run-json",
-        required=True,
-        help='the run: {"task", "student", "system", "seed"} (the teacher: system "teacher", '
-        "student and seed null)",
+        'the run, {"task", "student", "system", "seed"} (the teacher: system "teacher", '
+        "student and seed null),",
     )
     p.add_argument("--model", help="the model directory (its validation score is recorded)")
     p.add_argument("--out", required=True, help="per-example scores (CSV); a summary JSON beside")
+    _study_config(p, student=True)
+    p.add_argument("--system", help="with --configfile: the run's system (teacher, kl, ...)")
+    p.add_argument("--seed", type=int, help="with --configfile: the run's seed (a student's)")
 
 
 def _variance_files(p: argparse.ArgumentParser) -> None:
@@ -197,8 +232,8 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kinds",
         nargs="+",
-        help="figures to draw: metric_vs_k, grad_variance, training_curves, methods, gain_vs_size "
-        "(default: all but gain_vs_size)",
+        help="figures to draw: metric_vs_k, grad_variance, training_curves_k, "
+        "training_curves_baselines, methods, gain_vs_size (default: all but gain_vs_size)",
     )
     p.add_argument(
         "--judge", nargs="*", default=[], help="the task's judge output directories (win rates)"
@@ -261,6 +296,7 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
         "(its best K by validation) and `baseline` (the best non-RL baseline by validation)",
     )
     _config_json(p, "judge")
+    _study_config(p, task=False)
     p.add_argument("--cache", required=True, help="SQLite cache of answers (reruns resume from it)")
     p.add_argument(
         "--templates-dir",
@@ -410,7 +446,8 @@ VERBS: tuple[Verb, ...] = (
     Verb(
         "tables",
         "the paper's tables",
-        "Writes OUT_DIR/{main,k_grid,paper}.{md,csv,tex}: the main table (mean +- std over "
+        "Writes OUT_DIR/{main,k_grid,variance,paper,provenance}.{md,html,csv,tex} and "
+        "OUT_DIR/judge.{md,html}: the main table (mean +- std over "
         "seeds, bootstrap 95% CIs, KETCHUP at its best K by validation against LLMR and the best "
         "non-RL baseline with paired permutation p-values), the K grid with gradient variance "
         "and bias, and ours against the paper's published numbers. With --study-json, the "
@@ -422,7 +459,8 @@ VERBS: tuple[Verb, ...] = (
         "figures",
         "the paper's figures",
         "Writes OUT_DIR/<task>_<student>_<kind>.{png,svg} for each KIND (metric_vs_k, "
-        "grad_variance, training_curves, methods) and OUT_DIR/<task>_gain_vs_size.{png,svg}.",
+        "grad_variance, training_curves_k, training_curves_baselines, methods) and "
+        "OUT_DIR/<task>_gain_vs_size.{png,svg}.",
         _figures_args,
         "ketchup.stages.report:figures_stage",
     ),
@@ -445,10 +483,13 @@ VERBS: tuple[Verb, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(
         prog="ketchup",
         description="KETCHUP distillation workflow: one verb per Snakemake rule.",
     )
+    parser.add_argument("--version", action="version", version=f"ketchup {version('ketchup')}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
         p = sub.add_parser(
@@ -463,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verb: Verb = args._verb
     module, function = verb.target.split(":")
+    from ketchup import progress
     from ketchup.config import ConfigError
     from ketchup.files import CorruptFileError
     from ketchup.hub import HubError
@@ -477,7 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         DivergedError,
         HubError,
     )
+    output = getattr(args, "out_dir", None) or getattr(args, "out", None)
+    progress.set_job(f"ketchup {verb.name}" + (f" {output}" if output else ""))
     try:
+        if hasattr(args, "configfile"):
+            from ketchup.verb_config import fill_from_config
+
+            fill_from_config(verb.name, args)
         result = getattr(importlib.import_module(module), function)(args)
     except bad_input as e:
         # Bad input or a diverged run, not a bug: one line naming the key, file or step.

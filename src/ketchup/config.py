@@ -322,6 +322,15 @@ def job_distill_section(distill: dict[str, Any], system: str) -> dict[str, Any]:
     return {key: distill[key] for key in method_config_keys(method)}
 
 
+# The `distill` keys the gradient-variance stage reads: what the systems it measures train with.
+VARIANCE_KEYS = ("methods", "ks", "value", "sequence_end", "rollout", "policy_gradient", "variance")
+
+
+def variance_distill_section(distill: dict[str, Any]) -> dict[str, Any]:
+    """The part of a (default-filled) `distill` section the gradient-variance stage reads."""
+    return {key: distill[key] for key in VARIANCE_KEYS}
+
+
 def split_system(name: str) -> tuple[str, int]:
     """'ketchup_k4' -> ('ketchup', 4); every other method has K = 1 ('llmr' -> ('llmr', 1))."""
     method, sep, k = name.rpartition("_k")

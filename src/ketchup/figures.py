@@ -1,13 +1,21 @@
 """The paper's figures from the scored runs, as PNG and SVG (matplotlib, no display needed).
 
-metric_vs_k      test metric against K (log2 axis), K = 1 (LLMR) first: mean over seeds with its
-                 hierarchical 95% CI, each seed as a dot; the best non-RL baseline as a band
-grad_variance    the trained update's variance, inverse SNR and cosine to LLMR against K, with
-                 bootstrap CIs over rollout sets (Theorem 1, measured)
-training_curves  validation metric, mean return and rollout length against update step, one
-                 line per on-policy system (mean over seeds)
-methods          every system's test metric with its bootstrap 95% CI, the teacher as a line
-gain_vs_size     KETCHUP (best K) minus LLMR against student size (several students only)
+Each figure is drawn to be read at 800 px wide: about five lines per panel at most, Okabe and
+Ito's colour-blind-safe palette with a dash pattern and a marker of its own for every line, error
+bars whose legend says what they cover, and value axes that start where the data do.
+
+metric_vs_k                test metric against K (log2 axis), K = 1 (LLMR) first: the mean over
+                           seeds with its hierarchical 95% CI (seeds, then test examples) as bars,
+                           each seed a dot; the best non-RL baseline as a line and band
+grad_variance              the trained update's variance, inverse SNR and cosine to LLMR against
+                           K, with bootstrap CIs over rollout sets (Theorem 1, measured)
+training_curves_k          LLMR and KETCHUP at each K against update step (mean over seeds):
+                           validation metric, mean return per token, rollout length, clipped share
+training_curves_baselines  the other on-policy systems in two columns, LLMR in both: its baselines
+                           and MiniLLM (policy gradient), and JS, TVD, GKD (divergences)
+methods                    every system's test metric as a dot with its hierarchical 95% CI, each
+                           seed a tick, the teacher a line; the axis does not start at 0
+gain_vs_size               KETCHUP (best K) minus LLMR against student size (several students only)
 """
 
 from __future__ import annotations
@@ -20,10 +28,64 @@ import numpy as np
 
 from ketchup.results import Cell, system_label
 
-# policy-gradient methods (red in the method comparison)
+# policy-gradient methods (squares in the method comparison)
 RL_METHODS = ("llmr", "llmr_mean", "llmr_minvar", "ketchup", "minillm")
-KINDS = ("metric_vs_k", "grad_variance", "training_curves", "methods")
+# training_curves_baselines' columns; LLMR heads both, as the reference the others are read against
+POLICY_GRADIENT_BASELINES = ("llmr", "llmr_mean", "llmr_minvar", "minillm")
+DIVERGENCE_BASELINES = ("js", "tvd", "gkd")
+KINDS = (
+    "metric_vs_k",
+    "grad_variance",
+    "training_curves_k",
+    "training_curves_baselines",
+    "methods",
+)
 STUDY_KINDS = ("gain_vs_size",)
+# the methods a figure needs in the study's `distill.methods` (one of them); others always drawn
+NEEDS = {
+    "metric_vs_k": ("ketchup",),
+    "grad_variance": ("ketchup",),
+    "training_curves_k": ("ketchup",),
+    "training_curves_baselines": POLICY_GRADIENT_BASELINES[1:] + DIVERGENCE_BASELINES,
+}
+
+# Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies: black first
+# (LLMR in every figure), yellow last (faint on white). Dashes and markers tell lines apart in
+# grey print too.
+PALETTE = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
+DASHES = (
+    "-",
+    "--",
+    "-.",
+    ":",
+    (0, (6, 2, 1, 2, 1, 2)),
+    (0, (1, 1)),
+    (0, (8, 3)),
+    (0, (3, 1, 3, 4)),
+)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+BLUE, VERMILLION, GREEN = PALETTE[4], PALETTE[5], PALETTE[3]
+
+
+def kinds_for(methods: Sequence[str]) -> list[str]:
+    """The per-student figures a study with these `distill.methods` draws."""
+    return [k for k in KINDS if k not in NEEDS or any(m in methods for m in NEEDS[k])]
+
+
+def line_style(i: int) -> dict:
+    """Colour, dash pattern and marker of the i-th line of a panel."""
+    return {
+        "color": PALETTE[i % len(PALETTE)],
+        "ls": DASHES[i % len(DASHES)],
+        "marker": MARKERS[i % len(MARKERS)],
+    }
+
+
+def ci_label(n_seeds: int) -> str:
+    """What a system's 95% interval covers (results.Group.ci)."""
+    if n_seeds > 1:
+        return "95% CI: hierarchical bootstrap over seeds and test examples"
+    return "95% CI: bootstrap over test examples (one seed: no seed spread)"
 
 
 def _pyplot():
@@ -33,7 +95,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     plt.rcParams.update(
-        {"font.size": 10, "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "0"}
+        {
+            "font.size": 10,
+            "legend.fontsize": 9,
+            "axes.titlesize": 10,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "svg.hashsalt": "0",
+        }
     )
     return plt
 
@@ -56,66 +125,106 @@ def _k_of(system: str) -> int:
     return 1 if system == "llmr" else int(system[len("ketchup_k") :])
 
 
+def _seeds_text(n_seeds: int) -> str:
+    return "one seed" if n_seeds == 1 else f"mean over {n_seeds} seeds"
+
+
+def _metric_label(metric) -> str:
+    return f"test {metric.label}" + (
+        " (lower is better)" if metric.higher_is_better is False else ""
+    )
+
+
 def metric_vs_k(cell: Cell):
     """Test metric against K, K = 1 (LLMR) the first point: the mean over seeds with its
     hierarchical 95% interval (seeds and test examples) as error bars, each seed as a dot, and
-    the best non-RL baseline as a reference band."""
+    the best non-RL baseline as a reference line with its interval as a band."""
     plt = _pyplot()
     m = cell.primary
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
     systems = (["llmr"] if "llmr" in cell.groups else []) + cell.ketchup_systems()
     ks = [_k_of(s) for s in systems]
     cis = [cell.groups[s].ci(m) for s in systems]
     n_seeds = max((len(cell.groups[s].runs) for s in systems), default=0)
     means = np.array([c[0] for c in cis])
     errors = np.array([[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]])
-    covers = "seeds and test examples" if n_seeds > 1 else "test examples only: one seed"
     ax.errorbar(
         ks,
         means,
         yerr=errors,
         fmt="o-",
-        color="C0",
-        capsize=3,
-        label=f"mean of {n_seeds} seed(s), 95% CI over {covers}",
+        color=BLUE,
+        lw=1.8,
+        capsize=4,
+        label=f"{_seeds_text(n_seeds)}; bars: {ci_label(n_seeds)}",
     )
     if systems and systems[0] == "llmr":
-        ax.plot([1], [means[0]], "s", color="C3", ms=8, label="K = 1: LLMR", zorder=3)
+        ax.plot([1], [means[0]], "s", color=PALETTE[0], ms=8, label="K = 1: LLMR", zorder=3)
     for i, (k, s) in enumerate(zip(ks, systems, strict=True)):
         vals = cell.groups[s].values(m)
         if len(vals) > 1:
             ax.plot(
-                [k] * len(vals),
+                [k * 1.07] * len(vals),  # beside the bar, not on it (log axis: a ratio)
                 vals,
-                ".",
-                color="C0",
-                alpha=0.5,
-                label="each seed" if i == 0 else None,
+                "o",
+                mfc="none",
+                mec=BLUE,
+                ms=4,
+                alpha=0.8,
+                label="each seed (the seed-to-seed spread)" if i == 0 else None,
             )
     base = cell.best_baseline()
     if base and base in cell.groups:
         mean, lo, hi = cell.groups[base].ci(m)
         ax.axhline(
-            mean, color="C2", ls=":", label=f"best non-RL baseline: {cell.groups[base].label}"
+            mean,
+            color=GREEN,
+            ls=":",
+            lw=1.8,
+            label=f"best non-RL baseline: {cell.groups[base].label}; band: its 95% CI",
         )
-        ax.axhspan(lo, hi, color="C2", alpha=0.08)
+        ax.axhspan(lo, hi, color=GREEN, alpha=0.12)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("K (steps of the Bellman optimality equation; K = 1 is LLMR)")
-    ax.set_ylabel(f"test {m.label}" + (" (lower is better)" if m.higher_is_better is False else ""))
-    ax.set_title(f"{cell.task}, student {cell.student}: test {m.label} against K", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    ax.minorticks_off()
+    ax.set_xlabel("K, steps of the Bellman optimality equation (K = 1 is LLMR)")
+    ax.set_ylabel(_metric_label(m))
+    ax.set_title(f"{cell.task}, student {cell.student}: test {m.label} against K")
+    from matplotlib.container import ErrorbarContainer
+
+    handles, names = ax.get_legend_handles_labels()
+    first = next(i for i, h in enumerate(handles) if isinstance(h, ErrorbarContainer))
+    order = [first, *(i for i in range(len(names)) if i != first)]  # the bars' entry first
+    ax.legend(
+        [handles[i] for i in order],
+        [names[i] for i in order],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.17),
+        frameon=False,
+    )
     return fig
+
+
+def _plain_log_labels():
+    """Labels of a log axis as plain numbers (0.05, not 5e-02), the ticks between powers of ten
+    labelled too when the data span less than a decade or so (matplotlib's choice of which)."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:.3g}" if super().__call__(x, pos) else ""
+
+    return Plain(labelOnlyBase=False, minor_thresholds=(1.5, 0.6))
 
 
 def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
     """The trained update's variance, inverse SNR and cosine to LLMR against K, with bootstrap
-    95% intervals over rollout sets; LLMR's baselines as extra markers at K = 1."""
+    95% intervals over rollout sets; LLMR's baselines as extra markers beside K = 1."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.3))
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.6))
     panels = (
-        ("variance", "variance of the update\n(trace of covariance, log)", True),
-        ("inverse_snr", "inverse SNR (variance /\n|mean gradient|², debiased, log)", True),
+        ("variance", "variance of the update\n(trace of covariance)", True),
+        ("inverse_snr", "inverse SNR (variance /\n|mean gradient|², debiased)", True),
         ("cosine_to_reference", "cosine of the mean gradient\nto LLMR's (debiased)", False),
     )
     plain = [r for r in rows if r.get("baseline", "none") == "none"]
@@ -130,41 +239,64 @@ def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
             y,
             yerr=[np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)],
             fmt="o-",
-            color="C0",
+            color=BLUE,
             capsize=3,
-            label="LLMR (K = 1) and KETCHUP",
+            label="LLMR (K = 1), KETCHUP (K > 1)",
         )
         for j, r in enumerate(extra):
             v = float(r[key])
             err = [[max(v - float(r[f"{key}_low"]), 0)], [max(float(r[f"{key}_high"]) - v, 0)]]
+            style = line_style(j + 1)
             ax.errorbar(
-                [1.0 * (1.15 + 0.15 * j)],
+                [1.15 + 0.15 * j],
                 [v],
                 yerr=err,
-                fmt="^s"[j % 2],
-                color=f"C{j + 1}",
+                fmt=style["marker"],
+                color=style["color"],
                 capsize=3,
-                label=system_label(r["system"]),
+                label=system_label(r["system"]) + " (at K = 1)",
             )
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
         if log:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(_plain_log_labels())
+            ax.yaxis.set_minor_formatter(_plain_log_labels())
         ax.set_xlabel("K")
-        ax.set_ylabel(label, fontsize=9)
-    axes[0].legend(fontsize=7, loc="best")
+        ax.set_title(label + (", log scale" if log else ""), fontsize=9)
+    handles, names = axes[0].get_legend_handles_labels()
     n = rows[0]["n_rollout_sets"] if rows else "?"
     fig.suptitle(
-        f"{cell.task}, student {cell.student}: the trained update on {n} shared rollout sets "
-        "(95% CI: bootstrap over sets)",
-        fontsize=10,
+        f"{cell.task}, student {cell.student}: the trained update on {n} shared rollout sets"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(
+        handles,
+        names,
+        loc="lower center",
+        ncol=min(3, len(names)),
+        frameon=False,
+        title="bars: 95% CI, bootstrap over rollout sets",
+        title_fontsize=9,
+    )
     return fig
 
 
-# training_curves' panels after the validation score: fields of log.jsonl's train rows
-TRAINING_KEYS = ("return_mean", "rollout_length", "clipped_share")
+# Panels of the training curves: the validation score (eval rows of log.jsonl) and fields of its
+# train rows, each with its axis label. Train rows are smoothed (10-update moving average).
+PANELS = {
+    "score": "validation {metric}\n(step 0: the KL warm start)",
+    "return_mean": "mean return per token\n(each method's own return)",
+    "rollout_length": "rollout length, tokens",
+    "clipped_share": "share of clipped advantages",
+    "divergence": "divergence (each method's loss)",
+}
+SMOOTHING = 10
+SMOOTHING_NOTE = (
+    f"(validation at every evaluation; the other panels: moving averages over {SMOOTHING} "
+    "updates, raw for shorter runs)"
+)
 
 
 def _log_path(run) -> Path | None:
@@ -173,8 +305,9 @@ def _log_path(run) -> Path | None:
 
 
 def _curves(cell: Cell, system: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Mean over seeds of validation score (eval rows) and of each TRAINING_KEYS (train rows)."""
-    per_seed: dict[str, list[dict[int, float]]] = {key: [] for key in ("score", *TRAINING_KEYS)}
+    """Mean over seeds of the validation score (eval rows) and of each other PANELS field
+    (train rows): {field: (steps, values)}."""
+    per_seed: dict[str, list[dict[int, float]]] = {key: [] for key in PANELS}
     for run in cell.groups[system].runs:
         path = _log_path(run)
         if path is None or not path.is_file():
@@ -190,99 +323,197 @@ def _curves(cell: Cell, system: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
                 per_seed[key].append(series[key])
     curves = {}
     for key, seeds in per_seed.items():
-        if not seeds:
-            continue
-        steps = sorted(set.intersection(*(set(s) for s in seeds)))
-        y = np.array([[s[t] for t in steps] for s in seeds]).mean(axis=0)
-        curves[key] = (np.array(steps), y)
+        steps = sorted(set.intersection(*(set(s) for s in seeds))) if seeds else []
+        if steps:
+            y = np.array([[s[t] for t in steps] for s in seeds]).mean(axis=0)
+            curves[key] = (np.array(steps), y if key == "score" else _smooth(y))
     return curves
 
 
-def _smooth(y: np.ndarray, window: int = 10) -> np.ndarray:
+def _smooth(y: np.ndarray, window: int = SMOOTHING) -> np.ndarray:
     if len(y) < window:
         return y
     kernel = np.ones(window) / window
     return np.convolve(np.pad(y, (window - 1, 0), mode="edge"), kernel, mode="valid")
 
 
-def training_curves(cell: Cell, on_policy: Sequence[str]):
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
-    colors = plt.get_cmap("tab20").colors
+def _curve_panel(ax, curves, styles, key: str, metric_label: str) -> None:
+    """One field of every system that logged it; a note where none did."""
     drawn = False
-    for i, system in enumerate(s for s in cell.groups if s in on_policy):
-        curves = _curves(cell, system)
-        style = {"color": colors[(2 * i) % 20 + (2 * i) // 20], "label": system_label(system)}
-        keys = ("score", *TRAINING_KEYS)
-        for ax, key in zip(axes, keys, strict=True):
-            if key in curves:
-                x, y = curves[key]
-                ax.plot(
-                    x,
-                    y if key == "score" else _smooth(y),
-                    marker="o" if key == "score" else None,
-                    ms=3,
-                    **style,
-                )
-                drawn = True
-    labels = (
-        f"validation {cell.primary.label}\n(step 0: the KL warm start)",
-        "mean return per token\n(each method's own return; 10-update average)",
-        "rollout length, tokens\n(10-update average)",
-        "share of clipped advantages\n(policy-gradient methods; 10-update average)",
-    )
-    for ax, label in zip(axes, labels, strict=True):
+    for system, style in styles.items():
+        if key in curves.get(system, {}):
+            x, y = curves[system][key]
+            every = 1 if key == "score" else max(1, len(x) // 6)
+            ax.plot(x, y, ms=4, markevery=every, lw=1.5, label=system, **style)
+            drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="0.4")
+    ax.set_ylabel(PANELS[key].format(metric=metric_label), fontsize=9)
+
+
+def _curve_styles(cell: Cell, systems: Sequence[str], order: Sequence[str]) -> dict[str, dict]:
+    """{system: style} for the systems of `systems` the cell has; a system's style is fixed by
+    its place in `order`, so a system looks the same in every panel of a figure."""
+    return {s: line_style(order.index(s)) for s in systems if s in cell.groups}
+
+
+def _curve_handles(cell: Cell, styles: dict[str, dict]) -> tuple[list, list[str]]:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], lw=1.5, ms=4, **style) for style in styles.values()]
+    return handles, [cell.groups[s].label for s in styles]
+
+
+def training_curves_k(cell: Cell):
+    """LLMR and KETCHUP at every K of the grid: validation metric, mean return per token,
+    rollout length and clipped share against update step, mean over seeds."""
+    plt = _pyplot()
+    order = ["llmr", *cell.ketchup_systems()]
+    styles = _curve_styles(cell, order, order)
+    curves = {s: _curves(cell, s) for s in styles}
+    fig, axes = plt.subplots(2, 2, figsize=(8, 6.4), sharex=True)
+    keys = ("score", "return_mean", "rollout_length", "clipped_share")
+    for ax, key in zip(axes.flat, keys, strict=True):
+        _curve_panel(ax, curves, styles, key, cell.primary.label)
+    for ax in axes[1]:
         ax.set_xlabel("update step")
-        ax.set_ylabel(label, fontsize=9)
     fig.suptitle(
-        f"{cell.task}, student {cell.student}: on-policy training from the KL warm start, "
-        "mean over seeds",
-        fontsize=10,
+        f"{cell.task}, student {cell.student}: LLMR and KETCHUP from the KL warm start, "
+        f"mean over seeds\n{SMOOTHING_NOTE}",
     )
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    if drawn:
-        handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=min(6, len(names)), fontsize=8)
+    fig.tight_layout()  # below the title; then room for the legend between the two
+    top = fig.subplotpars.top - 0.05
+    fig.subplots_adjust(top=top)
+    fig.legend(
+        *_curve_handles(cell, styles),
+        loc="lower center",
+        bbox_to_anchor=(0.5, top + 0.005),
+        ncol=min(5, len(styles)),
+        frameon=False,
+    )
+    return fig
+
+
+def training_curves_baselines(cell: Cell):
+    """The other on-policy systems in two columns, LLMR heading both: its baselines and MiniLLM
+    (validation metric, rollout length, mean return, clipped share) and the divergences on
+    student samples, JS, TVD, GKD (validation metric, rollout length, divergence)."""
+    plt = _pyplot()
+    order = [*POLICY_GRADIENT_BASELINES, *DIVERGENCE_BASELINES]
+    columns = (
+        (
+            "policy gradient: LLMR's baselines, MiniLLM",
+            POLICY_GRADIENT_BASELINES,
+            ("score", "rollout_length", "return_mean", "clipped_share"),
+        ),
+        (
+            "divergences on student samples (LLMR for reference)",
+            ("llmr", *DIVERGENCE_BASELINES),
+            ("score", "rollout_length", "divergence"),
+        ),
+    )
+    fig, axes = plt.subplots(4, 2, figsize=(8.5, 10.5), sharex=True)
+    for j, (title, systems, keys) in enumerate(columns):
+        styles = _curve_styles(cell, systems, order)
+        curves = {s: _curves(cell, s) for s in styles}
+        for i, key in enumerate(keys):
+            _curve_panel(axes[i, j], curves, styles, key, cell.primary.label)
+        axes[len(keys) - 1, j].set_xlabel("update step")
+        axes[len(keys) - 1, j].xaxis.set_tick_params(labelbottom=True)
+        for i in range(len(keys), len(axes)):
+            axes[i, j].set_visible(False)
+        axes[0, j].legend(
+            *_curve_handles(cell, styles),
+            title=title,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.02),
+            ncol=2,
+            frameon=False,
+            title_fontsize=9,
+        )
+    for i in (0, 1):  # the same quantity in both columns: one scale, labelled once
+        axes[i, 1].sharey(axes[i, 0])
+        axes[i, 1].set_ylabel("")
+    fig.suptitle(
+        f"{cell.task}, student {cell.student}: the other on-policy systems from the KL warm "
+        f"start, mean over seeds\n{SMOOTHING_NOTE}"
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 
 
 def methods(cell: Cell):
+    """Every system's test metric: a dot at the mean over seeds with its 95% interval, each seed
+    a tick below it, the teacher a line; RL methods as squares. The value axis spans the data
+    (it does not start at 0), so differences between systems stay visible."""
     plt = _pyplot()
     m = cell.primary
     rows = [(method, system) for method, system in cell.table_systems() if method != "teacher"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(rows) + 1.5), 4))
-    cis = [cell.groups[s].ci(m) for _, s in rows]
-    x = np.arange(len(rows))
-    colors = ["C3" if method in RL_METHODS else "C0" for method, _ in rows]
-    ax.bar(x, [c[0] for c in cis], color=colors, alpha=0.8)
-    ax.errorbar(
-        x,
-        [c[0] for c in cis],
-        yerr=[[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]],
-        fmt="none",
-        ecolor="black",
-        capsize=3,
-        label="95% CI over test examples",
-    )
-    for i, (_, system) in enumerate(rows):
-        values = cell.groups[system].values(m)
-        ax.plot(
-            [i] * len(values),
-            values,
-            "o",
-            ms=3,
-            color="black",
-            alpha=0.6,
-            label="each seed" if i == 0 else None,
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 2.0))
+    y = np.arange(len(rows))[::-1]  # the paper's order from the top
+    n_seeds = max((len(cell.groups[s].runs) for _, s in rows), default=0)
+    lows, highs = [], []
+    for i, (method, system) in enumerate(rows):
+        mean, lo, hi = cell.groups[system].ci(m)
+        lows.append(lo)
+        highs.append(hi)
+        rl = method in RL_METHODS
+        ax.errorbar(
+            [mean],
+            [y[i]],
+            xerr=[[mean - lo], [hi - mean]],
+            fmt="s" if rl else "o",
+            color=VERMILLION if rl else BLUE,
+            ms=7,
+            capsize=4,
+            lw=1.6,
+            label=("policy-gradient (RL) method" if rl else "non-RL method")
+            + f", {_seeds_text(n_seeds)}",
         )
+        values = cell.groups[system].values(m)
+        if len(values) > 1:
+            ax.plot(
+                values,
+                [y[i] - 0.28] * len(values),
+                "|",
+                ms=8,
+                mew=1.5,
+                color="0.35",
+                label="each seed (the seed-to-seed spread)",
+            )
+    span = max(highs) - min(lows) if rows else 1.0
+    left, right = min(lows, default=0) - 0.08 * span, max(highs, default=1) + 0.08 * span
     if "teacher" in cell.groups:
-        ax.axhline(cell.groups["teacher"].mean_std(m)[0], color="black", ls="--", label="teacher")
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_xticks(x, [system_label(s) for _, s in rows], rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel(f"test {m.label}" + (" (lower is better)" if m.higher_is_better is False else ""))
-    ax.set_title(
-        f"{cell.task}, student {cell.student}: test {m.label}, mean over seeds (red: RL methods)",
-        fontsize=10,
+        teacher = cell.groups["teacher"].mean_std(m)[0]
+        if left - 0.5 * span <= teacher <= right + 0.5 * span:
+            ax.axvline(teacher, color=PALETTE[0], ls="--", lw=1.2, label="teacher")
+            left, right = min(left, teacher - 0.03 * span), max(right, teacher + 0.03 * span)
+        else:  # far off: named at the edge instead of squeezing the systems together
+            edge = right if teacher > right else left
+            ax.annotate(
+                f"teacher: {teacher:.2f} {'→' if teacher > right else '←'}",
+                (edge, y[0] + 0.5),
+                ha="right" if teacher > right else "left",
+                va="bottom",
+                fontsize=9,
+            )
+    ax.set_xlim(left, right)
+    zero = " (the axis does not start at 0)" if left > 0 or right < 0 else ""
+    ax.set_ylim(-0.7, len(rows) - 0.2)
+    ax.set_yticks(y, [cell.groups[s].label for _, s in rows])
+    ax.set_xlabel(_metric_label(m) + zero)
+    ax.set_title(f"{cell.task}, student {cell.student}: test {m.label} of every system")
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))
+    ax.legend(
+        unique.values(),
+        unique.keys(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=2,
+        frameon=False,
+        title=f"bars: {ci_label(n_seeds)}",
+        title_fontsize=9,
     )
     fig.tight_layout()
     return fig
@@ -303,7 +534,7 @@ def gain_vs_size(cells: Sequence[Cell], parameters: dict[str, int]):
         test = paired_test(cell.groups[best], cell.groups["llmr"], cell.primary)
         n, d = parameters[cell.student], test["difference"]
         lo, hi = test.get("seed_ci_low", d), test.get("seed_ci_high", d)
-        ax.errorbar([n], [d], yerr=[[d - lo], [hi - d]], fmt="o", capsize=3, color="C0")
+        ax.errorbar([n], [d], yerr=[[d - lo], [hi - d]], fmt="o", capsize=3, color=BLUE)
         ax.annotate(
             f"{cell.student} (K={best[9:]})",
             (n, d),
@@ -344,7 +575,7 @@ def judge_win_rates(rows: Sequence[dict[str, str]], title: str):
     fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(rows) + 1.6))
     y = np.arange(len(rows))
     left = np.zeros(len(rows))
-    colors = {"win": "C2", "tie": "0.75", "loss": "C3"}
+    colors = {"win": GREEN, "tie": "0.8", "loss": VERMILLION}
     for outcome, color in colors.items():
         rates = np.array([float(r[f"{outcome}_rate"] or "nan") for r in rows])
         ax.barh(y, rates, left=left, color=color, label=outcome)

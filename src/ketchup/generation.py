@@ -301,7 +301,8 @@ def generate_ids(
     """
     import torch
     import transformers
-    from tqdm.auto import tqdm
+
+    from ketchup.progress import ProgressBar
 
     if not prompts:
         raise ValueError("generate_ids: no prompts")
@@ -320,7 +321,7 @@ def generate_ids(
     finished = [False] * len(encoded)
     device = model.device
 
-    bar = tqdm(total=len(encoded), desc="generate", unit="prompt", disable=not progress)
+    bar = ProgressBar(total=len(encoded), desc="generate", unit="prompt", disable=not progress)
     with _eval_mode(model), _seeded(seed, device), torch.inference_mode(), bar:
         for start in range(0, len(order), cfg.batch_size):
             chunk = order[start : start + cfg.batch_size]

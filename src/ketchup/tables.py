@@ -1,5 +1,5 @@
-"""The paper's tables from the scored runs: Markdown, CSV and LaTeX (rendering only; the numbers
-come from results.py, which reads them from per-example score files, and from the
+"""The paper's tables from the scored runs: Markdown, HTML, CSV and LaTeX (rendering only; the
+numbers come from results.py, which reads them from per-example score files, and from the
 gradient-variance stage's CSV).
 
     main       rows teacher, SFT, SeqKD, KL, JS, TVD, LLMR (+ mean, + min-var), KETCHUP at its
@@ -17,7 +17,9 @@ gradient-variance stage's CSV).
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +45,7 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
 
 @dataclass
 class Table:
-    """A titled grid of formatted cells, rendered as Markdown or LaTeX."""
+    """A titled grid of formatted cells, rendered as Markdown, HTML or LaTeX."""
 
     title: str
     header: list[str]
@@ -57,6 +59,20 @@ class Table:
         lines += [""] + [f"{note}  " for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
+    def html(self) -> str:
+        """An HTML table, the title as its caption, the notes after it (numbers right-aligned)."""
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n"
+            for row in self.rows
+        )
+        notes = "".join(f'<p class="note">{html.escape(note)}</p>\n' for note in self.notes)
+        caption = f"<caption>{html.escape(self.title)}</caption>\n" if self.title else ""
+        return (
+            f"<table>\n{caption}<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n"
+            f"</table>\n{notes}"
+        )
+
     def latex(self) -> str:
         spec = "l" + "r" * (len(self.header) - 1)
         body = [" & ".join(tex(c) for c in self.header) + r" \\", r"\midrule"]
@@ -67,6 +83,76 @@ class Table:
             + "\n".join(body)
             + "\n\\bottomrule\n\\end{tabular}\n"
         )
+
+
+_PAGE_STYLE = (
+    "body{font-family:sans-serif;font-size:14px;margin:12px}"
+    "table{border-collapse:collapse;margin:16px 0 6px}"
+    "caption{font-weight:bold;text-align:left;padding:4px 0}"
+    "th,td{border-bottom:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}"
+    "th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #333}"
+    ".note{color:#444;font-size:12px;margin:2px 0;max-width:60em}"
+)
+
+
+def html_page(title: str, body: str) -> str:
+    """A standalone HTML page around rendered tables: what the Snakemake report shows inline."""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_PAGE_STYLE}</style>\n</head>\n"
+        f"<body>\n{body}</body>\n</html>\n"
+    )
+
+
+def _inline(text: str) -> str:
+    """Markdown's `code` and **bold** in escaped text."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+
+
+def _pipe_cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def markdown_html(text: str) -> str:
+    """HTML of the Markdown this project writes (the judge's report): headings, lists, pipe
+    tables, fenced code and paragraphs, with inline `code` and **bold**."""
+    lines, out, i = text.splitlines(), [], 0
+
+    def block(start: int, belongs) -> int:
+        end = start
+        while end < len(lines) and belongs(lines[end]):
+            end += 1
+        return end
+
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            end = block(i + 1, lambda x: not x.startswith("```"))
+            out.append("<pre>" + html.escape("\n".join(lines[i + 1 : end])) + "</pre>")
+            i = end + 1
+        elif line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 6)
+            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            end = block(i, lambda x: x.startswith("|"))
+            rows = [_pipe_cells(x) for x in lines[i:end] if not re.fullmatch(r"[|:\- ]+", x)]
+            out.append(Table("", rows[0], rows[1:]).html())
+            i = end
+        elif line.startswith("- "):
+            end = block(i, lambda x: x.startswith("- "))
+            items = "".join(f"<li>{_inline(x[2:])}</li>" for x in lines[i:end])
+            out.append(f"<ul>{items}</ul>")
+            i = end
+        elif line.strip():
+            end = block(i, lambda x: x.strip() and not x.startswith(("#", "|", "- ", "```")))
+            out.append(f"<p>{_inline(' '.join(x.strip() for x in lines[i:end]))}</p>")
+            i = end
+        else:
+            i += 1
+    return "\n".join(out) + "\n"
 
 
 # Characters a LaTeX document (pdflatex, no unicode packages) cannot take as they are.

@@ -211,10 +211,9 @@ def fit(
     share of rollouts that hit the length cap (the `finished_share` statistic, when loss_fn
     reports it) and `empty_loss_hint`, what to change.
     """
-    from tqdm.auto import tqdm
-
     from ketchup.models import save_model
     from ketchup.precision import MixedPrecision
+    from ketchup.progress import ProgressBar
 
     out_dir = Path(out_dir)
     procs = distributed.processes()
@@ -248,7 +247,7 @@ def fit(
 
     if evaluate_initial and state.step == 0:
         log.write(kind="eval", step=0, score=validate(model), best=False)
-    bar = tqdm(
+    bar = ProgressBar(
         total=cfg.steps, initial=state.step, disable=not (progress and procs.is_main), desc="train"
     )
     model.train()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -126,9 +128,17 @@ def study(tmp_path_factory):
             "outputs": outputs}  # fmt: skip
 
 
-def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tmp_path):
+@pytest.fixture(scope="module")
+def tables(study, tmp_path_factory):
+    """The tables verb's directory for the fake study."""
+    out = tmp_path_factory.mktemp("tables")
     args = ["tables", "--scores", *study["summaries"], "--variance", *study["variance"]]
-    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    assert main([*args, "--out-dir", str(out)]) == 0
+    return out
+
+
+def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tables):
+    tmp_path = tables
     main_md = (tmp_path / "main.md").read_text()
     order = ["Teacher", "(SFT)", "SeqKD", "| KL", "| LLMR |", "KETCHUP (K=4)", "GKD"]
     positions = [main_md.index(label) for label in order]
@@ -179,11 +189,65 @@ def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tmp_
         assert (tmp_path / f"{name}.tex").read_text().isascii(), name
 
 
+TABLE_NAMES = ("main", "k_grid", "variance", "paper", "provenance")
+# What the .tex tables may contain besides ASCII text: booktabs' rules and the escapes of tex()
+LATEX_COMMANDS = {
+    *(r"\begin", r"\end", r"\toprule", r"\midrule", r"\bottomrule"),
+    *(r"\textbackslash", r"\textasciitilde", r"\textasciicircum"),
+    *(r"\pm", r"\Delta", r"\uparrow", r"\downarrow", r"\geq", r"\leq", r"\times"),
+    *(r"\cdot", r"\Sigma"),
+}
+
+
+def test_latex_tables_use_booktabs_rules_and_ascii_only(tables):
+    import re
+
+    for name in TABLE_NAMES:
+        tex = (tables / f"{name}.tex").read_text()
+        assert tex.isascii(), name
+        body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+        assert body.count(r"\begin{tabular}") == body.count(r"\bottomrule") >= 1, name
+        commands = set(re.findall(r"\\[A-Za-z]+", body))
+        assert commands <= LATEX_COMMANDS, (name, commands - LATEX_COMMANDS)
+        for line in body.splitlines():  # math shifts in pairs, so every $...$ closes on its line
+            assert len(re.findall(r"(?<!\\)\$", line)) % 2 == 0, (name, line)
+
+
+def test_tex_maps_every_character_a_plain_latex_cannot_take():
+    from ketchup.tables import tex
+
+    text = "KETCHUP − LLMR ± 0.3 ↑ ↓ ≥ ≤ × · ‖g‖² Σ Δ – — 10% a_b #1 $5 {x} ~ ^ \\ & é"
+    out = tex(text)
+    assert out.isascii()
+    assert r"$\pm$" in out and r"\%" in out and r"\_" in out and r"$^2$" in out
+    assert "?" in out  # an unmapped letter (é) cannot break the document, it shows as ?
+
+
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="pdflatex not installed")
+def test_latex_tables_compile(tables, tmp_path):
+    """Every .tex table in a minimal document (article + booktabs), through pdflatex."""
+    body = "\n\n".join(rf"\input{{{tables / name}.tex}}" for name in TABLE_NAMES)
+    document = (
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        f"{body}\n\\end{{document}}\n"
+    )
+    (tmp_path / "tables.tex").write_text(document)
+    pdflatex = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"]
+    result = subprocess.run(pdflatex, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (tmp_path / "tables.pdf").stat().st_size > 1000
+
+
 def test_figures_are_written_for_every_kind(study, tmp_path):
+    from ketchup import figures
+
     args = ["figures", "--task", "toy", "--scores", *study["summaries"], "--variance"]
-    kinds = ["metric_vs_k", "grad_variance", "training_curves", "methods", "gain_vs_size"]
+    kinds = [*figures.KINDS, "gain_vs_size"]
     assert main([*args, *study["variance"], "--kinds", *kinds, "--out-dir", str(tmp_path)]) == 0
-    expected = {f"toy_{s}_{k}.{e}" for s in ("s1", "s2") for k in kinds[:4] for e in ("png", "svg")}
+    per_student = figures.KINDS
+    expected = {
+        f"toy_{s}_{k}.{e}" for s in ("s1", "s2") for k in per_student for e in ("png", "svg")
+    }
     expected |= {"toy_gain_vs_size.png", "toy_gain_vs_size.svg"}
     assert {p.name for p in tmp_path.iterdir()} == expected
     assert all(p.stat().st_size > 1000 for p in tmp_path.iterdir())
@@ -194,9 +258,13 @@ def test_training_curves_draw_every_panel(study):
     from ketchup.stages.report import _cells
 
     cell = next(c for c in _cells(study["summaries"]) if c.student == "s1")
-    fig = figures.training_curves(cell, ON_POLICY)
-    # one line per on-policy system in each panel: validation score and each training field
-    assert [len(ax.get_lines()) for ax in fig.axes] == [len(ON_POLICY)] * 4
+    fig = figures.training_curves_k(cell)
+    # LLMR and each K in every panel: validation score and each training field
+    assert [len(ax.get_lines()) for ax in fig.axes] == [3] * 4
+    fig = figures.training_curves_baselines(cell)
+    # of the baselines only GKD ran here, in the divergence column beside LLMR
+    panels = [len(ax.get_lines()) for ax in fig.axes if ax.get_visible()]
+    assert panels == [1, 2, 1, 2, 1, 0, 1], panels  # (row by row; GKD's log has no divergence)
 
 
 def test_runs_scored_on_different_examples_are_refused(study, tmp_path):
@@ -229,6 +297,13 @@ def test_judge_table_says_what_ran(tmp_path):
     text = judge_summary([ran, dry])
     assert "# LLM-as-judge: toy, s1" in text and "| teacher | 4 |" in text
     assert "# LLM-as-judge (dry run): toy, s2" in text and '"prompt_tokens": 3400' in text
+    from ketchup.tables import markdown_html
+
+    page = markdown_html(text)  # judge.html, which the report shows
+    assert (
+        "<h1>LLM-as-judge: toy, s1</h1>" in page and "<th>teacher</th><th>4</th>" in page
+    )  # its one row
+    assert "<pre>{" in page and "&quot;prompt_tokens&quot;: 3400" in page
     with pytest.raises(FileNotFoundError, match="neither report.md nor dry_run.json"):
         judge_summary([tmp_path / "toy" / "judge" / "missing"])
 

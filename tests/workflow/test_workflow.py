@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -212,6 +215,48 @@ def test_a_gpu_job_on_a_machine_without_one_stops_with_one_line(tmp_path):
     assert not (tmp_path / "results").exists()  # no job ran
 
 
+def test_verbs_by_hand_get_the_sections_the_rules_pass(tmp_path):
+    """Every job's command in the smoke study, rerun as a user would type it: the --*-json
+    sections left out, `--configfile configs/smoke.yaml --task T [--student S]` given instead;
+    the verb resolves every section to exactly what the rule passed."""
+    import shlex
+
+    from ketchup.cli import build_parser
+    from ketchup.verb_config import fill_from_config
+
+    out = snakemake("-n", "-p", "--cores", "1", "--directory", str(tmp_path), "--configfile",
+                    str(SMOKE)).stdout  # fmt: skip
+    verbs_seen = set()
+    for line in out.splitlines():
+        if " -m ketchup " not in line:
+            continue
+        words = shlex.split(line)
+        argv = words[words.index("ketchup") + 1 : words.index(">")]
+        passed = build_parser().parse_args(argv)
+        sections = {k: v for k, v in vars(passed).items() if k.endswith("_json") and v}
+        if not sections:  # tables, figures: paths only
+            continue
+        by_hand = [w for i, w in enumerate(argv) if not (w.endswith("-json") or
+                   argv[i - 1].endswith("-json"))]  # fmt: skip
+        by_hand += ["--configfile", str(SMOKE)]
+        if getattr(build_parser().parse_args(by_hand), "task", "") is None:  # takes --task
+            by_hand += ["--task", "restaurants"]
+        if argv[0] in ("distill", "score"):
+            by_hand += ["--student", "t5-micro"]
+        if argv[0] == "score":
+            run = json.loads(passed.run_json)
+            by_hand += ["--system", run["system"]]
+            by_hand += ["--seed", str(run["seed"])] if run["seed"] is not None else []
+        resolved = build_parser().parse_args(by_hand)
+        fill_from_config(argv[0], resolved)
+        assert {k: getattr(resolved, k) for k in sections} == sections, argv[0]
+        verbs_seen.add(argv[0])
+    assert verbs_seen == {
+        "prepare-data", "train-tokenizer", "train-teacher", "teacher-outputs", "distill",
+        "grad-variance", "generate", "score",
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "edit,key",
     [
@@ -378,14 +423,18 @@ def test_every_file_a_job_reads_is_an_input(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_study_runs_end_to_end(tmp_path):
-    snakemake(
+    import os
+
+    run = snakemake(
         "--cores",
         "2",
         "--directory",
         str(tmp_path),
         "--configfile",
         str(ROOT / "configs" / "smoke.yaml"),
+        env={**os.environ, "KETCHUP_PROGRESS_SECONDS": "0"},  # a progress line per update
     )
+    assert_a_quiet_terminal(run.stdout + run.stderr)
     study = tmp_path / "results" / "smoke"
     data = study / "restaurants" / "data"
     assert all((data / f"{s}.jsonl").stat().st_size > 0 for s in ("train", "validation", "test"))
@@ -436,12 +485,13 @@ def test_smoke_study_runs_end_to_end(tmp_path):
     labels = ("Teacher", "SeqKD", "LLMR (max value)", "LLMR + min-var (max value)", "KETCHUP (K=")
     for label in (*labels, "GKD", "MiniLLM (no PT loss)", "JS (f-distill)", "seed-aware 95% CI"):
         assert label in main_table, label
-    for name in ("main", "k_grid", "variance", "sizes", "paper", "provenance"):
-        for ext in ("md", "csv", "tex"):
+    for name in TABLES:
+        for ext in ("md", "html", "csv", "tex"):
             assert (study / "tables" / f"{name}.{ext}").stat().st_size > 0
     figures = sorted(p.name for p in (study / "figures").iterdir())
-    kinds = ("grad_variance", "methods", "metric_vs_k", "training_curves")
-    assert figures == sorted(f"restaurants_t5-micro_{k}.{e}" for k in kinds for e in ("png", "svg"))
+    assert figures == sorted(
+        f"restaurants_t5-micro_{k}.{e}" for k in FIGURE_KINDS for e in ("png", "svg")
+    )
     # disk: finished training jobs keep model/ and their step log; no optimizer checkpoint, no
     # best/ copy of model/, no temporary
     assert sorted(p.name for p in (task / "teacher").iterdir()) == ["log.jsonl", "model", "outputs"]
@@ -462,7 +512,7 @@ def test_smoke_study_runs_end_to_end(tmp_path):
         "--report",
         str(tmp_path / "report.html"),
     )
-    assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert_the_report_shows_tables_figures_and_the_study(tmp_path)
     assert "judge.enabled` is false" in (study / "tables" / "judge.md").read_text()
 
     def dry_run(edit):
@@ -608,6 +658,95 @@ def test_a_study_killed_at_a_random_point_resumes(tmp_path):
         assert "resuming from" in job_log.read_text(), job_log
 
 
+TABLES = ("main", "k_grid", "variance", "sizes", "paper", "provenance")
+FIGURE_KINDS = (
+    "grad_variance", "methods", "metric_vs_k", "training_curves_baselines", "training_curves_k"
+)  # fmt: skip
+
+
+def assert_a_quiet_terminal(output: str) -> None:
+    """No job's shell command (the profile does not print them), a progress line from a long
+    job (which job, step N of M), and one last line that says where the results are."""
+    assert "--config-json" not in output and "python -m ketchup" not in output
+    job = "ketchup distill results/smoke/restaurants/students/t5-micro/ketchup_k4/seed0"
+    assert f"{job}: train 6/6 (100%)" in output, output[-3000:]
+    last = next(line for line in output.splitlines() if line.startswith("ketchup: tables in"))
+    tables = "main, k_grid, variance, sizes, paper, provenance: md html csv tex"
+    assert f"results/smoke/tables/ ({tables}" in last
+    assert "5 figures in results/smoke/figures/" in last and "--report report.html" in last
+
+
+class HtmlTables(HTMLParser):
+    """Every <table> of an HTML page as a list of rows, each a list of cell texts."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def report_results(report: Path) -> tuple[dict, str]:
+    """The results Snakemake's HTML report embeds ({path: entry}) and its workflow description."""
+    page = report.read_text()
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", page, re.S).group(1))
+    description = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", page, re.S).group(1))
+    return results, description
+
+
+def embedded_file(entry: dict) -> str:
+    """The file a report entry embeds (a base64 data URI)."""
+    return base64.b64decode(entry["data_uri"].split(";base64,", 1)[1]).decode()
+
+
+def assert_the_report_shows_tables_figures_and_the_study(workdir: Path) -> None:
+    results, description = report_results(workdir / "report.html")
+    # the tables: HTML (the report shows it inline, not as a download), with the table's rows
+    for name in (*TABLES, "judge"):
+        entry = results[f"results/smoke/tables/{name}.html"]
+        assert entry["mime_type"] == "text/html" and entry["caption"].strip(), name
+        tables = HtmlTables(embedded_file(entry)).tables
+        if name == "judge":
+            assert not tables  # the judge is off: the page says how to enable it
+            assert "judge.enabled" in embedded_file(entry)
+            continue
+        assert tables and all(t[0] for t in tables), name  # each with its header
+        markdown = (workdir / "results" / "smoke" / "tables" / f"{name}.md").read_text()
+        md_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+        assert sum(len(t) for t in tables) == len(md_rows), name  # every row, the header too
+    main = HtmlTables(embedded_file(results["results/smoke/tables/main.html"])).tables[0]
+    assert main[0][0] == "System" and main[1][0] == "Teacher"
+    assert any(row[0].startswith("KETCHUP (K=") for row in main)
+    assert not any(path.endswith(".md") for path in results)  # no download-only duplicates
+    # the figures, each with its caption
+    for kind in FIGURE_KINDS:
+        entry = results[f"results/smoke/figures/restaurants_t5-micro_{kind}.png"]
+        caption = (ROOT / "workflow" / "report" / f"{kind}.rst").read_text().split()
+        assert entry["mime_type"] == "image/png"
+        assert " ".join(caption[:4]) in " ".join(entry["caption"].split()), kind
+    # the workflow description: what ran and the config
+    for text in ("What ran", "restaurants", "t5-micro", "K grid: 2, 4", "sft, seqkd, kl, js, tvd",
+                 "The config", "n_train&quot;: 300"):  # fmt: skip
+        assert text in description, text
+
+
 def snakemake_records(workdir: Path, kind: str) -> set[Path]:
     """The output paths Snakemake keeps a record of in .snakemake/<kind>/: "incomplete" (jobs
     that started and did not finish) or "metadata" (outputs of finished jobs)."""
@@ -732,6 +871,10 @@ def run_the_judge_on_the_finished_study(tmp_path: Path) -> None:
         assert ("ketchup_k" + k, "llmr") in pairs and len(pairs) == 2, pairs
         table = (study / "tables" / "judge.md").read_text()
         assert "Pointwise" in table and "unparsed: 1" in table, table
+        page = (study / "tables" / "judge.html").read_text()
+        pointwise, pairwise = HtmlTables(page).tables
+        assert pointwise[0][:3] == ["system", "n", "mean score"] and len(pointwise) == 1 + 13
+        assert pairwise[0][:2] == ["A", "B"] and len(pairwise) == 1 + 2
         assert (study / "figures" / "restaurants_t5-micro_judge_win_rates.png").is_file()
         for path in (tmp_path / "results").rglob("*"):
             if path.is_file() and path.suffix in (".json", ".jsonl", ".md", ".csv", ".log"):

@@ -21,11 +21,17 @@ from ketchup.config import (
     parse_config,
     read_config_files,
     split_system,
+    variance_distill_section,
 )
 from ketchup.models import local_directory, model_reference
 from ketchup.tasks import dataset_spec, task_kind
-from ketchup.figures import KINDS as FIGURE_KINDS, STUDY_KINDS as STUDY_FIGURE_KINDS
+from ketchup.figures import (
+    KINDS as FIGURE_KINDS,
+    STUDY_KINDS as STUDY_FIGURE_KINDS,
+    kinds_for as figure_kinds_for,
+)
 from ketchup.judge.prompts import template_files
+from ketchup.progress import FD_VARIABLE as PROGRESS_FD
 from ketchup.judge.stage import (
     ANSWER_FILES as JUDGE_ANSWER_FILES,
     DRY_RUN_FILES as JUDGE_DRY_RUN_FILES,
@@ -54,6 +60,10 @@ if workflow.is_main_process:
 onstart:
     stop_on_gpu_shortfall()
     record_lock_owner()
+
+
+onsuccess:
+    logger.info(results_line())
 
 
 def load_study(config):
@@ -168,11 +178,14 @@ def launcher(rule_name, parallel=True):
     or stops with one line saying how to run on the CPU when the machine shows fewer than N; with
     --data-parallel, a training verb given several GPUs runs as N processes under `accelerate
     launch` (see src/ketchup/distributed.py); other verbs just see their GPUs.
+
+    The job's output goes to its log; descriptor 3, Snakemake's own stderr duplicated before that
+    redirect, takes the verb's short progress lines (src/ketchup/progress.py).
     """
     mode = " --data-parallel" if parallel else ""
     return (
-        f"{OFFLINE} python -m ketchup.gpu_slots {{resources.gpu}} --rule {rule_name}{mode}"
-        " -- python -m ketchup"
+        f"{OFFLINE} {PROGRESS_FD}=3 3>&2 python -m ketchup.gpu_slots {{resources.gpu}}"
+        f" --rule {rule_name}{mode} -- python -m ketchup"
     )
 
 
@@ -424,16 +437,7 @@ def variance_student(wildcards):
 
 def variance_section():
     """The distill keys the gradient-variance job reads: what the measured systems train with."""
-    keys = (
-        "methods",
-        "ks",
-        "value",
-        "sequence_end",
-        "rollout",
-        "policy_gradient",
-        "variance",
-    )
-    return {key: config["distill"][key] for key in keys}
+    return variance_distill_section(config["distill"])
 
 
 def variance_table(task="{task}", student="{student}"):
@@ -454,6 +458,7 @@ TEACHER_RUN = "teacher"
 # as the `report:` directive.
 in_report = report
 TABLES = ["main", "k_grid", "variance", "sizes", "paper", "provenance"]
+TABLE_FORMATS = ("md", "html", "csv", "tex")
 
 
 def student_runs():
@@ -526,11 +531,9 @@ def run_json(wildcards):
 
 
 def figure_kinds():
-    """What the study can draw: the K figures only with KETCHUP in the methods."""
-    has_ketchup = "ketchup" in STUDY.distill.methods
-    return [
-        k for k in FIGURE_KINDS if has_ketchup or k in ("training_curves", "methods")
-    ]
+    """What the study can draw: the K figures only with KETCHUP in the methods, the baselines'
+    training curves only with a baseline that trains on-policy."""
+    return figure_kinds_for(STUDY.distill.methods)
 
 
 def study_figure_kinds():
@@ -572,27 +575,27 @@ def figure_outputs():
 
 
 def table_files():
-    """The tables job's tables: each of TABLES as md, csv and tex, and judge.md."""
+    """Every file of the tables job: each table as Markdown, HTML, CSV and LaTeX; the judge's."""
     files = [
-        study_path("tables", f"{n}.{ext}")
-        for n in TABLES
-        for ext in ("md", "csv", "tex")
+        study_path("tables", f"{n}.{ext}") for n in TABLES for ext in TABLE_FORMATS
     ]
-    return files + [study_path("tables", "judge.md")]
+    return files + [study_path("tables", f"judge.{ext}") for ext in ("md", "html")]
 
 
 def table_outputs():
-    """The table files, the markdown ones in the HTML report (captions in workflow/report/)."""
-    outputs = []
-    for path in table_files():
-        name = Path(path).stem
-        if path.endswith(".md"):
-            caption = "judge" if name == "judge" else f"{name}_table"
-            path = in_report(
-                path, caption=f"../report/{caption}.rst", category="Tables"
-            )
-        outputs.append(path)
-    return outputs
+    """table_files(), the HTML of each in the report (shown inline, with its caption)."""
+    captions = {
+        study_path("tables", f"{n}.html"): f"../report/{n}_table.rst" for n in TABLES
+    }
+    captions[study_path("tables", "judge.html")] = "../report/judge.rst"
+    return [
+        (
+            in_report(path, caption=captions[path], category="Tables")
+            if path in captions
+            else path
+        )
+        for path in table_files()
+    ]
 
 
 def study_config_file():
@@ -618,12 +621,8 @@ def judge_outputs():
     base = judge_dir("{task}", "{student}")
     if STUDY.judge.dry_run:
         return [f"{base}/{name}" for name in JUDGE_DRY_RUN_FILES]
-    return [
-        in_report(
-            f"{base}/report.md", caption="../report/judge.rst", category="LLM judge"
-        ),
-        *(f"{base}/{name}" for name in JUDGE_ANSWER_FILES[1:]),
-    ]
+    # report.md joins results/tables/judge.html, which the HTML report shows
+    return [f"{base}/{name}" for name in JUDGE_ANSWER_FILES]
 
 
 def judge_markers(task):
@@ -677,6 +676,23 @@ def student_score_summaries(task, student):
     return [
         score_file(run, task) for run in student_runs() if run_parts(run)[0] == student
     ]
+
+
+def results_line():
+    """The one line a finished run ends with: where its tables and figures are."""
+    tables, figures = study_path("tables"), study_path("figures")
+    drawn = [t for t in all_targets() if t.startswith(f"{figures}/")]
+    kinds = dict.fromkeys(
+        k
+        for t in drawn
+        for k in (*FIGURE_KINDS, *STUDY_FIGURE_KINDS, "judge_win_rates")
+        if t.endswith(f"_{k}.png")
+    )
+    return (
+        f"ketchup: tables in {tables}/ ({', '.join(TABLES)}: {' '.join(TABLE_FORMATS)}; judge: "
+        f"md html), {len(drawn) // 2} figures in {figures}/ ({', '.join(kinds)}; png svg); with "
+        "captions: snakemake --report report.html"
+    )
 
 
 def all_targets():

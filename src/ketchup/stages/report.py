@@ -23,7 +23,11 @@ def _variance(files) -> dict[tuple[str, str], list[dict[str, str]]]:
 
 
 def _write(out_dir: Path, name: str, tables, records) -> None:
+    from ketchup.tables import html_page
+
     write_text(out_dir / f"{name}.md", "\n".join(t.markdown() for t in tables))
+    title = tables[0].title if tables else name
+    write_text(out_dir / f"{name}.html", html_page(title, "".join(t.html() for t in tables)))
     write_text(out_dir / f"{name}.tex", "\n".join(t.latex() for t in tables))
     columns = list(dict.fromkeys(key for record in records for key in record))
     write_text(
@@ -64,8 +68,10 @@ def judge_summary(judge_dirs) -> str:
 
 def tables_stage(args) -> int:
     from ketchup.tables import (
+        html_page,
         k_table,
         main_table,
+        markdown_html,
         paper_table,
         provenance_table,
         sizes_table,
@@ -87,7 +93,9 @@ def tables_stage(args) -> int:
     _write(out_dir, "sizes", [sizes], sizes_records)
     provenance, provenance_records = provenance_table(cells)
     _write(out_dir, "provenance", [provenance], provenance_records)
-    write_text(out_dir / "judge.md", judge_summary(args.judge))
+    judge = judge_summary(args.judge)
+    write_text(out_dir / "judge.md", judge)
+    write_text(out_dir / "judge.html", html_page("LLM-as-judge", markdown_html(judge)))
     if args.study_json:
         _write_study(args)
     print((out_dir / "main.md").read_text())
@@ -112,7 +120,7 @@ def _write_study(args) -> None:
 
 def figures_stage(args) -> int:
     from ketchup import figures
-    from ketchup.config import WARM_STARTED_METHODS, ConfigError, split_system
+    from ketchup.config import ConfigError
 
     # checked here, not by argparse choices: the CLI stays free of the plotting imports
     kinds = list(args.kinds or figures.KINDS)
@@ -126,18 +134,11 @@ def figures_stage(args) -> int:
     written = []
     for cell in cells:
         stem = out_dir / f"{cell.task}_{cell.student}"
-        on_policy = [
-            s for s in cell.groups if s != "teacher" and split_system(s)[0] in WARM_STARTED_METHODS
-        ]
         for kind in kinds:
-            if kind == "metric_vs_k":
-                fig = figures.metric_vs_k(cell)
-            elif kind == "grad_variance":
+            if kind == "grad_variance":
                 fig = figures.grad_variance(cell, variance[(cell.task, cell.student)])
-            elif kind == "training_curves":
-                fig = figures.training_curves(cell, on_policy)
-            elif kind == "methods":
-                fig = figures.methods(cell)
+            elif kind in figures.KINDS:
+                fig = getattr(figures, kind)(cell)
             else:
                 continue
             written += figures.save(fig, Path(f"{stem}_{kind}"))

@@ -38,7 +38,6 @@ def grad_variance(args) -> int:
     """Draw M rollout sets from the student once; per system, record its gradient on each."""
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
 
     from ketchup.batching import encode_sources, token_logits
     from ketchup.config import GenerationConfig
@@ -54,6 +53,7 @@ def grad_variance(args) -> int:
         resolve_dtype,
     )
     from ketchup.precision import MixedPrecision, own_dtype, precision_record
+    from ketchup.progress import ProgressBar
     from ketchup.tasks import format_prompt, resolved_task, task_prompt
 
     task = parse_section(TaskConfig, args.task_json, "task", "task")
@@ -90,7 +90,7 @@ def grad_variance(args) -> int:
     return_mean = np.zeros((len(systems), var.rollout_sets))
     finished_share = []
 
-    for m in tqdm(range(var.rollout_sets), desc="rollout sets"):
+    for m in ProgressBar(range(var.rollout_sets), desc="rollout sets"):
         with mixed.autocast():
             sample = generate_ids(
                 student,
