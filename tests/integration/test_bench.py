@@ -227,3 +227,17 @@ def test_gpu_bench_without_cuda_says_so_in_one_line(capsys):
     assert main(["bench", "--gpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "ketchup bench: error: --gpu needs a CUDA device and torch sees none here"
+
+
+@pytest.mark.gpu
+def test_gpu_mode_on_cuda_measures_memory_in_bf16(tmp_path, capsys):
+    """On a CUDA device (`pytest -m gpu`): the toy run's teacher computes in bfloat16, the
+    student under a bfloat16 autocast, and the peak memory is measured."""
+    assert torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    argv = ["bench", "--gpu", "--toy", "--batch-size", "2", "--repeats", "1", "--no-trl"]
+    assert main([*argv, "--out", str(tmp_path / "update.csv")]) == 0
+    assert "teacher in bfloat16, student weights in float32 under bfloat16 autocast" in (
+        capsys.readouterr().out
+    )
+    rows = read_csv(tmp_path / "gpu.csv")
+    assert len(rows) == 2 and all(float(r["peak_memory_gib"]) > 0 for r in rows)
