@@ -250,7 +250,8 @@ def ours(setup: Setup, system: str, batch: int, timer: PhaseTimer | None):
 
 
 def paper_loop(setup: Setup, system: str, accumulation: int = 8):
-    """One sequence per forward pass, gradients accumulated over `accumulation` sequences."""
+    """One sequence per forward pass, gradients accumulated over `accumulation` sequences (or
+    the batch's rows, if fewer)."""
     import torch
 
     loss_fn = _production_loss(setup, system)
@@ -258,15 +259,15 @@ def paper_loop(setup: Setup, system: str, accumulation: int = 8):
 
     def update(rows):
         optimizer.zero_grad(set_to_none=True)
-        tokens = 0
-        for row in rows[:accumulation]:
+        tokens, rows = 0, rows[:accumulation]
+        for row in rows:
             with _autocast(setup):
                 loss, n_tokens, _ = loss_fn(setup.student, [row])
-            (loss / accumulation).backward()
+            (loss / len(rows)).backward()
             tokens += n_tokens
         torch.nn.utils.clip_grad_norm_(setup.student.parameters(), 1.0)
         optimizer.step()
-        return accumulation, tokens
+        return len(rows), tokens
 
     return update
 
