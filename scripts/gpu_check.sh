@@ -71,10 +71,14 @@ echo "== 0. wheels for what this Python cannot import (from $WHEELS)"
 mapfile -t missing < <("$PY" - "$WHEELS" "$LIST" <<'PY'
 import importlib.util
 import pathlib
-import re
 import sys
 
+from packaging.tags import sys_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
+
 wheels, listing = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+here = set(sys_tags())  # the wheel tags this Python can install
 for line in listing.read_text().splitlines():
     fields = line.split("#", 1)[0].split()
     if not fields:
@@ -83,13 +87,16 @@ for line in listing.read_text().splitlines():
     if importlib.util.find_spec(module) is not None:
         continue
     name, version = requirement.split("==")
-    stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}-".lower()
-    found = sorted(w for w in wheels.glob("*.whl") if w.name.lower().startswith(stem))
+    found = []
+    for wheel in sorted(wheels.glob("*.whl")):
+        w_name, w_version, _, tags = parse_wheel_filename(wheel.name)
+        if w_name == canonicalize_name(name) and w_version == Version(version) and tags & here:
+            found.append(wheel)
     if found:
         print(found[0])
     else:
-        print(f"missing: {requirement} (import {module}) and no wheel of it in {wheels}",
-              file=sys.stderr)
+        print(f"missing: {requirement} (import {module}) and no wheel of it for this Python "
+              f"in {wheels}", file=sys.stderr)
 PY
 )
 if ((${#missing[@]})); then
