@@ -16,9 +16,9 @@
 # Steps (docs/performance.md, "On a GPU", says what each prints):
 #   0. the machine: GPU, driver, torch and CUDA; whether ketchup's CLI imports with the image's
 #      packages alone; the wheels installed;
-#   1. `ketchup bench --gpu --repeats 2`: KETCHUP's update (K = 4) at flan-t5-xl -> t5-base and
-#      Qwen1.5-4B -> Qwen1.5-0.5B sizes, the largest batch that fits, beside TRL's
-#      DistillationTrainer for the Qwen pair (at most 300 s);
+#   1. `ketchup bench --gpu --repeats 2 --batch-seconds 4`: KETCHUP's update (K = 4) at
+#      flan-t5-xl -> t5-base and Qwen1.5-4B -> Qwen1.5-0.5B sizes, the largest batch that fits,
+#      beside TRL's DistillationTrainer for the Qwen pair (at most 300 s);
 #   2. scripts/gpu_distill_check.py: a few real `ketchup distill` updates of ketchup_k4 at toy
 #      size on the device, stopped by SIGTERM and resumed from the checkpoint (at most 120 s).
 # Output: printed, and kept under OUT_DIR (default $OUT, else results/gpu_check): gpu_check.log,
@@ -124,8 +124,10 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, note a fail
 
 # the time limits keep a GPU run within 8 minutes; a CPU is slower at the toy sizes
 if [[ -n $TOY ]]; then limits=(900 900); else limits=(300 120); fi
+# the batch search stops at the first batch whose update takes 4 s or more (kept): with 2 repeats
+# after a warm-up, each pair then takes about a minute or two
 step "1. ketchup bench --gpu" "${limits[0]}" "$PY" -m ketchup bench --gpu ${TOY:+--toy} --repeats 2 \
-    --out "$OUT_DIR/bench/update.csv"
+    --batch-seconds 4 --out "$OUT_DIR/bench/update.csv"
 rm -rf "$OUT_DIR/distill"  # a fresh job: the check stops it and resumes it
 step "2. ketchup distill on the device" "${limits[1]}" "$PY" scripts/gpu_distill_check.py "$OUT_DIR/distill"
 

@@ -28,7 +28,7 @@ import copy
 import csv
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -390,9 +390,11 @@ def time_updates(
     timers: dict[str, PhaseTimer],
     repeats: int,
     batch: int,
+    tolerate: Collection[str] = (),
 ) -> Timings:
     """Every configuration once per repeat, in turn, from the same student weights and the same
-    RNG seed; repeat 0 warms up. A configuration that runs out of GPU memory is dropped, named."""
+    RNG seed; repeat 0 warms up. A configuration that runs out of GPU memory is dropped, named,
+    and so is one in `tolerate` (another library's trainer) that raises any error."""
     import torch
     from tqdm.auto import tqdm
 
@@ -418,6 +420,10 @@ def time_updates(
                 sync()
             except torch.cuda.OutOfMemoryError:
                 timings.failed[name] = f"out of GPU memory at batch {batch}"
+            except Exception as err:
+                if name not in tolerate:
+                    raise
+                timings.failed[name] = error_line(err)
             if name in timings.failed:
                 free_memory(setup)
                 continue
@@ -429,6 +435,12 @@ def time_updates(
                 peak = torch.cuda.max_memory_allocated(setup.device) / 2**30
                 timings.peak_gib[name] = max(peak, timings.peak_gib.get(name, 0.0))
     return timings
+
+
+def error_line(err: BaseException) -> str:
+    """'TypeError: the first line of its message' (at most 200 characters)."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first[:200]}"
 
 
 def free_memory(setup: Setup | None = None) -> None:

@@ -90,12 +90,21 @@ def test_time_updates_drops_a_configuration_that_runs_out_of_memory():
     def too_big(rows):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    timings = time_updates(setup, {"small": fits, "big": too_big}, {}, repeats=2, batch=3)
-    assert timings.failed == {"big": "out of GPU memory at batch 3"}
+    def broken(rows):
+        raise TypeError("an API this trainer needs is missing\nthe rest of the message")
+
+    configs = {"small": fits, "big": too_big, "other": broken}
+    timings = time_updates(setup, configs, {}, repeats=2, batch=3, tolerate={"other"})
+    assert timings.failed == {
+        "big": "out of GPU memory at batch 3",
+        "other": "TypeError: an API this trainer needs is missing",
+    }
     assert len(timings.seconds["small"]) == 2 and timings.work["small"] == (3, 12)
     assert seen == [["0", "1", "2"], ["3", "4", "0"], ["1", "2", "3"]]  # a moving window
     (row,) = summary_rows(timings, {"vs_big": lambda name: "big"})
     assert row["config"] == "small" and row["vs_big"] is None
+    with pytest.raises(TypeError):  # not tolerated: our own code's errors are not hidden
+        time_updates(setup, {"other": broken}, {}, repeats=1, batch=3)
 
 
 def test_phase_timer_counts_nested_phases_once(monkeypatch):
