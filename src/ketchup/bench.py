@@ -7,15 +7,18 @@ timed once per repeat in turn (so a noisy machine slows them alike; the ratios a
   returns, the loss) then backward, gradient clipping and the AdamW step;
 - `paper-loop ketchup_k<K>`: the released KETCHUP code's loop shape rebuilt with our components,
   one sequence per forward pass with gradient accumulation over 8 sequences;
-- `trl gkd`: TRL's GKDTrainer.training_step (lmbda 1: always on-policy, beta 0.5) and its
-  optimizer step, generation matched (sampling from the full distribution, temperature 1, the
-  same number of new tokens). TRL's trainers are built for causal LMs, so every model here is a
-  decoder-only GPT-2 built from a config (random weights, nothing downloaded).
+- `trl gkd` and `trl distillation`: TRL's GKDTrainer and DistillationTrainer (the one TRL now
+  recommends for on-policy distillation), each its training_step and its optimizer step, at our
+  settings (see `trl_update`): always on-policy, the same generalised JSD (beta 0.5), sampling
+  from the full distribution at temperature 1 for the same number of new tokens. TRL's trainers
+  are built for causal LMs, so every model here is a decoder-only GPT-2 built from a config
+  (random weights, nothing downloaded).
 Random weights seldom emit EOS, so every rollout runs to the length cap: equal work per rollout.
 
 Also: the share of `ours` update time spent in each phase (rollout, teacher pass, student forward,
-rewards and returns, the rest of the loss, backward, optimizer), and with `--study DIR` the wall
-time, job time and peak memory of a finished study from Snakemake's `benchmark:` files.
+rewards and returns, the rest of the loss, backward, optimizer); with `--gpu` the same update at
+the paper's sizes (`run_gpu_bench`); and with `--study DIR` the wall time, job time and peak
+memory of a finished study from Snakemake's `benchmark:` files.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ import copy
 import csv
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 PHASES = ("rollout", "teacher", "student_forward", "returns", "loss", "backward", "optimizer")
+# The generalised JSD's mixture weight in every GKD-style update here (ours, TRL's two trainers):
+# the same meaning in all three (0 forward KL, 1 reverse KL), but GKDConfig defaults to 0.5 and
+# DistillationConfig to 1.0, so it is always set.
+BETA = 0.5
 
 
 class PhaseTimer:
@@ -112,9 +119,13 @@ class Setup:
     rows: list[dict[str, Any]]
     device: Any
     max_new_tokens: int
+    max_source_length: int = 64
+    # the student's autocast dtype (weights stay float32), as the trainer's `precision` runs it;
+    # None: plain float32
+    compute_dtype: Any = None
 
 
-def _sync(device) -> Callable[[], None]:
+def device_sync(device) -> Callable[[], None]:
     import torch
 
     if getattr(device, "type", str(device)) == "cuda":
@@ -122,7 +133,15 @@ def _sync(device) -> Callable[[], None]:
     return lambda: None
 
 
-def _embedded_rows_and_tokenizer(n_train: int):
+def _autocast(setup: Setup):
+    import torch
+
+    if setup.compute_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(setup.device.type, dtype=setup.compute_dtype)
+
+
+def embedded_rows_and_tokenizer(n_train: int):
     """Training rows of the embedded task and a 1,000-token BPE tokenizer trained on them."""
     from ketchup.config import TaskConfig, parse_section
     from ketchup.tasks import load_task
@@ -133,6 +152,22 @@ def _embedded_rows_and_tokenizer(n_train: int):
     return rows, train_tokenizer([t for r in rows for t in (r["source"], r["target"])], 1000)
 
 
+def cut_to_tokens(tokenizer, texts: Sequence[str], max_length: int) -> list[str]:
+    """Each text cut to the `max_length` tokens (special tokens counted) our rollouts see after
+    their truncation, as text: for a trainer that tokenizes prompt text without truncating it
+    (TRL's DistillationTrainer), so that it sees the same ids. Raises ValueError if the cut text
+    does not encode to them (a tokenizer whose decoding does not round-trip)."""
+    from ketchup.batching import encode_prompt_ids
+
+    ids = encode_prompt_ids(tokenizer, texts, max_length)
+    cut = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    again = encode_prompt_ids(tokenizer, cut, max_length + 1)
+    for text, before, after in zip(cut, ids, again, strict=True):
+        if before != after:
+            raise ValueError(f"cut_to_tokens: {text[:60]!r}... does not encode to its own ids")
+    return cut
+
+
 def build_setup(args) -> Setup:
     """Tokenizer trained on the embedded task; GPT-2 student and teacher from configs."""
     import torch
@@ -140,7 +175,7 @@ def build_setup(args) -> Setup:
     from ketchup.config import ModelConfig
     from ketchup.models import build_model, default_device, disable_dropout
 
-    rows, tokenizer = _embedded_rows_and_tokenizer(512)
+    rows, tokenizer = embedded_rows_and_tokenizer(512)
     device = torch.device(args.device) if args.device else default_device()
 
     def gpt2(width: int, layers: int):
@@ -162,7 +197,7 @@ def build_setup(args) -> Setup:
 
 def _distill_config(max_new_tokens: int, max_source_length: int = 64):
     """The on-policy settings: sampling from the full distribution at temperature 1, GKD always
-    on-policy (as TRL's GKD is run beside it: lmbda 1), every rollout kept, no clipping; the rest
+    on-policy (as TRL's trainers are run beside it), every rollout kept, no clipping; the rest
     the schema's defaults."""
     from ketchup.config import DistillConfig, parse_section
 
@@ -175,7 +210,7 @@ def _distill_config(max_new_tokens: int, max_source_length: int = 64):
     section = {
         "rollout": rollout,
         "policy_gradient": {"clip": None},
-        "gkd": {"lmbda": 1.0, "temperature": 1.0, "top_k": 0},
+        "gkd": {"lmbda": 1.0, "temperature": 1.0, "top_k": 0, "beta": BETA},
     }
     return parse_section(DistillConfig, section, "distill", "distill")
 
@@ -186,8 +221,9 @@ def _production_loss(setup: Setup, system: str):
     from ketchup.stages.distill import Models, onpolicy_loss
 
     method, k = split_system(system)
-    models = Models(setup.student, setup.teacher, setup.tokenizer, "{source}", 64)
-    return onpolicy_loss(models, method, k, _distill_config(setup.max_new_tokens))
+    length = setup.max_source_length
+    models = Models(setup.student, setup.teacher, setup.tokenizer, "{source}", length)
+    return onpolicy_loss(models, method, k, _distill_config(setup.max_new_tokens, length))
 
 
 def ours(setup: Setup, system: str, batch: int, timer: PhaseTimer | None):
@@ -200,7 +236,8 @@ def ours(setup: Setup, system: str, batch: int, timer: PhaseTimer | None):
     phase = timer.phase if timer else (lambda name: contextlib.nullcontext())
 
     def update(rows):
-        loss, n_tokens, _ = loss_fn(setup.student, rows[:batch])
+        with _autocast(setup):  # the backward pass follows the forward's dtypes
+            loss, n_tokens, _ = loss_fn(setup.student, rows[:batch])
         with phase("backward"):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,7 +250,8 @@ def ours(setup: Setup, system: str, batch: int, timer: PhaseTimer | None):
 
 
 def paper_loop(setup: Setup, system: str, accumulation: int = 8):
-    """One sequence per forward pass, gradients accumulated over `accumulation` sequences."""
+    """One sequence per forward pass, gradients accumulated over `accumulation` sequences (or
+    the batch's rows, if fewer)."""
     import torch
 
     loss_fn = _production_loss(setup, system)
@@ -221,48 +259,75 @@ def paper_loop(setup: Setup, system: str, accumulation: int = 8):
 
     def update(rows):
         optimizer.zero_grad(set_to_none=True)
-        tokens = 0
-        for row in rows[:accumulation]:
-            loss, n_tokens, _ = loss_fn(setup.student, [row])
-            (loss / accumulation).backward()
+        tokens, rows = 0, rows[:accumulation]
+        for row in rows:
+            with _autocast(setup):
+                loss, n_tokens, _ = loss_fn(setup.student, [row])
+            (loss / len(rows)).backward()
             tokens += n_tokens
         torch.nn.utils.clip_grad_norm_(setup.student.parameters(), 1.0)
         optimizer.step()
-        return accumulation, tokens
+        return len(rows), tokens
 
     return update
 
 
-def trl_gkd(setup: Setup, batch: int, out_dir: Path):
-    """TRL's GKDTrainer: its training_step on our prompts, then its optimizer's step."""
+# TRL's on-policy distillation trainers: (module, config class, trainer class, this trainer's
+# name for the rollout length, its own settings). GKD's lmbda 1: always on-policy, the only mode
+# DistillationTrainer has.
+TRL_TRAINERS = {
+    "gkd": ("trl.experimental.gkd", "GKDConfig", "GKDTrainer", "max_new_tokens", {"lmbda": 1.0}),
+    "distillation": (
+        "trl",
+        "DistillationConfig",
+        "DistillationTrainer",
+        "max_completion_length",
+        {"top_k": 0, "top_p": 1.0},
+    ),
+}
+
+
+def trl_update(setup: Setup, kind: str, batch: int, out_dir: Path):
+    """TRL's `kind` trainer ("gkd" or "distillation"): its training_step on our prompts, then its
+    optimizer's step, at the settings of ours: always on-policy, beta `BETA`, temperature 1 for
+    sampling and loss, `setup.max_new_tokens` new tokens, learning rate 1e-5, gradient norm
+    clipped at 1, the student's precision (TRL's default is a bfloat16 autocast), and no gradient
+    checkpointing (both configs default to it, and GKD then generates without the KV cache)."""
+    import importlib
     import warnings
 
     import torch
-    from datasets import Dataset
 
     warnings.filterwarnings("ignore", module="trl")
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
+    module, config_class, trainer_class, length_key, own = TRL_TRAINERS[kind]
+    trl = importlib.import_module(module)  # an ImportError when TRL cannot be imported
+    from datasets import Dataset
 
     from ketchup.batching import encode_sources
 
-    args = GKDConfig(
-        output_dir=str(out_dir),
-        lmbda=1.0,
-        beta=0.5,
-        temperature=1.0,
-        max_new_tokens=setup.max_new_tokens,
-        per_device_train_batch_size=batch,
-        learning_rate=1e-5,
-        max_grad_norm=1.0,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        use_cpu=setup.device.type == "cpu",
-        bf16=False,  # TRL's default autocasts to bfloat16; ours runs in float32 here
-    )
-    dummy = Dataset.from_list([{"messages": [{"role": "user", "content": "-"}]}])
+    with warnings.catch_warnings():  # transformers renames gradient_checkpointing in v6
+        warnings.simplefilter("ignore", FutureWarning)
+        args = getattr(trl, config_class)(
+            output_dir=str(out_dir),
+            beta=BETA,
+            temperature=1.0,
+            per_device_train_batch_size=batch,
+            learning_rate=1e-5,
+            max_grad_norm=1.0,
+            gradient_checkpointing=False,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            use_cpu=setup.device.type == "cpu",
+            bf16=setup.compute_dtype == torch.bfloat16,
+            fp16=setup.compute_dtype == torch.float16,
+            **{length_key: setup.max_new_tokens},
+            **own,
+        )
+    prompt = "-" if kind == "distillation" else [{"role": "user", "content": "-"}]
+    dummy = Dataset.from_list([{"prompt" if kind == "distillation" else "messages": prompt}])
     # copies: the trainer wraps and patches the models it is given (accelerate's prepare)
-    trainer = GKDTrainer(
+    trainer = getattr(trl, trainer_class)(
         model=copy.deepcopy(setup.student),
         teacher_model=copy.deepcopy(setup.teacher),
         args=args,
@@ -273,140 +338,246 @@ def trl_gkd(setup: Setup, batch: int, out_dir: Path):
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's own loop, bypassed here
     model = trainer.model
     model.train()
+    length = setup.max_source_length
 
-    def update(rows):
-        prompts = encode_sources(
-            setup.tokenizer, [r["source"] for r in rows[:batch]], 64, padding_side="left"
-        )
+    def gkd_inputs(sources):
+        prompts = encode_sources(setup.tokenizer, sources, length, padding_side="left")
         ids = prompts["input_ids"].to(setup.device)
         mask = prompts["attention_mask"].to(setup.device)
-        inputs = {
-            "prompts": ids,
-            "prompt_attention_mask": mask,
-            "input_ids": ids,
-            "attention_mask": mask,
-            "labels": ids,
-        }
-        trainer.training_step(model, inputs)
+        inputs = {"prompts": ids, "prompt_attention_mask": mask, "input_ids": ids}
+        return {**inputs, "attention_mask": mask, "labels": ids}
+
+    def distillation_inputs(sources):
+        return [{"prompt": text} for text in cut_to_tokens(setup.tokenizer, sources, length)]
+
+    def new_tokens(inputs) -> int:
+        if kind == "gkd":  # training_step put the rollouts in `inputs`, prompts masked
+            return int((inputs["labels"] != -100).sum())
+        return int(trainer._buffered_inputs[0]["completion_mask"].sum())
+
+    make_inputs = gkd_inputs if kind == "gkd" else distillation_inputs
+
+    def update(rows):
+        inputs = make_inputs([r["source"] for r in rows[:batch]])
+        trainer.training_step(model, inputs, None)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
-        return batch, int((inputs["labels"] != -100).sum())
+        return batch, new_tokens(inputs)
 
     return update
 
 
-def run_update_bench(args) -> int:
+@dataclass
+class Timings:
+    """What `time_updates` measured: per configuration the seconds of each timed update, the
+    (examples, tokens) of one update, the peak GPU memory (GiB) and why it stopped, if it did."""
+
+    seconds: dict[str, list[float]]
+    work: dict[str, tuple[int, int]]
+    peak_gib: dict[str, float]
+    failed: dict[str, str]
+
+
+def batch_rows(rows: Sequence[dict], repeat: int, batch: int) -> list[dict]:
+    """Repeat `repeat`'s `batch` rows: a window moving through `rows`, wrapping around."""
+    return [rows[(repeat * batch + i) % len(rows)] for i in range(batch)]
+
+
+def time_updates(
+    setup: Setup,
+    configs: dict[str, Callable],
+    timers: dict[str, PhaseTimer],
+    repeats: int,
+    batch: int,
+    tolerate: Collection[str] = (),
+) -> Timings:
+    """Every configuration once per repeat, in turn, from the same student weights and the same
+    RNG seed; repeat 0 warms up. A configuration that runs out of GPU memory is dropped, named,
+    and so is one in `tolerate` (another library's trainer) that raises any error."""
+    import torch
+    from tqdm.auto import tqdm
+
+    sync = device_sync(setup.device)
+    cuda = setup.device.type == "cuda"
+    timings = Timings({name: [] for name in configs}, {}, {}, {})
+    student_state = {k: v.clone() for k, v in setup.student.state_dict().items()}
+    for repeat in tqdm(range(repeats + 1), desc="repeats"):
+        rows = batch_rows(setup.rows, repeat, batch)
+        for name, update in configs.items():
+            if name in timings.failed:
+                continue
+            setup.student.load_state_dict(student_state)  # every config from the same weights
+            torch.manual_seed(repeat)
+            timer = timers.get(name)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(setup.device)
+            sync()
+            start = time.perf_counter()
+            try:
+                with timed_phases(timer) if timer else contextlib.nullcontext():
+                    timings.work[name] = update(rows)
+                sync()
+            except torch.cuda.OutOfMemoryError:
+                timings.failed[name] = f"out of GPU memory at batch {batch}"
+            except Exception as err:
+                if name not in tolerate:
+                    raise
+                timings.failed[name] = error_line(err)
+            if name in timings.failed:
+                free_memory(setup)
+                continue
+            if repeat:
+                timings.seconds[name].append(time.perf_counter() - start)
+            elif timer:
+                timer.totals = dict.fromkeys(PHASES, 0.0)  # the warm-up does not count
+            if cuda:
+                peak = torch.cuda.max_memory_allocated(setup.device) / 2**30
+                timings.peak_gib[name] = max(peak, timings.peak_gib.get(name, 0.0))
+    return timings
+
+
+def error_line(err: BaseException) -> str:
+    """'TypeError: the first line of its message' (at most 200 characters)."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first[:200]}"
+
+
+def free_memory(setup: Setup | None = None) -> None:
+    """Drop the student's gradients and return cached GPU memory (after an out-of-memory error,
+    once the exception that held the failed update's tensors is gone)."""
+    import gc
+
     import torch
 
+    if setup is not None:
+        for p in setup.student.parameters():
+            p.grad = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
+
+
+def table_cell(value: Any, spec: str) -> str:
+    """A printed table's cell: empty where a figure does not apply."""
+    return "" if value is None else format(value, spec)
+
+
+def summary_rows(timings: Timings, ratios: dict[str, Callable[[str], str | None]]) -> list[dict]:
+    """One row per configuration that ran: min / median / max update seconds, updates/s,
+    examples/s, tokens/s, and for each `ratios` column its examples/s against the configuration
+    `ratios[column](name)` names (None where the ratio does not apply: an empty cell)."""
+    rows = []
+    for name, seconds in timings.seconds.items():
+        if name in timings.failed:
+            continue
+        median = statistics.median(seconds)
+        examples, tokens = timings.work[name]
+        rows.append(
+            {
+                "config": name,
+                "update_s_min": min(seconds),
+                "update_s_median": median,
+                "update_s_max": max(seconds),
+                "updates_per_s": 1 / median,
+                "examples_per_s": examples / median,
+                "tokens_per_s": tokens / median,
+            }
+        )
+    speed = {r["config"]: r["examples_per_s"] for r in rows}
+    for row in rows:
+        for column, reference in ratios.items():
+            row[column] = _ratio(row["examples_per_s"], speed.get(reference(row["config"]) or ""))
+    return rows
+
+
+def phase_rows(timings: Timings, timers: dict[str, PhaseTimer]) -> list[dict]:
+    """Per timed configuration the share (%) of its update time in each phase, and the rest."""
+    rows = []
+    for name, timer in timers.items():
+        if name in timings.failed:
+            continue
+        total = sum(timings.seconds[name])
+        shares = {p: 100 * timer.totals[p] / total for p in PHASES}
+        shares["other"] = 100 - sum(shares.values())
+        rows.append({"system": name.split()[-1], **shares})
+    return rows
+
+
+def print_phases(rows: list[dict]) -> None:
+    print("\nshare of our update's time per phase (%):\n")
+    print("| system | " + " | ".join((*PHASES, "other")) + " |")
+    print("|---|" + "---:|" * (len(PHASES) + 1))
+    for r in rows:
+        print(f"| {r['system']} | " + " | ".join(f"{r[p]:.1f}" for p in (*PHASES, "other")) + " |")
+
+
+def run_update_bench(args) -> int:
     setup = build_setup(args)
-    sync = _sync(setup.device)
+    sync = device_sync(setup.device)
+    batch = args.batch_size or 16
     ks = [int(k) for k in args.ks.split(",")]
     systems = [f"ketchup_k{k}" if k > 1 else "llmr" for k in ks]
-    timers = {s: PhaseTimer(sync) for s in systems}
+    timers = {f"ours {s}": PhaseTimer(sync) for s in systems}
     configs: dict[str, Callable] = {}
     for system in systems:
-        configs[f"ours {system}"] = ours(setup, system, args.batch_size, timers[system])
-    configs["ours gkd"] = ours(setup, "gkd", args.batch_size, None)
+        configs[f"ours {system}"] = ours(setup, system, batch, timers[f"ours {system}"])
+    configs["ours gkd"] = ours(setup, "gkd", batch, None)
     for system in systems:
         configs[f"paper-loop {system}"] = paper_loop(setup, system)
     if not args.no_trl:
-        configs["trl gkd"] = trl_gkd(setup, args.batch_size, Path(args.out).parent / "trl")
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    work: dict[str, tuple[int, int]] = {}
-    student_state = {k: v.clone() for k, v in setup.student.state_dict().items()}
-    from tqdm.auto import tqdm
+        for kind in TRL_TRAINERS:
+            configs[f"trl {kind}"] = trl_update(setup, kind, batch, Path(args.out).parent / "trl")
+    timings = time_updates(setup, configs, timers, args.repeats, batch)
 
-    for repeat in tqdm(range(args.repeats + 1), desc="repeats"):  # repeat 0 warms up
-        rows = setup.rows[(repeat * args.batch_size) % 256 :][: args.batch_size]
-        for name, update in configs.items():
-            setup.student.load_state_dict(student_state)  # every config from the same weights
-            torch.manual_seed(repeat)
-            system = name.split()[-1]
-            timer = timers.get(system) if name.startswith("ours") else None
-            phases = timed_phases(timer) if timer else contextlib.nullcontext()
-            sync()
-            start = time.perf_counter()
-            with phases:
-                work[name] = update(rows)
-            sync()
-            if repeat:
-                times[name].append(time.perf_counter() - start)
-            elif timer:
-                timer.totals = dict.fromkeys(PHASES, 0.0)  # the warm-up does not count
-    return report(args, configs, times, work, timers, setup)
+    def paper(name: str) -> str | None:
+        kind, system = name.split()
+        return f"paper-loop {system}" if kind == "ours" else None
+
+    ratios = {f"vs_trl_{kind}": (lambda name, k=kind: f"trl {k}") for kind in TRL_TRAINERS}
+    rows = summary_rows(timings, {**ratios, "vs_paper_loop": paper})
+    phases = phase_rows(timings, timers)
+    return report(args, rows, phases, setup, batch)
 
 
-def report(args, configs, times, work, timers, setup) -> int:
+def report(args, rows, phases, setup, batch) -> int:
     import resource
 
     from ketchup.files import csv_text, write_text
 
-    rows = []
-    trl = statistics.median(times["trl gkd"]) if "trl gkd" in times else None
-    for name in configs:
-        median = statistics.median(times[name])
-        examples, tokens = work[name]
-        system = name.split()[-1]
-        paper = times.get(f"paper-loop {system}")
-        rows.append(
-            {
-                "config": name,
-                "update_s_min": min(times[name]),
-                "update_s_median": median,
-                "update_s_max": max(times[name]),
-                "updates_per_s": 1 / median,
-                "examples_per_s": examples / median,
-                "tokens_per_s": tokens / median,
-                "vs_trl": (trl / median) * (examples / work["trl gkd"][0]) if trl else float("nan"),
-                "vs_paper_loop": (
-                    (examples / median)
-                    / (work[f"paper-loop {system}"][0] / statistics.median(paper))
-                    if paper and not name.startswith("paper")
-                    else float("nan")
-                ),
-            }
-        )
-    columns = list(rows[0])
     out = Path(args.out)
-    write_text(out, csv_text(rows, columns, digits=4))
-    phase_rows = []
-    for system, timer in timers.items():
-        total = sum(times[f"ours {system}"])
-        shares = {p: 100 * timer.totals[p] / total for p in PHASES}
-        shares["other"] = 100 - sum(shares.values())
-        phase_rows.append({"system": system, **shares})
-    write_text(
-        out.with_name(out.stem + "_phases.csv"), csv_text(phase_rows, list(phase_rows[0]), 2)
-    )
+    write_text(out, csv_text(rows, list(rows[0]), digits=4))
+    write_text(out.with_name(out.stem + "_phases.csv"), csv_text(phases, list(phases[0]), 2))
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"\none update, {args.repeats} repeats, device {setup.device}, batch {args.batch_size}, "
-        f"{setup.max_new_tokens} new tokens per rollout, student {_params(setup.student)} / "
-        f"teacher {_params(setup.teacher)} parameters (GPT-2); process peak RSS {peak:.0f} MB\n"
+        f"\none update, {args.repeats} repeats, device {setup.device}, batch {batch}, "
+        f"{setup.max_new_tokens} new tokens per rollout, student {params_text(setup.student)} / "
+        f"teacher {params_text(setup.teacher)} parameters (GPT-2); process peak RSS {peak:.0f} MB\n"
     )
     print(
         "| config | update s (min / median / max) | updates/s | examples/s | tokens/s | "
-        "x TRL (examples/s) | x paper loop (examples/s) |"
+        "x TRL GKD (examples/s) | x TRL Distillation (examples/s) | x paper loop (examples/s) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        ratios = (table_cell(r[c], ".2f") for c in ("vs_trl_gkd", "vs_trl_distillation"))
         print(
             f"| {r['config']} | {r['update_s_min']:.3f} / {r['update_s_median']:.3f} / "
             f"{r['update_s_max']:.3f} | {r['updates_per_s']:.2f} | {r['examples_per_s']:.1f} | "
-            f"{r['tokens_per_s']:.0f} | {r['vs_trl']:.2f} | {r['vs_paper_loop']:.2f} |"
+            f"{r['tokens_per_s']:.0f} | {' | '.join(ratios)} | "
+            f"{table_cell(r['vs_paper_loop'], '.2f')} |"
         )
-    print("\nshare of our update's time per phase (%):\n")
-    print("| system | " + " | ".join((*PHASES, "other")) + " |")
-    print("|---|" + "---:|" * (len(PHASES) + 1))
-    for r in phase_rows:
-        print(f"| {r['system']} | " + " | ".join(f"{r[p]:.1f}" for p in (*PHASES, "other")) + " |")
+    print_phases(phases)
     print(f"\nwritten: {out} and {out.with_name(out.stem + '_phases.csv')}")
     return 0
 
 
-def _params(model) -> str:
+def params_text(model) -> str:
     from ketchup.models import count_parameters
 
     return f"{count_parameters(model):,}"
@@ -463,179 +634,11 @@ def study_summary(results: Path) -> int:
     return 0
 
 
-# The paper's models, from their published configs (random weights: nothing is downloaded).
-FLAN_T5_XL = {
-    "model_type": "t5",
-    "d_model": 2048,
-    "d_ff": 5120,
-    "d_kv": 64,
-    "num_heads": 32,
-    "num_layers": 24,
-    "num_decoder_layers": 24,
-    "feed_forward_proj": "gated-gelu",
-    "tie_word_embeddings": False,
-}
-T5_BASE = {
-    "model_type": "t5",
-    "d_model": 768,
-    "d_ff": 3072,
-    "d_kv": 64,
-    "num_heads": 12,
-    "num_layers": 12,
-    "num_decoder_layers": 12,
-}
-T5_VOCAB = 32128
-
-
-def matmul_peak(device, dtype, n: int = 8192, repeats: int = 10) -> float:
-    """Achieved FLOP/s of a square matrix multiply: the reference the update is compared with."""
-    import torch
-
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    sync = _sync(device)
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync()
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-def _forward_flops(model, source: int, target: int) -> float:
-    """2 x parameters x tokens for one teacher-forced pass (attention scores left out)."""
-    from ketchup.models import count_parameters
-
-    encoder = count_parameters(model.get_encoder())
-    return 2 * (encoder * source + (count_parameters(model) - encoder) * target)
-
-
-def paper_scale_update(
-    device,
-    teacher_arch: dict,
-    student_arch: dict,
-    *,
-    source: int,
-    target: int,
-    batch: int,
-    repeats: int,
-    k: int = 4,
-    vocab: int = T5_VOCAB,
-    matmul_n: int = 8192,
-) -> dict[str, float]:
-    """KETCHUP's update at the paper's scale, in the precision the workflow's trainer uses on the
-    device (`auto`: the teacher in bfloat16 on a capable GPU, the student in float32 under a
-    bfloat16 autocast), `source`-token prompts, `target`-token rollouts. Returns updates/s,
-    tokens/s, peak memory, achieved and matmul-peak FLOP/s."""
-    import torch
-
-    from ketchup.config import ModelConfig
-    from ketchup.models import build_model, disable_dropout, resolve_dtype
-    from ketchup.precision import MixedPrecision
-    from ketchup.stages.distill import Models, onpolicy_loss
-
-    rows, tokenizer = _embedded_rows_and_tokenizer(256)
-    tokenizer.add_tokens([f"<unused_{i}>" for i in range(vocab - len(tokenizer))])
-    # prompts of `source` tokens at least (cut to `source`): several records joined
-    text = " ".join(r["source"] for r in rows)
-    prompts = [{"source": text[i * 97 :], "target": ""} for i in range(batch)]
-    dtype = resolve_dtype("auto", device)
-    torch.manual_seed(0)
-    with torch.device(device):
-        teacher = build_model(ModelConfig(None, teacher_arch, "auto"), tokenizer, dtype=dtype)
-        student = build_model(ModelConfig(None, student_arch, "auto"), tokenizer, dtype="float32")
-    teacher.eval()
-    student = disable_dropout(student).train()
-    cfg = _distill_config(target, source)
-    loss_fn = onpolicy_loss(
-        Models(student, teacher, tokenizer, "{source}", source), "ketchup", k, cfg
-    )
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
-    amp = MixedPrecision.for_model(student, "auto")
-    sync = _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times, tokens = [], 0
-    for repeat in range(repeats + 1):
-        sync()
-        start = time.perf_counter()
-        with amp.autocast():
-            loss, n_tokens, _ = loss_fn(student, prompts)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        sync()
-        if repeat:  # the first update warms up
-            times.append(time.perf_counter() - start)
-            tokens += n_tokens
-    median = statistics.median(times)
-    student_pass = _forward_flops(student, source, target)
-    # teacher pass; student: rollout (encoder once, decoder per token with the KV cache), forward,
-    # backward (twice the forward): four passes
-    flops = batch * (_forward_flops(teacher, source, target) + 4 * student_pass)
-    peak = (
-        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    )
-    return {
-        "updates_per_s": 1 / median,
-        "update_s_min": min(times),
-        "update_s_median": median,
-        "update_s_max": max(times),
-        "tokens_per_s": tokens / sum(times),
-        "peak_memory_gib": peak,
-        "achieved_tflops": flops / median / 1e12,
-        "matmul_peak_tflops": matmul_peak(device, dtype, matmul_n) / 1e12,
-    }
-
-
-def run_gpu_bench(args) -> int:
-    import torch
-
-    from ketchup.config import ConfigError
-    from ketchup.models import resolve_dtype
-    from ketchup.plan import write_calibration
-
-    if not torch.cuda.is_available():  # a bad request, not a bug: one line from the CLI
-        raise ConfigError("--gpu needs a CUDA device and torch sees none here")
-    device = torch.device("cuda")
-    result = paper_scale_update(
-        device,
-        FLAN_T5_XL,
-        T5_BASE,
-        source=512,
-        target=64,
-        batch=args.batch_size,
-        repeats=args.repeats,
-    )
-    name = torch.cuda.get_device_name(device)
-    dtype = str(resolve_dtype("auto", device)).removeprefix("torch.")
-    print(
-        f"{name}: KETCHUP (K=4) update, teacher flan-t5-xl / student t5-base architectures "
-        f"(random weights, {dtype}), batch {args.batch_size}, 512-token sources, "
-        f"64-token rollouts, {args.repeats} repeats"
-    )
-    for key, value in result.items():
-        print(f"  {key:20s} {value:.3f}")
-    share = result["achieved_tflops"] / result["matmul_peak_tflops"]
-    print(f"  model FLOP/s are {100 * share:.1f}% of the measured matmul peak")
-    calibration = write_calibration(
-        Path(args.out).with_name("gpu_calibration.json"),
-        result["achieved_tflops"] * 1e12,
-        device=name,
-        dtype=dtype,
-        workload=f"KETCHUP K=4 update, flan-t5-xl / t5-base, batch {args.batch_size}, 512-token "
-        "sources, 64-token rollouts, FLOPs counted as ketchup plan counts them",
-        matmul_peak_flops_per_s=result["matmul_peak_tflops"] * 1e12,
-    )
-    print(f"written: {calibration} (for `ketchup plan --calibration {calibration}`)")
-    return 0
-
-
 def bench_main(args) -> int:
     if args.study:
         return study_summary(Path(args.study))
     if args.gpu:
+        from ketchup.bench_gpu import run_gpu_bench
+
         return run_gpu_bench(args)
     return run_update_bench(args)

@@ -243,7 +243,12 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ks", default="1,4,16", help="KETCHUP's K values (1 = LLMR)")
-    p.add_argument("--batch-size", type=int, default=16, help="rollouts per update")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rollouts per update (default 16; with --gpu: the largest that fits, searched)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=32, help="rollout length")
     p.add_argument("--repeats", type=int, default=5, help="timed updates per configuration")
     p.add_argument("--student-width", type=int, default=64)
@@ -261,8 +266,28 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gpu",
         action="store_true",
-        help="KETCHUP's update at the paper's scale on a GPU (flan-t5-xl teacher, t5-base "
-        "student, random weights, 512-token sources, 64-token rollouts)",
+        help="KETCHUP's update (K = 4) at the paper's sizes on a GPU, random weights, 512-token "
+        "sources, 64-token rollouts: flan-t5-xl -> t5-base and Qwen1.5-4B -> Qwen1.5-0.5B (beside "
+        "TRL's DistillationTrainer); writes gpu.csv and gpu_phases.csv beside --out",
+    )
+    p.add_argument("--pairs", default="t5,qwen", help="with --gpu: the pairs to run (t5, qwen)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="with --gpu: the batch search's limit (default 4096)",
+    )
+    p.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=8.0,
+        help="with --gpu: stop doubling the batch once one update takes this long",
+    )
+    p.add_argument(
+        "--toy",
+        action="store_true",
+        help="with --gpu: tiny models of the same families instead, on whatever device there "
+        "is (to try the mode on a CPU in seconds)",
     )
 
 
@@ -483,13 +508,15 @@ VERBS: tuple[Verb, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from importlib.metadata import version
+    from ketchup.provenance import version_of
 
     parser = argparse.ArgumentParser(
         prog="ketchup",
         description="KETCHUP distillation workflow: one verb per Snakemake rule.",
     )
-    parser.add_argument("--version", action="version", version=f"ketchup {version('ketchup')}")
+    # run from a source checkout without an install, the package has no version to show
+    version = version_of("ketchup") or "(not installed: run from a source checkout)"
+    parser.add_argument("--version", action="version", version=f"ketchup {version}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
         p = sub.add_parser(

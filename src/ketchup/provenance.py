@@ -38,18 +38,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def version_of(name: str) -> str | None:
+    """The installed version of distribution `name`; None when it is not installed (ketchup
+    itself run from a source checkout on PYTHONPATH, as on a machine without a build backend)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 @functools.cache
 def _static() -> dict[str, Any]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = {name: version_of(name) for name in PACKAGES}
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "ketchup": metadata.version("ketchup"),
+        "ketchup": version_of("ketchup"),
         "git_commit": commit,
         "git_dirty": None if commit is None or dirty is None else bool(dirty),
         "python": platform.python_version(),

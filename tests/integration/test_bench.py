@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
 import pytest
 import torch
 
-from ketchup.bench import PHASES, PhaseTimer, paper_scale_update
+from ketchup.bench import PHASES, PhaseTimer, Setup, cut_to_tokens, summary_rows, time_updates
+from ketchup.bench_gpu import TOY as TOY_SCALE
+from ketchup.bench_gpu import largest_batch, pass_flops
 from ketchup.cli import main
 from ketchup.files import read_csv
+
+# tiny architectures of the two families the GPU mode runs, as `ketchup bench --gpu --toy` does
+TOY = {"t5": TOY_SCALE.pairs["t5"].student, "qwen2": TOY_SCALE.pairs["qwen"].student}
 
 
 def test_update_bench_puts_ours_beside_trl_and_the_paper_loop(tmp_path, capsys):
@@ -27,23 +31,80 @@ def test_update_bench_puts_ours_beside_trl_and_the_paper_loop(tmp_path, capsys):
         "paper-loop llmr",
         "paper-loop ketchup_k4",
         "trl gkd",
+        "trl distillation",
     ]
     for name, row in rows.items():
         low, mid, high = (float(row[f"update_s_{s}"]) for s in ("min", "median", "max"))
         assert 0 < low <= mid <= high, name
-        assert float(row["examples_per_s"]) > 0 and float(row["tokens_per_s"]) > 0
-    assert float(rows["trl gkd"]["vs_trl"]) == pytest.approx(1.0)
-    # the paper loop's examples/s against ours, for the same system
-    ours, paper = rows["ours llmr"], rows["paper-loop llmr"]
-    ratio = float(ours["examples_per_s"]) / float(paper["examples_per_s"])
-    assert float(ours["vs_paper_loop"]) == pytest.approx(ratio, rel=1e-3)
+        assert float(row["examples_per_s"]) > 0
+        # equal work: every configuration samples up to 6 new tokens per rollout (random
+        # weights seldom end one early), counting the same way (the CSV rounds to 4 decimals)
+        assert 5 <= float(row["tokens_per_s"]) / float(row["examples_per_s"]) <= 6.001, name
+    assert float(rows["trl gkd"]["vs_trl_gkd"]) == pytest.approx(1.0)
+    assert float(rows["trl distillation"]["vs_trl_distillation"]) == pytest.approx(1.0)
+    # a ratio is this configuration's examples/s over the reference's
+    ours, paper, trl = rows["ours llmr"], rows["paper-loop llmr"], rows["trl distillation"]
+    for reference, column in ((paper, "vs_paper_loop"), (trl, "vs_trl_distillation")):
+        ratio = float(ours["examples_per_s"]) / float(reference["examples_per_s"])
+        assert float(ours[column]) == pytest.approx(ratio, rel=1e-3)
+    # where a ratio does not apply the cell is empty: in the CSV and in the printed table
+    for name in ("ours gkd", "paper-loop llmr", "trl gkd"):
+        assert rows[name]["vs_paper_loop"] == "", name
+    printed = capsys.readouterr().out
+    assert "| trl distillation |" in printed and "nan" not in printed
+    (line,) = [line for line in printed.splitlines() if line.startswith("| paper-loop llmr |")]
+    assert line.endswith("|  |")
     phases = read_csv(tmp_path / "update_phases.csv")
     assert [row["system"] for row in phases] == ["llmr", "ketchup_k4"]
     for row in phases:
         shares = [float(row[p]) for p in PHASES]
         assert all(s >= 0 for s in shares) and shares[0] > 0  # the rollout always takes time
         assert sum(shares) + float(row["other"]) == pytest.approx(100, abs=0.1)
-    assert "| trl gkd |" in capsys.readouterr().out
+
+
+def test_cut_prompts_encode_to_the_ids_our_rollouts_see(tokenizer, texts):
+    """The text given to TRL's DistillationTrainer (it does not truncate) encodes to exactly the
+    prompt ids our rollouts use after truncating at max_source_length."""
+    from ketchup.batching import encode_prompt_ids
+
+    long = [" ".join(texts[i:] + texts[:i]) for i in range(0, 40, 7)]
+    for length in (5, 17, 64):
+        ours = encode_prompt_ids(tokenizer, long + texts[:3], length)
+        cut = cut_to_tokens(tokenizer, long + texts[:3], length)
+        assert encode_prompt_ids(tokenizer, cut, 10**6) == ours
+        assert all(len(ids) == length for ids in ours[: len(long)])  # the long ones were cut
+    assert cut[-3:] == texts[:3]  # short prompts are left as they are
+
+
+def test_time_updates_drops_a_configuration_that_runs_out_of_memory():
+    student = torch.nn.Linear(2, 2)
+    setup = Setup(
+        None, student, None, [{"source": str(i)} for i in range(5)], torch.device("cpu"), 4
+    )
+    seen = []
+
+    def fits(rows):
+        seen.append([r["source"] for r in rows])
+        return len(rows), 4 * len(rows)
+
+    def too_big(rows):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    def broken(rows):
+        raise TypeError("an API this trainer needs is missing\nthe rest of the message")
+
+    configs = {"small": fits, "big": too_big, "other": broken}
+    timings = time_updates(setup, configs, {}, repeats=2, batch=3, tolerate={"other"})
+    assert timings.failed == {
+        "big": "out of GPU memory at batch 3",
+        "other": "TypeError: an API this trainer needs is missing",
+    }
+    assert len(timings.seconds["small"]) == 2 and timings.work["small"] == (3, 12)
+    assert seen == [["0", "1", "2"], ["3", "4", "0"], ["1", "2", "3"]]  # a moving window
+    (row,) = summary_rows(timings, {"vs_big": lambda name: "big"})
+    assert row["config"] == "small" and row["vs_big"] is None
+    with pytest.raises(TypeError):  # not tolerated: our own code's errors are not hidden
+        time_updates(setup, {"other": broken}, {}, repeats=1, batch=3)
 
 
 def test_phase_timer_counts_nested_phases_once(monkeypatch):
@@ -56,34 +117,93 @@ def test_phase_timer_counts_nested_phases_once(monkeypatch):
     assert timer.totals["returns"] == 1 and timer.totals["loss"] == 2
 
 
-def test_paper_scale_update_runs_on_tiny_models():
-    """The --gpu mode's code path, at toy sizes on the CPU."""
-    teacher = {
-        "model_type": "t5",
-        "d_model": 32,
-        "d_ff": 64,
-        "d_kv": 8,
-        "num_heads": 4,
-        "num_layers": 1,
-        "num_decoder_layers": 1,
-        "feed_forward_proj": "gated-gelu",
-        "tie_word_embeddings": False,
-    }
-    student = dict(teacher, d_model=16, d_kv=4, feed_forward_proj="relu")
-    result = paper_scale_update(
-        torch.device("cpu"),
-        teacher,
-        student,
-        source=64,
-        target=8,
-        batch=2,
-        repeats=1,
-        vocab=1200,
-        matmul_n=64,
-    )
-    assert result["updates_per_s"] > 0 and result["tokens_per_s"] > 0
-    assert result["achieved_tflops"] > 0 and result["matmul_peak_tflops"] > 0
-    assert math.isnan(result["peak_memory_gib"])  # measured on a GPU only
+def test_largest_batch_doubles_until_out_of_memory_or_slow():
+    def run(batch):
+        if batch > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return batch / 10
+
+    assert largest_batch(run, 2, 1024, 60) == (16, "out of GPU memory at 32")
+    assert largest_batch(run, 2, 1024, 0.35)[0] == 4  # 0.4 s at 4: 8 would take ~0.8 s
+    assert largest_batch(run, 2, 8, 60) == (8, "the search's limit, 8")
+    with pytest.raises(RuntimeError, match="no batch fits: out of GPU memory at 32"):
+        largest_batch(run, 32, 1024, 60)
+
+
+def _matmul_flops(arch: dict, vocab: int, source: int, target: int) -> int:
+    """One example's teacher-forced pass, by hand from the architecture: every product with a
+    weight matrix, 2 x tokens x inputs x outputs."""
+
+    def mm(tokens, n_in, n_out):
+        return 2 * tokens * n_in * n_out
+
+    if arch["model_type"] == "t5":
+        d, inner, ff = arch["d_model"], arch["num_heads"] * arch["d_kv"], arch["d_ff"]
+        n_ff = 3 if arch.get("feed_forward_proj", "relu").startswith("gated") else 2
+
+        def attention(queries, keys):  # q and o on the queries, k and v on the keys
+            return 2 * mm(queries, d, inner) + 2 * mm(keys, d, inner)
+
+        encoder = attention(source, source) + n_ff * mm(source, d, ff)
+        decoder = attention(target, target) + attention(target, source) + n_ff * mm(target, d, ff)
+        layers = arch["num_layers"] * encoder + arch["num_decoder_layers"] * decoder
+        return layers + mm(target, d, vocab)
+    h, heads, inter = arch["hidden_size"], arch["num_attention_heads"], arch["intermediate_size"]
+    kv = arch["num_key_value_heads"] * h // heads
+    n = source + target
+    layer = 2 * mm(n, h, h) + 2 * mm(n, h, kv) + 3 * mm(n, h, inter)
+    return arch["num_hidden_layers"] * layer + mm(target, h, vocab)  # the head on the target
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {**TOY["t5"], "tie_word_embeddings": False, "feed_forward_proj": "gated-gelu"},
+        TOY["t5"],
+        TOY["qwen2"],
+        {**TOY["qwen2"], "tie_word_embeddings": True, "num_hidden_layers": 2},
+    ],
+    ids=["t5 untied, gated", "t5 tied", "qwen2", "qwen2 tied, 2 layers"],
+)
+def test_pass_flops_count_every_matrix_product_of_a_teacher_forced_pass(tokenizer, arch):
+    from ketchup.config import ModelConfig
+    from ketchup.models import build_model
+
+    model = build_model(ModelConfig(None, arch, "float32"), tokenizer)
+    expected = _matmul_flops(arch, len(tokenizer), 11, 5)
+    assert pass_flops(model, 11, 5) == expected
+
+
+def test_gpu_mode_at_toy_sizes_times_both_pairs_beside_trl(tmp_path, capsys):
+    """`--gpu --toy`: the paper-scale code path on tiny models of the same families (a CPU
+    here; the batch given, so no search)."""
+    pytest.importorskip("trl")
+    argv = ["bench", "--gpu", "--toy", "--batch-size", "2", "--repeats", "1"]
+    assert main([*argv, "--out", str(tmp_path / "update.csv")]) == 0
+    rows = read_csv(tmp_path / "gpu.csv")
+    t5, qwen = TOY_SCALE.pairs["t5"].name, TOY_SCALE.pairs["qwen"].name
+    assert [(r["pair"], r["config"]) for r in rows] == [
+        (t5, "ours ketchup_k4"),
+        (qwen, "ours ketchup_k4"),
+        (qwen, "ours gkd"),
+        (qwen, "trl distillation"),
+    ]
+    assert {r["batch"] for r in rows} == {"2"}
+    assert rows[0]["vs_trl_distillation"] == "" and rows[0]["peak_memory_gib"] == ""
+    assert float(rows[3]["vs_trl_distillation"]) == pytest.approx(1.0)
+    speed = [float(r["examples_per_s"]) for r in rows[1:]]
+    assert float(rows[1]["vs_trl_distillation"]) == pytest.approx(speed[0] / speed[2], rel=1e-3)
+    # FLOP/s: the update's model FLOPs (the same for every configuration of a pair: equal
+    # work) over its median time
+    flops = [float(r["model_flops_per_update"]) for r in rows]
+    assert flops[0] > 0 and flops[1] > 0 and flops[1:] == [flops[1]] * 3
+    for row, per_update in zip(rows, flops, strict=True):
+        achieved = per_update / float(row["update_s_median"]) / 1e12
+        assert float(row["model_tflops"]) == pytest.approx(achieved, abs=1e-4)
+    phases = read_csv(tmp_path / "gpu_phases.csv")
+    assert [(r["pair"], r["system"]) for r in phases] == [(t5, "ketchup_k4"), (qwen, "ketchup_k4")]
+    printed = capsys.readouterr().out
+    assert "nan" not in printed and "batch 2: given by --batch-size" in printed
 
 
 def test_study_summary_from_benchmark_files(tmp_path, capsys):
@@ -119,23 +239,34 @@ def test_gpu_bench_without_cuda_says_so_in_one_line(capsys):
 
 
 def test_gpu_bench_writes_the_calibration_that_plan_reads(tmp_path, monkeypatch, capsys):
-    """--gpu's measurement replaced (no GPU here): what it writes beside --out, and that
-    `ketchup plan --calibration` takes the achieved FLOP/s from it."""
+    """The toy run of --gpu (on the CPU here) writes beside --out the calibration that
+    `ketchup plan --calibration` reads: the achieved FLOP/s of KETCHUP's update on the T5 pair,
+    its FLOPs counted as plan counts them."""
     import json
 
-    from ketchup import bench, models
     from ketchup.plan import read_throughput
 
-    measured = {"update_s_median": 2.0, "achieved_tflops": 123.0, "matmul_peak_tflops": 600.0}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
-    monkeypatch.setattr(models, "resolve_dtype", lambda precision, device=None: torch.bfloat16)
-    monkeypatch.setattr(bench, "paper_scale_update", lambda *args, **kwargs: measured)
-    assert main(["bench", "--gpu", "--out", str(tmp_path / "update.csv")]) == 0
+    argv = ["bench", "--gpu", "--toy", "--pairs", "t5", "--batch-size", "2", "--repeats", "1"]
+    assert main([*argv, "--no-trl", "--out", str(tmp_path / "update.csv")]) == 0
     calibration = tmp_path / "gpu_calibration.json"
     assert f"written: {calibration}" in capsys.readouterr().out
     data = json.loads(calibration.read_text())
-    assert data["achieved_flops_per_s"] == 123e12 and data["device"] == "Test GPU"
-    assert data["dtype"] == "bfloat16" and data["matmul_peak_flops_per_s"] == 600e12
+    assert data["achieved_flops_per_s"] > 0 and data["device"] == "CPU"
+    assert "as ketchup plan counts them" in data["workload"]
     throughput = read_throughput(str(calibration))
-    assert throughput.flops_per_s == 123e12 and "Test GPU" in throughput.description
+    assert throughput.flops_per_s == data["achieved_flops_per_s"]
+    assert "CPU" in throughput.description
+
+
+@pytest.mark.gpu
+def test_gpu_mode_on_cuda_measures_memory_in_bf16(tmp_path, capsys):
+    """On a CUDA device (`pytest -m gpu`): the toy run's teacher computes in bfloat16, the
+    student under a bfloat16 autocast, and the peak memory is measured."""
+    assert torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    argv = ["bench", "--gpu", "--toy", "--batch-size", "2", "--repeats", "1", "--no-trl"]
+    assert main([*argv, "--out", str(tmp_path / "update.csv")]) == 0
+    assert "teacher in bfloat16, student weights in float32 under bfloat16 autocast" in (
+        capsys.readouterr().out
+    )
+    rows = read_csv(tmp_path / "gpu.csv")
+    assert len(rows) == 2 and all(float(r["peak_memory_gib"]) > 0 for r in rows)

@@ -76,13 +76,14 @@ def test_flops_follow_the_6nt_and_2nt_rules():
 
 
 def test_plan_counts_an_update_as_the_gpu_bench_does():
-    """The calibration is FLOPs / time as `ketchup bench --gpu` counts FLOPs: the teacher pass and
-    four student passes per rollout. A KETCHUP job's FLOPs must count its updates the same way,
-    or a calibrated estimate would be off by the ratio."""
+    """The calibration is FLOPs / time with the update's FLOPs counted as plan counts them
+    (`bench_gpu.plan_update_flops`, on the models' own parameter counts): a KETCHUP job's FLOPs
+    must count its updates the same way, or a calibrated estimate would be off by the ratio."""
     import torch
 
-    from ketchup.bench import T5_BASE, _forward_flops
+    from ketchup.bench_gpu import T5_BASE, _sizes, plan_update_flops
     from ketchup.models import build_model
+    from ketchup.plan import ModelSize
     from ketchup.tokenizer import train_tokenizer
 
     tiny_teacher = {**T5_BASE, "d_model": 32, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 3}
@@ -90,12 +91,14 @@ def test_plan_counts_an_update_as_the_gpu_bench_does():
     tokenizer = train_tokenizer(["a b c d e f g h"] * 4, vocab_size=64)
     tokenizer.add_tokens([f"<unused_{i}>" for i in range(64 - len(tokenizer))])
     with torch.device("meta"):
-        teacher = build_model(ModelConfig(None, tiny_teacher, "auto"), tokenizer)
-        student = build_model(ModelConfig(None, tiny_student, "auto"), tokenizer)
+        teacher = ModelSize(
+            *_sizes(build_model(ModelConfig(None, tiny_teacher, "auto"), tokenizer)), "built"
+        )
+        student = ModelSize(
+            *_sizes(build_model(ModelConfig(None, tiny_student, "auto"), tokenizer)), "built"
+        )
     source, target, batch, steps = 48, 8, 4, 3
-    bench_update = batch * (
-        _forward_flops(teacher, source, target) + 4 * _forward_flops(student, source, target)
-    )
+    bench_update = plan_update_flops(teacher, student, batch, source, target)
     study = _study(
         teacher={"mode": "finetune", "model": {"architecture": tiny_teacher}},
         students={"s": {"model": {"architecture": tiny_student}}},
@@ -115,7 +118,7 @@ def test_plan_counts_an_update_as_the_gpu_bench_does():
     evals = (
         evaluations
         * n_val
-        * _forward_flops(student, study.distill.train.max_source_length, generation)
+        * student.forward_flops(study.distill.train.max_source_length, generation)
     )
     assert jobs[0].flops == pytest.approx(steps * bench_update + evals)
 
