@@ -67,7 +67,7 @@ def single_thread():
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need a CUDA device: skipped without one, so that a marker expression
     that replaces the default `-m 'not gpu'` (`pytest -m "not slow"`) still passes on a CPU."""
-    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return
     import torch
