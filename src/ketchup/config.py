@@ -322,6 +322,12 @@ def job_distill_section(distill: dict[str, Any], system: str) -> dict[str, Any]:
     return {key: distill[key] for key in method_config_keys(method)}
 
 
+def teacher_training_section(teacher: dict[str, Any]) -> dict[str, Any]:
+    """The `teacher` section that training the teacher reads: all but the outputs' source length
+    (only teacher-outputs reads it, so changing it reruns the outputs, not the training)."""
+    return {key: value for key, value in teacher.items() if key != "max_source_length"}
+
+
 # The `distill` keys the gradient-variance stage reads: what the systems it measures train with.
 VARIANCE_KEYS = ("methods", "ks", "value", "sequence_end", "rollout", "policy_gradient", "variance")
 

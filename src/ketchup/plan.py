@@ -42,6 +42,7 @@ from ketchup.config import (
     TrainConfig,
     split_system,
 )
+from ketchup.studies import hub_datasets, hub_models
 
 # An H100 SXM's dense bfloat16 peak; the assumed share of it that a distillation job achieves.
 H100_BF16_PEAK = 989.4e12
@@ -329,6 +330,8 @@ def study_jobs(study: StudyConfig, costs: _Costs | None = None) -> Iterator[Job]
         extra_kl_seeds = []
     else:  # the warm starts of the on-policy systems, or only grad-variance's (the first seed)
         extra_kl_seeds = list(seeds) if warm_started else [seeds[0]]
+    for item in [*hub_models(study), *hub_datasets(study)]:  # a local rule: downloads only
+        yield Job("fetch", 0.0, 0.0, item)
     for task_name, task in study.tasks.items():
         rows = split_sizes(task)
         n_val, n_test = rows["validation"], rows["test"]
@@ -385,6 +388,7 @@ def study_jobs(study: StudyConfig, costs: _Costs | None = None) -> Iterator[Job]
 
 # Rules in DAG order; the resources entry whose `gpu` each rule's jobs ask for.
 RULE_RESOURCES = {
+    "fetch": None,  # a local rule without a GPU
     "prepare_data": "prepare_data",
     "tokenizer": "tokenizer",
     "teacher": "teacher",

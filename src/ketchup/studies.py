@@ -13,10 +13,30 @@ from typing import Any
 
 import yaml
 
+from ketchup.config import ModelConfig, StudyConfig
 from ketchup.files import write_text
+from ketchup.tasks import dataset_spec
 
 STUDY_CONFIG = "config.yaml"
 INDEX = "studies.md"
+
+
+def hub_models(study: StudyConfig) -> dict[str, ModelConfig]:
+    """{fetch item: model} of the teacher and each student that the study loads by name or path:
+    one `fetch` job each (workflow/rules/data.smk)."""
+    models = {"model-teacher": study.teacher.model}
+    models.update({f"model-student-{name}": s.model for name, s in study.students.items()})
+    return {item: model for item, model in models.items() if not model.from_scratch}
+
+
+def hub_datasets(study: StudyConfig) -> dict[str, str]:
+    """{fetch item: task} of the tasks whose dataset is a hub dataset: one `fetch` job each."""
+    return {
+        f"data-{task}": task
+        for task, cfg in study.tasks.items()
+        if dataset_spec(cfg.dataset).hub_id is not None
+    }
+
 
 _HEADER = (
     "# The studies in results/\n\n"

@@ -18,6 +18,7 @@ from ketchup.config import (
     job_distill_section,
     parse_config,
     read_config_files,
+    teacher_training_section,
     variance_distill_section,
 )
 
@@ -63,7 +64,7 @@ SHARED: dict[str, Derive] = {
 CONFIG_JSON: dict[str, Derive] = {
     "prepare-data": lambda c, a, f: _named(c, "tasks", a.task, "--task", f),
     "train-tokenizer": lambda c, a, f: c["tokenizer"],
-    "train-teacher": lambda c, a, f: c["teacher"],
+    "train-teacher": lambda c, a, f: teacher_training_section(c["teacher"]),
     "teacher-outputs": lambda c, a, f: c["teacher"],
     "distill": lambda c, a, f: job_distill_section(c["distill"], a.method),
     "grad-variance": lambda c, a, f: variance_distill_section(c["distill"]),

@@ -21,6 +21,7 @@ from ketchup.config import (
     parse_config,
     read_config_files,
     split_system,
+    teacher_training_section,
     variance_distill_section,
 )
 from ketchup.models import local_directory, model_reference
@@ -36,6 +37,7 @@ from ketchup.judge.stage import (
     ANSWER_FILES as JUDGE_ANSWER_FILES,
     DRY_RUN_FILES as JUDGE_DRY_RUN_FILES,
 )
+from ketchup import studies
 from ketchup.studies import INDEX as STUDIES_INDEX, STUDY_CONFIG
 from ketchup.workflow_env import (
     detect_gpus,
@@ -231,20 +233,11 @@ def stop_on_gpu_shortfall():
 # The hub: one `fetch` job per hub model (the teacher's, each student's) and per task of a hub
 # dataset, whose record every job that reads it waits for.
 def hub_models():
-    """{item: model section} of the teacher and each student loaded by name_or_path."""
-    models = {"model-teacher": config["teacher"]["model"]}
-    for name, student in config["students"].items():
-        models[f"model-student-{name}"] = student["model"]
-    return {item: m for item, m in models.items() if m["name_or_path"] is not None}
+    return studies.hub_models(STUDY)
 
 
 def hub_datasets():
-    """{item: task name} of the tasks whose dataset is a hub dataset (local `files` or not)."""
-    return {
-        f"data-{task}": task
-        for task, cfg in STUDY.tasks.items()
-        if dataset_spec(cfg.dataset).hub_id is not None
-    }
+    return studies.hub_datasets(STUDY)
 
 
 def hub_items():
@@ -261,10 +254,10 @@ def fetch_args(wildcards):
     config pins one, or a task."""
     model = hub_models().get(wildcards.item)
     if model is not None:
-        revision = model.get("revision")
+        revision = model.revision
         return [
             "--model",
-            model["name_or_path"],
+            model.name_or_path,
             *(["--revision", revision] if revision else []),
         ]
     task = hub_datasets()[wildcards.item]
@@ -353,10 +346,7 @@ def teacher_dir(task):
 
 
 def teacher_training_json():
-    """The teacher section train-teacher reads, without its outputs' source length (which only
-    teacher_outputs reads, so that changing it reruns the outputs, not the training)."""
-    section = {k: v for k, v in config["teacher"].items() if k != "max_source_length"}
-    return section_json(section)
+    return section_json(teacher_training_section(config["teacher"]))
 
 
 def teacher_model(task):

@@ -56,7 +56,7 @@ rule tokenizer:
     resources:
         **rule_resources("tokenizer"),
     params:
-        cfg=section_json(config["tokenizer"]),
+        cfg=lambda w: section_json(config["tokenizer"]),
         data_dir=lambda w: data_dir(w.task),
     shell:
         launcher("tokenizer", parallel=False)

@@ -22,7 +22,7 @@ rule distill:
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
         student=lambda w: section_json(config["students"][w.student]),
-        generation=section_json(config["teacher"]["generation"]),
+        generation=lambda w: section_json(config["teacher"]["generation"]),
         cfg=distill_job_json,
         data_dir=lambda w: data_dir(w.task),
         tokenizer=lambda w: tokenizer_path(w.task),
@@ -65,7 +65,7 @@ rule grad_variance:
         **rule_resources("grad_variance"),
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
-        cfg=section_json(variance_section()),
+        cfg=lambda w: section_json(variance_section()),
         data_dir=lambda w: data_dir(w.task),
         teacher=lambda w: teacher_model(w.task),
         precision=lambda w: config["students"][w.student]["model"]["precision"],

@@ -24,7 +24,7 @@ rule generate:
         **rule_resources("generate"),
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
-        cfg=section_json(config["evaluation"]),
+        cfg=lambda w: section_json(config["evaluation"]),
         data_dir=lambda w: data_dir(w.task),
         precision=lambda w: config["students"][w.student]["model"]["precision"],
     shell:
@@ -83,7 +83,7 @@ rule tables:
         **rule_resources("report"),
     params:
         judge=lambda w, input: " ".join(os.path.dirname(j) for j in input.judge),
-        study=section_json(config),
+        study=lambda w: section_json(config),
         out_dir=lambda w: study_path("tables"),
         index=studies_index(),
     shell:
@@ -134,7 +134,7 @@ rule judge:
     conda:
         "../../envs/ketchup.yaml"
     params:
-        cfg=section_json(config["judge"]),
+        cfg=lambda w: section_json(config["judge"]),
         systems=lambda w: " ".join(
             f"--system {name}={path}" for name, path in judge_systems(w).items()
         ),

@@ -20,7 +20,7 @@ rule teacher:
         **rule_resources("teacher"),
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
-        cfg=teacher_training_json(),
+        cfg=lambda w: teacher_training_json(),
         data_dir=lambda w: data_dir(w.task),
         tokenizer=lambda w: tokenizer_path(w.task),
         out_dir=lambda w: teacher_dir(w.task),
@@ -50,7 +50,7 @@ rule teacher_outputs:
         **rule_resources("teacher_outputs"),
     params:
         task=lambda w: section_json(config["tasks"][w.task]),
-        cfg=section_json(config["teacher"]),
+        cfg=lambda w: section_json(config["teacher"]),
         data_dir=lambda w: data_dir(w.task),
         teacher=lambda w: teacher_model(w.task),
     shell:
