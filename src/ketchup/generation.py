@@ -136,17 +136,19 @@ class TeacherMixture:
 
     Built per batch from the prompt ids and attention mask that ``generate`` receives (right
     padding for seq2seq, left padding for decoder-only models). Used with neither temperature
-    nor top-k, the sampler then draws exactly from the mixture. Token ids the two models do not
-    share (a padded logits dimension) get probability 0.
+    nor top-k, the sampler then draws exactly from the mixture. Both distributions are taken over
+    the first ``vocab_size`` ids (the tokenizer's, as the MiniLLM loss takes them); ids past it or
+    past either model's logits (a padded logits dimension) get probability 0.
     """
 
-    def __init__(self, teacher, alpha: float, input_ids, attention_mask):
+    def __init__(self, teacher, alpha: float, input_ids, attention_mask, vocab_size: int):
         import inspect
         import math
 
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"teacher_mix alpha must lie in [0, 1), got {alpha!r}")
         self.teacher = teacher
+        self.vocab_size = vocab_size
         self.log_alpha = math.log(alpha) if alpha > 0 else -math.inf
         self.log_rest = math.log1p(-alpha)
         self.seq2seq = is_seq2seq(teacher)
@@ -197,12 +199,32 @@ class TeacherMixture:
         import torch
 
         teacher = self._teacher_logits(input_ids).float()
-        vocab = min(teacher.shape[-1], scores.shape[-1])
+        vocab = min(teacher.shape[-1], scores.shape[-1], self.vocab_size)
         log_t = teacher[:, :vocab].log_softmax(-1) + self.log_alpha
         log_s = scores[:, :vocab].float().log_softmax(-1) + self.log_rest
         mixed = torch.full_like(scores, -torch.inf, dtype=torch.float32)
         mixed[:, :vocab] = torch.logaddexp(log_t, log_s)
         return mixed
+
+
+class VocabularyLimit:
+    """A logits processor that gives the ids past the tokenizer's vocabulary probability 0.
+
+    Some model families pad their logits past the vocabulary (Qwen2's sizes differ in padded
+    width), and a padded id is no token: a rollout samples (or picks greedily) among the
+    tokenizer's ids only, the distribution the losses score it under. Placed before
+    temperature and top-k, which ``generate`` applies after every given processor.
+    """
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, input_ids, scores):
+        if scores.shape[-1] <= self.vocab_size:
+            return scores
+        scores = scores.clone()
+        scores[:, self.vocab_size :] = -float("inf")
+        return scores
 
 
 @contextlib.contextmanager
@@ -333,7 +355,9 @@ def generate_ids(
             processors = transformers.LogitsProcessorList()
             if teacher_mix is not None:
                 teacher, alpha = teacher_mix
-                processors.append(TeacherMixture(teacher, alpha, input_ids, attention_mask))
+                mixture = TeacherMixture(teacher, alpha, input_ids, attention_mask, len(tokenizer))
+                processors.append(mixture)
+            processors.append(VocabularyLimit(len(tokenizer)))
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

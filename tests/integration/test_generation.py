@@ -256,3 +256,46 @@ def test_teacher_mixture_is_the_mixture_at_every_step(model, other_model, tokeni
         )
         torch.testing.assert_close(scores[live], student[order, t][live], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(out[live], want[live], rtol=1e-4, atol=1e-4)
+
+
+class _FavourPadding(torch.nn.Module):
+    """An output head whose logits past the vocabulary win by far, as a padded logits dimension
+    of an untrained (or badly trained) model may."""
+
+    def __init__(self, head: torch.nn.Module, vocab_size: int):
+        super().__init__()
+        self.head, self.vocab_size = head, vocab_size
+
+    def forward(self, hidden):
+        logits = self.head(hidden)
+        favour = torch.zeros(logits.shape[-1])
+        favour[self.vocab_size :] = 100.0
+        return logits + favour
+
+
+def _padded(model, tokenizer):
+    import copy
+
+    padded = copy.deepcopy(model)
+    padded.resize_token_embeddings(len(tokenizer) + 8)
+    padded.lm_head = _FavourPadding(padded.lm_head, len(tokenizer))
+    return padded
+
+
+def test_rollouts_take_only_the_tokenizers_ids(model, other_model, tokenizer):
+    """Some families pad their logits past the vocabulary; greedy, sampled and teacher-mixed
+    rollouts still take only the tokenizer's ids, even where the padded logits would win."""
+    student, teacher = _padded(model, tokenizer), _padded(other_model, tokenizer)
+    sources = encode_sources(tokenizer, PROMPTS[:1], 64, padding_side="right")
+    first = (torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long))
+    with torch.no_grad():
+        assert int(token_logits(student, sources, *first).argmax(-1).min()) >= len(tokenizer)
+    for kwargs in (
+        {},
+        {"do_sample": True, "seed": 0},
+        {"do_sample": True, "seed": 0, "top_k": 5, "temperature": 0.7},
+        {"do_sample": True, "seed": 0, "teacher_mix": (teacher, 0.5)},
+    ):
+        rollout = generate_ids(student, tokenizer, PROMPTS, SAMPLE, max_source_length=64, **kwargs)
+        taken = rollout.tokens[rollout.mask.bool()]
+        assert taken.numel() > 0 and int(taken.max()) < len(tokenizer), kwargs
