@@ -20,6 +20,7 @@ from test_workflow import job_counts, snakemake
 
 from ketchup.config import parse_config, read_config_files
 from ketchup.files import read_jsonl
+from ketchup.stages.variance import measured_systems
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"t5": ROOT / "configs" / "paper.yaml", "qwen2": ROOT / "configs" / "paper_qwen.yaml"}
@@ -35,9 +36,10 @@ LENGTHS = {"max_source_length": 96, "max_target_length": 40}
 GENERATION = {"max_new_tokens": 40, "batch_size": 16}
 
 
-def results_root(workdir: Path) -> Path:
-    """Where a run in `workdir` writes its results (every path below is found from here)."""
-    return workdir / "results"
+def results_root(workdir: Path, study) -> Path:
+    """Where a run of `study` in `workdir` writes its results (every path below is found from
+    here)."""
+    return workdir / "results" / study.study
 
 
 def standin_overlay(config: dict, family, files: dict) -> dict:
@@ -120,7 +122,7 @@ def test_paper_config_runs_end_to_end_on_standins(family, paper_standins, tmp_pa
 
 def assert_paper_outputs(workdir: Path, study) -> None:
     """What a finished run of a paper config on the stand-ins must have written."""
-    results = results_root(workdir)
+    results = results_root(workdir, study)
     tasks, systems = list(study.tasks), study.distill.systems
     for path in (results / "hub").iterdir():  # local paths, resolved and left alone
         assert json.loads(path.read_text())["source"] == "local", path
@@ -149,11 +151,13 @@ def assert_paper_outputs(workdir: Path, study) -> None:
             )
             assert all(math.isfinite(x) for x in losses), (task, system, losses)
         with (results / task / "students" / student / "grad_variance.csv").open() as f:
-            assert [int(r["k"]) for r in csv.DictReader(f)] == [1, *study.distill.ks]
+            measured = [r["system"] for r in csv.DictReader(f)]
+        assert measured == measured_systems(study.distill), measured
         judge = results / task / "judge" / student
         assert read_jsonl(judge / "prompts.jsonl") and (judge / "dry_run.json").is_file()
     figures = {p.name for p in (results / "figures").iterdir()}
-    kinds = ("grad_variance", "methods", "metric_vs_k", "training_curves")
+    kinds = ("grad_variance", "methods", "metric_vs_k", "training_curves_k")
+    kinds += ("training_curves_baselines",)
     assert figures == {
         f"{t}_{student}_{k}.{e}" for t in tasks for k in kinds for e in ("png", "svg")
     }

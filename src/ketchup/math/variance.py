@@ -18,7 +18,9 @@ and ``mu_s = E[g_s]``. Everything below is a function of the Gram matrix
 
 Intervals: percentile bootstrap over rollout sets (the same resampled sets for every system),
 computed exactly from the Gram matrix (a resample is a vector of multiplicities c, and every sum
-above is a quadratic form ``c^T G c`` or ``c . diag G``). A system whose ``|mu_s|^2`` interval
+above is a quadratic form ``c^T G c``, ``c . diag G`` or ``c^2 . diag G``); in a resample the
+pairs left out are all pairs of draws of one set, so the intervals are centred on the debiased
+estimates rather than ``tr(Sigma)/M`` above them. A system whose ``|mu_s|^2`` interval
 reaches 0 is flagged: M is too small to resolve its mean gradient, and its ratio and cosine are
 not meaningful.
 
@@ -91,23 +93,35 @@ class GradientSets:
 
 
 def _moments(gram: np.ndarray, counts: np.ndarray):
-    """Per resample b (counts (B, M) multiplicities summing to M): (sum of cross dot products over
-    all pairs, over same-set pairs), each (B, S, S)."""
+    """Per resample b (counts (B, M) multiplicities summing to M): the sum of the dot products
+    over all ordered pairs of draws, and over the pairs of draws of one and the same set, each
+    (B, S, S)."""
     pairs = np.einsum("bm,smtn,bn->bst", counts, gram, counts, optimize=True)
-    diagonal = np.einsum("bm,smtm->bst", counts, gram, optimize=True)
-    return pairs, diagonal
+    same_set = np.einsum("bm,smtm->bst", counts**2, gram, optimize=True)
+    return pairs, same_set
 
 
 def _statistics(gram: np.ndarray, counts: np.ndarray, reference: int) -> dict[str, np.ndarray]:
-    """Variance, debiased signal, inverse SNR and cosine of every system, (B, S) each."""
-    m = counts.sum(axis=1)[:, None, None]  # (B, 1, 1): M of each resample
-    pairs, diagonal = _moments(gram, counts)
-    # mu_s . mu_t without the same-set terms (the shared rollouts' cross-covariance)
-    dots = (pairs - diagonal) / (m * (m - 1))
-    gbar_sq = np.einsum("bss->bs", pairs) / m[:, :, 0] ** 2
-    second = np.einsum("bss->bs", diagonal) / m[:, :, 0]  # mean |g_m|^2
-    variance = (second - gbar_sq) * m[:, :, 0] / (m[:, :, 0] - 1)
+    """Variance, debiased signal, inverse SNR and cosine of every system, (B, S) each.
+
+    A bootstrap resample draws some sets more than once, and a pair of draws of the same set is
+    no independent pair: its dot product is ``|g|^2``, whose mean exceeds ``|mu|^2`` by
+    ``tr(Sigma)``. So the signal leaves out every pair of draws of one set (for the sample
+    itself, c = 1, that is the U-statistic of the module docstring), and the variance is
+    ``mean |g_m|^2`` minus that signal (for c = 1, the unbiased trace); otherwise every interval
+    would sit about ``tr(Sigma) / M`` above the estimate it is for.
+    """
+    m = counts.sum(axis=1)  # (B,): M of each resample
+    pairs, same_set = _moments(gram, counts)
+    n_pairs = (m**2 - (counts**2).sum(axis=1))[:, None, None]  # pairs of draws of two sets
+    # mu_s . mu_t without the same-set terms (the shared rollouts' cross-covariance); NaN for a
+    # resample of one set drawn M times (no pair of two sets), which the intervals leave out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dots = (pairs - same_set) / n_pairs
+    gbar_sq = np.einsum("bss->bs", pairs) / m[:, None] ** 2
+    second = np.einsum("bm,smsm->bs", counts, gram, optimize=True) / m[:, None]  # mean |g_m|^2
     signal = np.einsum("bss->bs", dots)
+    variance = second - signal
     with np.errstate(divide="ignore", invalid="ignore"):
         isnr = np.where(signal > 0, variance / signal, np.nan)
         norms = np.sqrt(np.clip(signal, 0, None))
