@@ -1,0 +1,39 @@
+"""The README's code runs as written: the losses-as-a-library example, and the commands it shows
+exist."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_the_library_example_runs_and_trains():
+    blocks = _python_blocks(README)
+    assert blocks, "the README has no ```python example"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    loss, student_logits = namespace["loss"], namespace["student_logits"]
+    assert loss.dim() == 0 and student_logits.grad is not None
+    assert float(student_logits.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "python3 -m venv .venv && . .venv/bin/activate && pip install -e . "
+        "&& snakemake --cores all",
+        'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && pytest',
+    ],
+)
+def test_the_two_commands_are_the_readmes_and_ci_runs_the_second(command):
+    assert command in README
+    if "pytest" in command:
+        assert command in (ROOT / ".ci" / "run").read_text()
