@@ -4,9 +4,11 @@ exist."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[2]
 
 README = (ROOT / "README.md").read_text()
 
