@@ -25,7 +25,7 @@ wildcard_constraints:
     method=one_of(distill_systems()),
     seed=one_of(STUDY.distill.seeds),
     run=one_of(score_runs()),
-    item=one_of(hub_items()),
+    item=one_of(HUB_ITEMS),
 
 
 include: "workflow/rules/data.smk"

@@ -25,7 +25,7 @@ from ketchup.config import (
     variance_distill_section,
 )
 from ketchup.models import local_directory, model_reference
-from ketchup.tasks import dataset_spec, task_kind
+from ketchup.tasks import task_kind
 from ketchup.figures import (
     KINDS as FIGURE_KINDS,
     STUDY_KINDS as STUDY_FIGURE_KINDS,
@@ -231,28 +231,22 @@ def stop_on_gpu_shortfall():
 
 # ----------------------------------------------------------------------------------------------
 # The hub: one `fetch` job per hub model (the teacher's, each student's) and per task of a hub
-# dataset, whose record every job that reads it waits for.
-def hub_models():
-    return studies.hub_models(STUDY)
-
-
-def hub_datasets():
-    return studies.hub_datasets(STUDY)
-
-
-def hub_items():
-    return [*hub_models(), *hub_datasets()]
+# dataset, whose record every job that reads it waits for. The study is fixed once parsed, so
+# its hub items are found once.
+HUB_MODELS = studies.hub_models(STUDY)
+HUB_DATASETS = studies.hub_datasets(STUDY)
+HUB_ITEMS = [*HUB_MODELS, *HUB_DATASETS]
 
 
 def fetched(*items):
     """The fetch records of these items, for those that the study reads from the hub."""
-    return [study_path("hub", f"{item}.json") for item in items if item in hub_items()]
+    return [study_path("hub", f"{item}.json") for item in items if item in HUB_ITEMS]
 
 
 def fetch_args(wildcards):
     """The fetch verb's arguments (a list: `:q` quotes each): a model with its revision when the
     config pins one, or a task."""
-    model = hub_models().get(wildcards.item)
+    model = HUB_MODELS.get(wildcards.item)
     if model is not None:
         revision = model.revision
         return [
@@ -260,7 +254,7 @@ def fetch_args(wildcards):
             model.name_or_path,
             *(["--revision", revision] if revision else []),
         ]
-    task = hub_datasets()[wildcards.item]
+    task = HUB_DATASETS[wildcards.item]
     # what the download depends on, so that a new prompt or example cap fetches nothing again
     where = {
         k: v
