@@ -5,6 +5,7 @@ the variable, and a closed descriptor turns the lines off instead of failing the
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -47,7 +48,9 @@ def test_the_outer_bar_says_which_job_and_step_and_a_nested_one_stays_quiet(chan
 
 def test_lines_are_spaced_by_the_interval(channel, monkeypatch):
     monkeypatch.setenv(progress.SECONDS_VARIABLE, "3600")
-    monkeypatch.setitem(progress._job, "last", 0.0)  # the job started long ago
+    # the last line two hours ago (not at monotonic time 0, which on a machine up for less than
+    # an hour is less than an hour ago)
+    monkeypatch.setitem(progress._job, "last", time.monotonic() - 7200.0)
     with progress.ProgressBar(total=5, desc="train") as bar:
         bar.update(5)  # five updates, one line: the next is due in an hour
         bar.update(0)
