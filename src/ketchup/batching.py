@@ -30,6 +30,7 @@ __all__ = [
     "pad_batch",
     "pad_token_id",
     "token_logits",
+    "token_logits_and_next",
 ]
 
 # Label value that cross-entropy (and transformers' loss) ignores.
@@ -251,3 +252,26 @@ def token_logits(
         kwargs["logits_to_keep"] = n_target + 1
     logits = model(input_ids=full_ids, **kwargs).logits
     return logits[:, -(n_target + 1) : -1]  # (B, T, V)
+
+
+def token_logits_and_next(
+    model: PreTrainedModel,
+    batch: dict[str, Tensor],
+    targets: Tensor,
+    target_mask: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """:func:`token_logits` (B, T, V) and, from the same pass, (B, V) the logits at the state
+    after each row's last target token, s_L (L the row's length): the pass gets one more position
+    per row (a pad id after its last token, inside the mask), which no earlier position attends
+    to, so the first T positions are those of :func:`token_logits`."""
+    import torch
+
+    b, t = targets.shape
+    lengths = target_mask.long().sum(dim=1)  # (B,)
+    pad = getattr(model.config, "pad_token_id", None)
+    ext_targets = torch.nn.functional.pad(targets, (0, 1), value=int(pad) if pad is not None else 0)
+    ext_mask = torch.nn.functional.pad(target_mask.long(), (0, 1))
+    ext_mask.scatter_(1, lengths[:, None], 1)
+    logits = token_logits(model, batch, ext_targets, ext_mask)  # (B, T + 1, V)
+    rows = torch.arange(b, device=logits.device)
+    return logits[:, :t], logits[rows, lengths.to(logits.device)]

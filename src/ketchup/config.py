@@ -243,6 +243,7 @@ class PolicyGradientConfig:
     denom: float
     clip: float | None
     uniform_ce: float
+    scope: Literal["batch", "sequence"]
 
 
 @dataclass(frozen=True)

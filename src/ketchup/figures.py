@@ -5,15 +5,16 @@ Ito's colour-blind-safe palette with a dash pattern and a marker of its own for 
 bars whose legend says what they cover, and value axes that start where the data do.
 
 metric_vs_k                test metric against K (log2 axis), K = 1 (LLMR) first: the mean over
-                           seeds with its hierarchical 95% CI (seeds, then test examples) as bars,
+                           seeds with its seed-aware 95% CI (seeds, shared test examples) as bars,
                            each seed a dot; the best non-RL baseline as a line and band
-grad_variance              the trained update's variance, inverse SNR and cosine to LLMR against
-                           K, with bootstrap CIs over rollout sets (Theorem 1, measured)
+grad_variance              the applied (norm-clipped) update's variance, inverse SNR and cosine to
+                           LLMR against K, with bootstrap CIs over rollout sets, the raw
+                           gradient's beside it (Theorem 1, measured)
 training_curves_k          LLMR and KETCHUP at each K against update step (mean over seeds):
                            validation metric, mean return per token, rollout length, clipped share
 training_curves_baselines  the other on-policy systems in two columns, LLMR in both: its baselines
                            and MiniLLM (policy gradient), and JS, TVD, GKD (divergences)
-methods                    every system's test metric as a dot with its hierarchical 95% CI, each
+methods                    every system's test metric as a dot with its seed-aware 95% CI, each
                            seed a tick, the teacher a line; the axis does not start at 0
 gain_vs_size               KETCHUP (best K) minus LLMR against student size (several students only)
 """
@@ -84,7 +85,7 @@ def line_style(i: int) -> dict:
 def ci_label(n_seeds: int) -> str:
     """What a system's 95% interval covers (results.Group.ci)."""
     if n_seeds > 1:
-        return "95% CI: hierarchical bootstrap over seeds and test examples"
+        return "95% CI over seeds and test examples (t over seeds, shared example bootstrap)"
     return "95% CI: bootstrap over test examples (one seed: no seed spread)"
 
 
@@ -137,7 +138,7 @@ def _metric_label(metric) -> str:
 
 def metric_vs_k(cell: Cell):
     """Test metric against K, K = 1 (LLMR) the first point: the mean over seeds with its
-    hierarchical 95% interval (seeds and test examples) as error bars, each seed as a dot, and
+    seed-aware 95% interval (seeds and shared test examples) as error bars, each seed as a dot, and
     the best non-RL baseline as a reference line with its interval as a band."""
     plt = _pyplot()
     m = cell.primary
@@ -218,8 +219,10 @@ def _plain_log_labels():
 
 
 def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
-    """The trained update's variance, inverse SNR and cosine to LLMR against K, with bootstrap
-    95% intervals over rollout sets; LLMR's baselines as extra markers beside K = 1."""
+    """The update as applied (after the trainer's clip of the gradient norm): its variance,
+    inverse SNR and cosine to LLMR against K, with bootstrap 95% intervals over rollout sets;
+    LLMR's baselines as extra markers beside K = 1; the raw gradient's values (before the clip)
+    as a grey dashed line."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.6))
     panels = (
@@ -230,10 +233,12 @@ def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
     plain = [r for r in rows if r.get("baseline", "none") == "none"]
     ks = [int(r["k"]) for r in plain]
     extra = [r for r in rows if r.get("baseline", "none") != "none"]
+    applied = "applied_" if rows and "applied_variance" in rows[0] else ""
     for ax, (key, label, log) in zip(axes, panels, strict=True):
-        y = np.array([float(r[key]) for r in plain])
-        lo = np.array([float(r[f"{key}_low"]) for r in plain])
-        hi = np.array([float(r[f"{key}_high"]) for r in plain])
+        shown = applied + key
+        y = np.array([float(r[shown]) for r in plain])
+        lo = np.array([float(r[f"{shown}_low"]) for r in plain])
+        hi = np.array([float(r[f"{shown}_high"]) for r in plain])
         ax.errorbar(
             ks,
             y,
@@ -243,9 +248,12 @@ def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
             capsize=3,
             label="LLMR (K = 1), KETCHUP (K > 1)",
         )
+        if applied:
+            raw = [float(r[key]) for r in plain]
+            ax.plot(ks, raw, "s--", color="0.55", mfc="none", label="raw gradient (before clip)")
         for j, r in enumerate(extra):
-            v = float(r[key])
-            err = [[max(v - float(r[f"{key}_low"]), 0)], [max(float(r[f"{key}_high"]) - v, 0)]]
+            v = float(r[shown])
+            err = [[max(v - float(r[f"{shown}_low"]), 0)], [max(float(r[f"{shown}_high"]) - v, 0)]]
             style = line_style(j + 1)
             ax.errorbar(
                 [1.15 + 0.15 * j],
@@ -267,9 +275,8 @@ def grad_variance(cell: Cell, rows: Sequence[dict[str, str]]):
         ax.set_title(label + (", log scale" if log else ""), fontsize=9)
     handles, names = axes[0].get_legend_handles_labels()
     n = rows[0]["n_rollout_sets"] if rows else "?"
-    fig.suptitle(
-        f"{cell.task}, student {cell.student}: the trained update on {n} shared rollout sets"
-    )
+    what = "the update as applied (norm-clipped)" if applied else "the trained update"
+    fig.suptitle(f"{cell.task}, student {cell.student}: {what} on {n} shared rollout sets")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.legend(
         handles,
@@ -521,8 +528,8 @@ def methods(cell: Cell):
 
 def gain_vs_size(cells: Sequence[Cell], parameters: dict[str, int]):
     """KETCHUP (best K) minus LLMR per student of one task, `parameters` by student name: the
-    difference of seed means with its seed-aware 95% CI (hierarchical bootstrap over seeds and
-    test examples, `results.paired_test`)."""
+    difference of seed means with its seed-aware 95% CI (a t-interval over seeds with the shared
+    test examples' variance added, `results.paired_test`)."""
     from ketchup.results import paired_test
 
     plt = _pyplot()

@@ -133,15 +133,16 @@ class Group:
         return [r.table(metric) for r in self.runs]
 
     def ci(self, metric: Metric) -> tuple[float, float, float]:
-        """(seed mean, 95% low, high): hierarchical bootstrap of the mean over seeds (seeds
-        resampled, then test examples within each); over examples alone with one seed."""
+        """(seed mean, 95% low, high): the seed-aware interval of the mean over seeds
+        (:func:`ketchup.math.stats.seed_aware_ci`: the seeds' spread and one bootstrap of the test
+        examples shared by every seed); over examples alone with one seed."""
         tables = self.tables(metric)
 
-        def statistic(seeds: np.ndarray, examples: np.ndarray) -> float:
-            pairs = zip(seeds, examples, strict=True)
-            return float(np.mean([metric.value(tables[s][idx]) for s, idx in pairs]))
+        def per_seed(idx: np.ndarray) -> np.ndarray:
+            return np.array([metric.value(table[idx]) for table in tables])
 
-        return stats.hierarchical_bootstrap_ci(statistic, len(tables), len(tables[0]))
+        interval = stats.seed_aware_ci(per_seed, len(tables), len(tables[0]))
+        return interval["value"], interval["low"], interval["high"]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -174,16 +175,19 @@ def paired_test(a: Group, b: Group, metric: Metric) -> dict[str, Any]:
     - example level: ``p_value``, a paired permutation test (a permutation swaps an example's
       outputs between the systems at every seed at once), and ``ci_low``/``ci_high``, a bootstrap
       over examples of the difference; both treat the trained seeds as fixed;
-    - seed aware: ``seed_ci_low``/``seed_ci_high``, a hierarchical bootstrap (seeds, then
-      examples within each), and ``seed_p_value``, the exact sign-flip test of the per-seed
-      differences ``seed_differences`` (never below 2 / 2^seeds).
+    - seed aware: ``seed_ci_low``/``seed_ci_high``, the interval of
+      :func:`ketchup.math.stats.seed_aware_ci` on the per-seed differences ``seed_differences``
+      (their spread, plus one bootstrap of the test examples shared by every seed), with its
+      standard error ``seed_se``, degrees of freedom ``seed_df`` and minimal detectable effect
+      ``mde`` (80% power, two-sided 0.05); ``seed_p_value``, the exact sign-flip test of the
+      per-seed differences (never below 2 / 2^seeds).
     """
     seeds = [s for s in a.seeds if s in b.seeds]
     if not seeds:
         return {"difference": math.nan, "p_value": math.nan, "seeds": 0}
     ta = [a.runs[a.seeds.index(s)].table(metric) for s in seeds]
     tb = [b.runs[b.seeds.index(s)].table(metric) for s in seeds]
-    n, every_seed = len(ta[0]), np.arange(len(seeds))
+    n = len(ta[0])
 
     def difference(swap: np.ndarray) -> float:
         w = swap[:, None]
@@ -196,26 +200,28 @@ def paired_test(a: Group, b: Group, metric: Metric) -> dict[str, Any]:
             )
         )
 
-    def seed_difference(picked: np.ndarray, examples: np.ndarray) -> float:
-        pairs = zip(picked, examples, strict=True)
-        return float(np.mean([metric.value(ta[s][i]) - metric.value(tb[s][i]) for s, i in pairs]))
+    def per_seed(idx: np.ndarray) -> np.ndarray:
+        return np.array(
+            [metric.value(x[idx]) - metric.value(y[idx]) for x, y in zip(ta, tb, strict=True)]
+        )
 
     observed, p = stats.permutation_test(difference, n)
-    _, lo, hi = stats.bootstrap_ci(
-        lambda idx: seed_difference(every_seed, np.tile(idx, (len(seeds), 1))), n
-    )
-    _, seed_lo, seed_hi = stats.hierarchical_bootstrap_ci(seed_difference, len(seeds), n)
-    per_seed = [metric.value(x) - metric.value(y) for x, y in zip(ta, tb, strict=True)]
-    _, seed_p = stats.sign_flip_test(per_seed)
+    _, lo, hi = stats.bootstrap_ci(lambda idx: float(per_seed(idx).mean()), n)
+    seed_aware = stats.seed_aware_ci(per_seed, len(seeds), n)
+    per_seed_differences = per_seed(np.arange(n)).tolist()
+    _, seed_p = stats.sign_flip_test(per_seed_differences)
     return {
         "difference": observed,
         "p_value": p,
         "ci_low": lo,
         "ci_high": hi,
-        "seed_ci_low": seed_lo,
-        "seed_ci_high": seed_hi,
+        "seed_ci_low": seed_aware["low"],
+        "seed_ci_high": seed_aware["high"],
+        "seed_se": seed_aware["se"],
+        "seed_df": seed_aware["df"],
+        "mde": seed_aware["mde"],
         "seed_p_value": seed_p,
-        "seed_differences": per_seed,
+        "seed_differences": per_seed_differences,
         "seeds": len(seeds),
     }
 

@@ -4,9 +4,10 @@ gradient-variance stage's CSV).
 
     main       rows teacher, SFT, SeqKD, KL, JS, TVD, LLMR (+ mean, + min-var), KETCHUP at its
                best K (by validation), GKD, MiniLLM; per task, every metric as mean +- std over
-               seeds and the primary metric's hierarchical bootstrap 95% CI (seeds and examples);
+               seeds and the primary metric's seed-aware 95% CI (seeds and shared examples);
                then KETCHUP against LLMR and the best non-RL baseline: the difference of seed
-               means with example-level and seed-aware intervals and tests
+               means with example-level and seed-aware intervals and tests, and the minimal
+               detectable effect of the seeds at hand
     k_grid     per K (K = 1 is LLMR): test and validation metric, the mean return per token in
                training, and the trained update's variance, inverse SNR and cosine to K = 1
     variance   per policy-gradient system: variance, debiased squared norm of the mean gradient,
@@ -277,7 +278,7 @@ def _main_notes(group: Sequence[Cell]) -> list[str]:
     seeds = max(len(g.runs) for c in group for name, g in c.groups.items() if name != "teacher")
     notes = [
         "Mean ± standard deviation over seeds (the teacher: one model). "
-        f"CI: {stats.HIERARCHICAL_METHOD}, of the mean over seeds; it covers the training seeds "
+        f"CI of the mean over seeds: {stats.SEED_AWARE_METHOD}; it covers the training seeds "
         "and the choice of test examples.",
         "↑ higher is better, ↓ lower is better. KETCHUP's K and the best non-RL baseline are "
         "chosen by mean validation score, never by test score.",
@@ -310,6 +311,7 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
             "Δ (KETCHUP − other)",
             "per-seed Δ",
             "seed-aware 95% CI",
+            "MDE (80% power)",
             "seed-level p",
             "example-level 95% CI",
             "example-level p",
@@ -317,9 +319,11 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
         ],
         notes=[
             "Δ: difference of the seed means. Seed-aware: "
-            f"{stats.HIERARCHICAL_METHOD}; seed-level p: {stats.SEED_TEST_METHOD} (with n seeds "
-            "never below 2 / 2^n: 0.25 for three). Example-level: "
-            f"{stats.METHOD}; p: {stats.TEST_METHOD}; both treat the trained seeds as fixed.",
+            f"{stats.SEED_AWARE_METHOD}. MDE: {stats.MDE_METHOD}; a |Δ| below it with an "
+            "interval across 0 means too few seeds to see a difference of that size, not "
+            f"evidence of none. Seed-level p: {stats.SEED_TEST_METHOD} (with n seeds never below "
+            f"2 / 2^n: 0.25 for three). Example-level: {stats.METHOD}; p: {stats.TEST_METHOD}; "
+            "both treat the trained seeds as fixed.",
         ],
     )
     for cell in group:
@@ -341,6 +345,7 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
                     fmt(test["difference"]),
                     per_seed or "-",
                     fmt_ci(test.get("seed_ci_low", math.nan), test.get("seed_ci_high", math.nan)),
+                    fmt(test.get("mde", math.nan)),
                     "-" if one_seed else f"{test['seed_p_value']:.3f}",
                     fmt_ci(test.get("ci_low", math.nan), test.get("ci_high", math.nan)),
                     f"{test['p_value']:.4f}",
@@ -363,6 +368,7 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
                     "p_value": test["p_value"],
                     "seed_ci_low": test.get("seed_ci_low", math.nan),
                     "seed_ci_high": test.get("seed_ci_high", math.nan),
+                    "mde": test.get("mde", math.nan),
                     "seed_p_value": math.nan if one_seed else test["seed_p_value"],
                     "seed_differences": per_seed,
                     "against": other,
@@ -419,19 +425,24 @@ def k_table(
                 f"test {m.label}",
                 f"validation {m.label}",
                 "return / token (training)",
-                "gradient variance",
+                "update variance (raw)",
                 "inverse SNR [95% CI]",
                 "cosine to K=1 [95% CI]",
+                "clip binds",
             ],
             notes=[
                 "Test and validation: mean ± std over seeds. Return / token: the mean K-step "
-                "return per token over the training updates (mean over seeds); its sign is that "
-                "of the implicit entropy term the weight pi adds without a baseline "
-                "(docs/methods.md). Variance, inverse SNR (variance / squared norm of the mean "
-                "gradient, debiased) and cosine (debiased) of the update each system trains "
-                "with, on the same rollout sets, from the first seed's KL warm start "
-                "(students/<student>/grad_variance.csv; the variance table has their intervals); "
-                "* marks a mean gradient the rollout sets do not resolve.",
+                "return per token over the training updates (mean over seeds); under the weight "
+                "pi without a baseline its sign is that of the implicit entropy term pi adds, "
+                "under any weight with top-k sampling that of the residual c grad log Z_K a "
+                "constant in the returns adds (docs/methods.md). Variance, inverse SNR (variance "
+                "/ squared norm of the mean gradient, debiased) and cosine (debiased) of the "
+                "update each system applies (after the trainer's clip of the gradient norm; the "
+                "raw gradient's variance in brackets), on the same rollout sets, from the first "
+                "seed's KL warm start (students/<student>/grad_variance.csv; the variance table "
+                "has their intervals and the raw figures); clip binds: the share of rollout sets "
+                "on which the clip shrinks the gradient; * marks a mean gradient the rollout "
+                "sets do not resolve.",
                 _sequence_end_note(cell),
             ],
         )
@@ -444,7 +455,7 @@ def k_table(
             ret = g.training("return_mean") if g else math.nan
             v = var_rows.get(k, {})
             num = {key: _float(v, key) for key in _VARIANCE_KEYS}
-            flag = "" if not v or v.get("resolved") in ("True", "true", "1") else "*"
+            flag = "" if not v or _resolved(v) else "*"
             table.rows.append(
                 [
                     str(k),
@@ -452,11 +463,12 @@ def k_table(
                     fmt_mean_std(mean, std),
                     fmt(val_mean),
                     fmt(ret),
-                    fmt_g(num["variance"]),
-                    f"{fmt_g(num['inverse_snr'], 3)}{flag} "
-                    + fmt_ci(num["inverse_snr_low"], num["inverse_snr_high"], general=True),
-                    f"{fmt(num['cosine_to_reference'], 3)}{flag} "
-                    + fmt_ci(num["cosine_to_reference_low"], num["cosine_to_reference_high"], 3),
+                    f"{fmt_g(num['applied_variance'])} ({fmt_g(num['variance'])})",
+                    f"{fmt_g(num['applied_inverse_snr'], 3)}{flag} "
+                    + _ci(num, "applied_inverse_snr", general=True),
+                    f"{fmt(num['applied_cosine_to_reference'], 3)}{flag} "
+                    + _ci(num, "applied_cosine_to_reference", 3),
+                    _percent(num["clip_binds"]),
                 ]
             )
             records.append(
@@ -477,11 +489,29 @@ def k_table(
     return tables, records
 
 
+_GRADIENT_STATISTICS = ("variance", "mean_grad_sq_norm", "inverse_snr", "cosine_to_reference")
 _VARIANCE_KEYS = tuple(
-    f"{key}{suffix}"
-    for key in ("variance", "mean_grad_sq_norm", "inverse_snr", "cosine_to_reference")
+    f"{prefix}{key}{suffix}"
+    for prefix in ("applied_", "")
+    for key in _GRADIENT_STATISTICS
     for suffix in ("", "_low", "_high")
-) + ("return_mean", "return_mean_low", "return_mean_high")
+) + tuple(
+    f"{key}{suffix}" for key in ("clip_binds", "return_mean") for suffix in ("", "_low", "_high")
+)
+
+
+def _resolved(row: dict[str, str]) -> bool:
+    """The applied update's mean gradient is resolved (a CSV without the applied columns: the
+    raw one's)."""
+    return row.get("applied_resolved", row.get("resolved")) in ("True", "true", "1")
+
+
+def _ci(num: dict[str, float], key: str, digits: int = 2, general: bool = False) -> str:
+    return fmt_ci(num[f"{key}_low"], num[f"{key}_high"], digits, general=general)
+
+
+def _percent(share: float) -> str:
+    return "-" if math.isnan(share) else f"{100 * share:.0f}%"
 
 
 def variance_table(
@@ -502,46 +532,61 @@ def variance_table(
                 "‖mean gradient‖² [95% CI]",
                 "inverse SNR [95% CI]",
                 "cosine to LLMR [95% CI]",
+                "clip binds [95% CI]",
+                "raw variance [95% CI]",
+                "raw ‖mean gradient‖² [95% CI]",
+                "raw inverse SNR [95% CI]",
+                "raw cosine [95% CI]",
                 "return / token [95% CI]",
                 "resolved",
             ],
             notes=[
                 f"{rows[0]['n_rollout_sets']} rollout sets of one rollout per source (one "
-                "training batch), shared by every system, from the first seed's KL warm start; "
-                "each system's gradient is the one its trainer applies (weight, normalisation, "
-                "clip, baseline, finished share of the config). Variance: trace of the "
-                "covariance over rollout sets (unbiased). ‖mean gradient‖²: without the "
-                "finite-sample bias tr(Σ)/M. Inverse SNR: their ratio (scale-free). Cosine: of "
-                "the mean gradients, debiased the same way. Return / token: the mean return of "
-                "the rollouts at the warm start. CIs: percentile bootstrap over rollout sets, "
-                "2000 resamples. Resolved: the squared norm's interval lies above 0 (otherwise "
-                "more rollout sets are needed before its ratio and cosine mean anything).",
+                "training batch), shared by every system, from the first seed's KL warm start. "
+                "The first four statistics are of the update as applied: each system's gradient "
+                "as its trainer computes it (weight, normalisation, clip of the advantages, "
+                "baseline, finished share of the config), then clipped to the global norm "
+                f"{rows[0].get('grad_clip') or 'grad_clip'} as the trainer clips it before the "
+                "optimizer; clip binds: the share of rollout sets on which that clip shrinks the "
+                "gradient. Raw: the same statistics of the gradient before the norm clip. "
+                "Variance: trace of the covariance over rollout sets (unbiased). ‖mean "
+                "gradient‖²: without the finite-sample bias tr(Σ)/M. Inverse SNR: their ratio "
+                "(scale-free). Cosine: of the mean gradients, debiased the same way. Return / "
+                "token: the mean return of the rollouts at the warm start. CIs: percentile "
+                "bootstrap over rollout sets, 2000 resamples. Resolved: the applied update's "
+                "squared norm has its interval above 0 (otherwise more rollout sets are needed "
+                "before its ratio and cosine mean anything).",
             ],
         )
         for r in rows:
             num = {key: _float(r, key) for key in _VARIANCE_KEYS}
             label = _label(cell, r["system"]) if cell else system_label(r["system"])
-            resolved = r.get("resolved") in ("True", "true", "1")
+            resolved = _resolved(r)
+            statistics = []
+            for prefix in ("applied_", ""):
+                statistics += [
+                    fmt_g(num[f"{prefix}variance"])
+                    + " "
+                    + _ci(num, f"{prefix}variance", general=True),
+                    fmt_g(num[f"{prefix}mean_grad_sq_norm"])
+                    + " "
+                    + _ci(num, f"{prefix}mean_grad_sq_norm", general=True),
+                    fmt_g(num[f"{prefix}inverse_snr"], 3)
+                    + " "
+                    + _ci(num, f"{prefix}inverse_snr", general=True),
+                    fmt(num[f"{prefix}cosine_to_reference"], 3)
+                    + " "
+                    + _ci(num, f"{prefix}cosine_to_reference", 3),
+                ]
+                if prefix:
+                    share = _percent(num["clip_binds"])
+                    low, high = _percent(num["clip_binds_low"]), _percent(num["clip_binds_high"])
+                    statistics.append(f"{share} [{low}, {high}]")
             table.rows.append(
                 [
                     label,
-                    fmt_g(num["variance"])
-                    + " "
-                    + fmt_ci(num["variance_low"], num["variance_high"], general=True),
-                    fmt_g(num["mean_grad_sq_norm"])
-                    + " "
-                    + fmt_ci(
-                        num["mean_grad_sq_norm_low"], num["mean_grad_sq_norm_high"], general=True
-                    ),
-                    fmt_g(num["inverse_snr"], 3)
-                    + " "
-                    + fmt_ci(num["inverse_snr_low"], num["inverse_snr_high"], general=True),
-                    fmt(num["cosine_to_reference"], 3)
-                    + " "
-                    + fmt_ci(num["cosine_to_reference_low"], num["cosine_to_reference_high"], 3),
-                    fmt(num["return_mean"])
-                    + " "
-                    + fmt_ci(num["return_mean_low"], num["return_mean_high"]),
+                    *statistics,
+                    fmt(num["return_mean"]) + " " + _ci(num, "return_mean"),
                     "yes" if resolved else "no",
                 ]
             )
@@ -646,12 +691,14 @@ def sizes_table(cells: Sequence[Cell]) -> tuple[Table, list[dict[str, Any]]]:
             "LLMR test",
             "Δ",
             "seed-aware 95% CI",
+            "MDE (80% power)",
             "seed-level p",
             "Seeds",
         ],
         notes=[
-            f"Δ: difference of the seed means; CI: {stats.HIERARCHICAL_METHOD}; p: "
-            f"{stats.SEED_TEST_METHOD}. KETCHUP's K is chosen per student by validation."
+            f"Δ: difference of the seed means; CI: {stats.SEED_AWARE_METHOD}; MDE: "
+            f"{stats.MDE_METHOD}; p: {stats.SEED_TEST_METHOD}. KETCHUP's K is chosen per student "
+            "by validation."
         ],
     )
     records = []
@@ -672,6 +719,7 @@ def sizes_table(cells: Sequence[Cell]) -> tuple[Table, list[dict[str, Any]]]:
                 fmt_mean_std(*b.mean_std(cell.primary)),
                 fmt(test["difference"]),
                 fmt_ci(test.get("seed_ci_low", math.nan), test.get("seed_ci_high", math.nan)),
+                fmt(test.get("mde", math.nan)),
                 "-" if one_seed else f"{test['seed_p_value']:.3f}",
                 str(test["seeds"]),
             ]
@@ -686,6 +734,7 @@ def sizes_table(cells: Sequence[Cell]) -> tuple[Table, list[dict[str, Any]]]:
                 "difference": test["difference"],
                 "seed_ci_low": test.get("seed_ci_low", math.nan),
                 "seed_ci_high": test.get("seed_ci_high", math.nan),
+                "mde": test.get("mde", math.nan),
                 "seed_p_value": math.nan if one_seed else test["seed_p_value"],
                 "seeds": test["seeds"],
             }

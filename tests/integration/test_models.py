@@ -8,7 +8,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from ketchup.batching import IGNORE_INDEX, encode_pairs, encode_sources, token_logits
+from ketchup.batching import (
+    IGNORE_INDEX,
+    encode_pairs,
+    encode_sources,
+    token_logits,
+    token_logits_and_next,
+)
 from ketchup.config import ConfigError, ModelConfig
 from ketchup.models import (
     build_model,
@@ -439,6 +445,30 @@ def test_token_logits_matches_per_token_loop(model, tokenizer, padding_side, pai
             expected = _manual_logits(model, tokenizer(prompt)["input_ids"], target_rows[i])
             actual = logits[i, : len(target_rows[i])]
             torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_next_state_logits_come_from_the_same_pass(model, tokenizer, pairs):
+    """token_logits_and_next: the first T positions are token_logits', and the extra (B, V)
+    row is the state after each row's last token, s_L, as a per-token loop computes it."""
+    prompts = [pairs[3][0], "Cotto", "name[Zizzi] | area[riverside]"]
+    targets = [pairs[3][1], "Cotto serves English food.", "Zizzi"]
+    batch = encode_sources(tokenizer, prompts, 64, padding_side="right")
+    target_rows = [tokenizer(t)["input_ids"] for t in targets]
+    width = max(map(len, target_rows))
+    tokens = torch.zeros((3, width), dtype=torch.long)
+    target_mask = torch.zeros((3, width), dtype=torch.long)
+    for i, row in enumerate(target_rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+        target_mask[i, : len(row)] = 1
+    with torch.no_grad():
+        logits, after = token_logits_and_next(model, batch, tokens, target_mask)
+        plain = token_logits(model, batch, tokens, target_mask)
+        for i, prompt in enumerate(prompts):
+            n = len(target_rows[i])
+            torch.testing.assert_close(logits[i, :n], plain[i, :n], atol=1e-5, rtol=1e-4)
+            # any token after the last one: only its state s_L is read
+            expected = _manual_logits(model, tokenizer(prompt)["input_ids"], target_rows[i] + [5])
+            torch.testing.assert_close(after[i], expected[n], atol=1e-5, rtol=1e-4)
 
 
 def test_token_logits_gradients(model, tokenizer, pairs):

@@ -447,3 +447,18 @@ def test_the_teacher_reads_sources_as_far_as_the_study_evaluates_them():
     )
     with pytest.raises(cfg.ConfigError, match=r"config key 'teacher\.max_source_length'"):
         unfilled.outputs_source_length()
+
+
+def test_both_paper_configs_train_with_the_released_codes_policy_gradient():
+    """configs/paper.yaml and configs/paper_qwen.yaml run LLMR and KETCHUP as the released
+    KETCHUP code does wherever a key can say it (docs/paper_configs.md lists the rest): greedy
+    rollouts, weight pi, denom 1, no normalisation, reward_clip 50, per-sequence baseline and
+    token mean, its sequence end, V = max."""
+    released = {"weight": "pi", "normalize": "none", "denom": 1.0, "clip": 50.0}
+    for name in ("paper.yaml", "paper_qwen.yaml"):
+        distill = cfg.parse_config(yaml.safe_load((ROOT / "configs" / name).read_text())).distill
+        pg = distill.policy_gradient
+        assert {k: getattr(pg, k) for k in released} == released, name
+        assert pg.scope == "sequence" and pg.uniform_ce == 0.0, name
+        assert distill.sequence_end == "released" and distill.value == "max", name
+        assert distill.rollout.greedy, name

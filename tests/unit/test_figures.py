@@ -156,7 +156,7 @@ def test_methods_axis_spans_the_data_not_zero(cell, tmp_path):
     assert 0 < left < lowest and highest < right  # every interval shown, no empty span from 0
     assert (right - left) < 1.5 * (highest - lowest)  # the data fill the axis
     legend = ax.get_legend()
-    assert "hierarchical bootstrap over seeds and test examples" in legend.get_title().get_text()
+    assert "over seeds and test examples (t over seeds" in legend.get_title().get_text()
     assert "each seed (the seed-to-seed spread)" in [t.get_text() for t in legend.texts]
     assert ax.get_xlabel() == "test BLEU (the axis does not start at 0)"
     labels = [t.get_text() for t in ax.get_yticklabels()]

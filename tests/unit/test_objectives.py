@@ -19,7 +19,7 @@ from ketchup.math.objectives import (
     taken_log_probs,
 )
 from ketchup.math.policy_gradient import Sampler
-from ketchup.math.returns import kstep_returns
+from ketchup.math.returns import kstep_returns, kstep_returns_from_values, taken_q_and_values
 
 B, T, V = 3, 6, 7
 NO_WEIGHT = Reinforce(weight="none")
@@ -77,34 +77,42 @@ def naive_loss(
     sampler=FULL,
     std=False,
     clip=None,
+    scope="batch",
 ):
-    """-(1/N) sum_t clip((w_t G_t - b rho_t) / s) log pi_t, with b "mean", "minvar" or None."""
+    """-(1/N) sum_t clip((w_t G_t - b rho_t) / s) log pi_t, with b "mean", "minvar" or None,
+    over all tokens (scope "batch"), or per row and then the mean over rows ("sequence")."""
     logp = student.log_softmax(-1)
-    cells = [(b, t) for b in range(B) for t in range(int(mask[b].sum()))]
-    pi = {c: float(logp[c[0], c[1], tokens[c]].detach().exp()) for c in cells}
-    rho = {c: pi[c] / naive_q(student, tokens, *c, sampler) for c in cells}
-    w = {c: {"pi": pi[c], "ratio": rho[c], "none": 1.0}[weight] for c in cells}
-    u = {c: w[c] * float(returns[c]) for c in cells}
-    if baseline == "mean":
-        base = sum(u.values()) / len(cells)
-    elif baseline == "minvar":
-        p = student.detach().softmax(-1)
-        g = {c: 1 - 2 * pi[c] + float((p[c] ** 2).sum()) for c in cells}
-        base = sum(rho[c] * g[c] * u[c] for c in cells) / sum(rho[c] ** 2 * g[c] for c in cells)
-    else:
-        base = 0.0
-    num = {c: u[c] - base * rho[c] for c in cells}
-    scale = 1.0
-    if std:
-        mean = sum(num.values()) / len(cells)
-        scale = math.sqrt(sum((x - mean) ** 2 for x in num.values()) / (len(cells) - 1))
-    total = 0.0
-    for c in cells:
-        adv = num[c] / scale
-        if clip is not None:
-            adv = max(-clip, min(clip, adv))
-        total = total - adv * logp[c[0], c[1], tokens[c]]
-    return total / len(cells), base
+    rows = [[(b, t) for t in range(int(mask[b].sum()))] for b in range(B)]
+    groups = [c for row in rows for c in row] if scope == "batch" else None
+    groups = [groups] if groups is not None else [row for row in rows if row]
+    losses, bases = [], []
+    for cells in groups:
+        pi = {c: float(logp[c[0], c[1], tokens[c]].detach().exp()) for c in cells}
+        rho = {c: pi[c] / naive_q(student, tokens, *c, sampler) for c in cells}
+        w = {c: {"pi": pi[c], "ratio": rho[c], "none": 1.0}[weight] for c in cells}
+        u = {c: w[c] * float(returns[c]) for c in cells}
+        if baseline == "mean":
+            base = sum(u.values()) / len(cells)
+        elif baseline == "minvar":
+            p = student.detach().softmax(-1)
+            g = {c: 1 - 2 * pi[c] + float((p[c] ** 2).sum()) for c in cells}
+            base = sum(rho[c] * g[c] * u[c] for c in cells) / sum(rho[c] ** 2 * g[c] for c in cells)
+        else:
+            base = 0.0
+        num = {c: u[c] - base * rho[c] for c in cells}
+        scale = 1.0
+        if std:
+            mean = sum(num.values()) / len(cells)
+            scale = math.sqrt(sum((x - mean) ** 2 for x in num.values()) / (len(cells) - 1))
+        total = 0.0
+        for c in cells:
+            adv = num[c] / scale
+            if clip is not None:
+                adv = max(-clip, min(clip, adv))
+            total = total - adv * logp[c[0], c[1], tokens[c]]
+        losses.append(total / len(cells))
+        bases += [base] * len(cells)
+    return sum(losses) / len(losses), sum(bases) / len(bases)
 
 
 def _pg(student, teacher, tokens, mask, **kwargs):
@@ -172,6 +180,50 @@ def test_normalisation_and_clipping(batch):
     assert 0 < stats["clipped_share"] < 1
     with pytest.raises(ValueError, match="baseline"):
         _pg(student, teacher, tokens, mask, baseline="x")
+
+
+@pytest.mark.parametrize("baseline", ["none", "mean", "minvar"])
+def test_the_sequence_scope_is_the_released_codes_one_sequence_per_batch(batch, baseline):
+    """scope "sequence": each rollout's own baseline, std and token mean, then the mean over
+    rollouts (the released code's batch of 1 with gradient accumulation)."""
+    student, teacher, tokens, mask = batch
+    returns = naive_returns(teacher, tokens, mask, 2, "max")
+    settings = Reinforce(weight="pi", normalize="std", clip=0.5, scope="sequence")
+    loss, stats = _pg(student, teacher, tokens, mask, baseline=baseline, settings=settings)
+    expected, base = naive_loss(
+        student,
+        returns,
+        tokens,
+        mask,
+        baseline=baseline,
+        weight="pi",
+        std=True,
+        clip=0.5,
+        scope="sequence",
+    )
+    _assert_same(loss, expected, student)
+    assert stats["baseline"] == pytest.approx(base, rel=1e-5, abs=1e-6)
+    batch_scope, _ = _pg(
+        student, teacher, tokens, mask, baseline=baseline, settings=Reinforce(weight="pi")
+    )
+    assert batch_scope.item() != pytest.approx(loss.item())
+
+
+def test_a_kept_cut_row_bootstraps_from_the_teachers_value_after_it(batch):
+    """`cut`: rows that the length cap cut (not finished) take V(s_L) from the teacher's logits
+    after their last token; finished rows keep V(s_L) = 0."""
+    student, teacher, tokens, mask = batch
+    after = torch.randn(B, V, generator=torch.Generator().manual_seed(9)) * 2
+    finished = torch.tensor([False, True, False])
+    loss, stats = _pg(student, teacher, tokens, mask, cut=(after, finished))
+    q, values = taken_q_and_values(teacher, tokens, mask, "max")
+    q_after = after - after.mean(-1, keepdim=True)
+    cut_values = torch.where(finished, 0.0, q_after.max(-1).values)
+    returns = kstep_returns_from_values(q, values, mask, 2, cut_values=cut_values)
+    expected, _ = naive_loss(student, returns, tokens, mask)
+    _assert_same(loss, expected, student)
+    plain, _ = _pg(student, teacher, tokens, mask)
+    assert plain.item() != pytest.approx(loss.item())
 
 
 def test_the_released_sequence_end_reaches_the_loss(batch):
@@ -282,6 +334,8 @@ def naive_fdistill(name, student, teacher, mask, student_rows, beta):
                 d = (p * (p.log() - m.log())).sum()
             halves[bool(student_rows[b])].append(d)
     mean = {k: sum(v) / len(v) if v else 0.0 for k, v in halves.items()}
+    if name == "tvd":
+        beta = 0.5  # the reference's _tvd_symm_step: fixed halves, whatever JS's beta
     return beta * mean[True] + (1 - beta) * mean[False]
 
 

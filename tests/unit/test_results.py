@@ -35,24 +35,40 @@ SYSTEMS = {
     "gkd": (0.3, 55.0),
 }
 SEEDS = (0, 1)
-# the grad-variance stage's rows: per system, each statistic with its interval
+# the grad-variance stage's rows: per system, each statistic with its interval, for the update as
+# applied (here every set clipped by the factor 0.5: variance and signal x 0.25, their ratio and
+# the cosine unchanged) and for the raw gradient
 VARIANCE_ROWS = [
     {
         "system": system,
         "k": k,
         "baseline": baseline,
         "n_rollout_sets": 8,
+        "grad_clip": 1.0,
         **{
-            f"{key}{suffix}": value * factor
+            f"{prefix}{key}{suffix}": value * scale * factor
+            for prefix, scale in (("applied_", 0.25), ("", 1.0))
             for key, value in (
                 ("variance", variance),
                 ("mean_grad_sq_norm", signal),
-                ("inverse_snr", variance / signal),
-                ("cosine_to_reference", cosine),
-                ("return_mean", -10.0 / k),
             )
             for suffix, factor in (("", 1.0), ("_low", 0.9), ("_high", 1.1))
         },
+        **{
+            f"{prefix}{key}{suffix}": value * factor
+            for prefix in ("applied_", "")
+            for key, value in (
+                ("inverse_snr", variance / signal),
+                ("cosine_to_reference", cosine),
+            )
+            for suffix, factor in (("", 1.0), ("_low", 0.9), ("_high", 1.1))
+        },
+        **{
+            f"{key}{suffix}": value * factor
+            for key, value in (("return_mean", -10.0 / k), ("clip_binds", 1.0))
+            for suffix, factor in (("", 1.0), ("_low", 0.9), ("_high", 1.0))
+        },
+        "applied_resolved": signal > 1.0,
         "resolved": signal > 1.0,
     }
     for system, k, baseline, variance, signal, cosine in (
@@ -175,8 +191,14 @@ def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tabl
     ]
     grid_md = (tmp_path / "k_grid.md").read_text()
     assert "0.7* [0.630, 0.770]" in grid_md.replace("0.700*", "0.7*")  # unresolved K = 4
+    assert "| 25 (100) |" in grid_md  # K = 1: the applied update's variance, the raw one's
     variance_md = (tmp_path / "variance.md").read_text()
     assert "LLMR + mean" in variance_md and variance_md.count("| no |") == 2  # one per student
+    # applied first (variance, signal, ratio, cosine, clip share), then the raw gradient's
+    assert "| LLMR | 25 [22.5, 27.5] | 5 [4.5, 5.5] | 5 [4.5, 5.5] | 1.000 [0.900, 1.100] " in (
+        variance_md
+    )
+    assert "| 100% [90%, 100%] | 100 [90, 110] | 20 [18, 22] |" in variance_md
     assert "1-seed" not in (tmp_path / "main.md").read_text()
     assert (tmp_path / "provenance.md").is_file()
     sig = next(r for r in tests if r["against"] == "llmr")

@@ -47,8 +47,9 @@ def _ref_value(q: list[float], value: str) -> float:
     return sum(wi / z * x for wi, x in zip(w, q, strict=True) if wi > 0)
 
 
-def reference_returns(logits, actions, mask, k: int, value: str) -> torch.Tensor:
-    """G^K_t = sum_{j>=0, t+jK<L} [q(s_{t+jK}, y_{t+jK}) - V(s_{min(t+jK+K, L)})], V(s_L) = 0."""
+def reference_returns(logits, actions, mask, k: int, value: str, cut=None) -> torch.Tensor:
+    """G^K_t = sum_{j>=0, t+jK<L} [q(s_{t+jK}, y_{t+jK}) - V(s_{min(t+jK+K, L)})], V(s_L) = 0,
+    or `cut[b]` for a row cut by the length cap."""
     lg = logits.double().tolist()
     b_size, t_size = len(lg), len(lg[0])
     out = torch.zeros(b_size, t_size, dtype=torch.float64)
@@ -56,8 +57,10 @@ def reference_returns(logits, actions, mask, k: int, value: str) -> torch.Tensor
         length = int(mask[b].sum())
         qs = [_ref_q(lg[b][t]) for t in range(length)]
 
-        def v(t: int, qs=qs, length=length) -> float:
-            return 0.0 if t >= length else _ref_value(qs[t], value)
+        v_end = 0.0 if cut is None else float(cut[b])
+
+        def v(t: int, qs=qs, length=length, v_end=v_end) -> float:
+            return v_end if t >= length else _ref_value(qs[t], value)
 
         rk = [qs[t][int(actions[b, t])] - v(min(t + k, length)) for t in range(length)]
         for t in range(length):
@@ -96,6 +99,24 @@ def test_matches_brute_force_reference(k: int, value: str) -> None:
         want = reference_returns(logits, actions, mask, k, value)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want.float(), **F32)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 100])
+def test_a_cut_row_bootstraps_from_the_value_after_its_last_token(k: int) -> None:
+    """Rows cut by the length cap: V(s_L) is the given value, not 0 (equations end), against the
+    brute-force loop; a row with value 0 is one that ended in EOS; the released end refuses."""
+    for seed in range(10):
+        logits, actions, mask = random_batch(seed)
+        cut = torch.randn(mask.shape[0], generator=torch.Generator().manual_seed(seed))
+        cut[-1] = 0.0  # ended in EOS
+        q, values = taken_q_and_values(logits, actions, mask, "max")
+        got = kstep_returns_from_values(q, values, mask, k, cut_values=cut)
+        want = reference_returns(logits, actions, mask, k, "max", cut=cut)
+        torch.testing.assert_close(got, want.float(), **F32)
+        ended = kstep_returns_from_values(q, values, mask, k)
+        torch.testing.assert_close(got[-1], ended[-1])
+    with pytest.raises(ValueError, match="released sequence end"):
+        kstep_returns_from_values(q, values, mask, 2, "released", cut_values=cut)
 
 
 @pytest.mark.parametrize("value", ["max", "soft"])

@@ -1,6 +1,7 @@
 """ketchup.math.variance against direct computations on gradients drawn from known
 distributions: the trace of the sample covariance, the debiased signal and cosine (unbiased where
-the plain ones are not), the bootstrap intervals, and the count sketch."""
+the plain ones are not), the bootstrap intervals, the update as the trainer's norm clip applies
+it, and the count sketch."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ketchup.math.variance import GradientSets, gradient_statistics
+from ketchup.math.variance import GradientSets, clip_factors, clipped_gram, gradient_statistics
 
 
 def _sets(grads: dict[str, torch.Tensor], sketch_dim=None) -> GradientSets:
@@ -154,3 +155,25 @@ def test_errors_name_the_argument() -> None:
         sets.gram()
     with pytest.raises(ValueError, match="gram"):
         gradient_statistics(np.zeros((1, 2, 1, 3)), ["a"], "a")
+
+
+def test_the_applied_update_is_the_one_torch_clips() -> None:
+    """The Gram matrix of the clipped gradients, from the raw one and the clip factors, equals
+    that of the gradients torch.nn.utils.clip_grad_norm_ leaves on a parameter (the trainer's
+    clip), on sets where the clip binds and where it does not."""
+    g = torch.Generator().manual_seed(3)
+    raw = {"a": _draw(torch.ones(6), 1.0, 8, g), "b": _draw(torch.zeros(6), 0.2, 8, g)}
+    clipped = {}
+    for name, x in raw.items():
+        rows = []
+        for row in x:
+            param = torch.nn.Parameter(torch.zeros(6, dtype=torch.float64))
+            param.grad = row.clone()
+            torch.nn.utils.clip_grad_norm_([param], max_norm=1.5)
+            rows.append(param.grad)
+        clipped[name] = torch.stack(rows)
+    norms = np.stack([x.norm(dim=1).numpy() for x in raw.values()])  # (S, M)
+    factors = clip_factors(norms, 1.5)
+    assert 0 < (factors < 1).sum() < factors.size  # binds on some sets only
+    got = clipped_gram(_sets(raw).gram(), factors)
+    assert got == pytest.approx(_sets(clipped).gram(), rel=1e-5, abs=1e-9)

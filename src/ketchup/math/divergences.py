@@ -262,9 +262,10 @@ def fdistill_loss(
     Eq. (js): ``beta * mean_{t in S} KL(p_S || M) + (1 - beta) * mean_{t in T} KL(p_T || M)``,
     ``M = beta p_S + (1 - beta) p_T``: the step-wise decomposition of the sequence-level JS, each
     KL under the sampler it takes its expectation over. (tvd):
-    ``beta * mean_{t in S} TVD + (1 - beta) * mean_{t in T} TVD`` (the reference fixes 0.5 / 0.5,
-    the default here). ``S`` are the rows flagged in ``student_rows``, ``T`` the others. The two
-    halves weigh ``beta`` and ``1 - beta`` whatever their token counts (the reference's
+    ``0.5 * mean_{t in S} TVD + 0.5 * mean_{t in T} TVD``: the reference's ``_tvd_symm_step``
+    fixes the halves at 0.5 / 0.5, so ``beta`` (JS's alone) does not reach it. ``S`` are the rows
+    flagged in ``student_rows``, ``T`` the others. The two halves weigh ``beta`` and ``1 - beta``
+    (TVD: 0.5 each) whatever their token counts (the reference's
     ``KLDivLoss(reduction="batchmean")`` over each half's selected tokens); a half without a
     valid token contributes 0.
 
@@ -290,6 +291,7 @@ def fdistill_loss(
     if name == "tvd":
         per_token = _tvd_tokens(log_ps, log_pt)
         student_half, teacher_half = per_token, per_token
+        beta = 0.5  # the reference's fixed halves
     else:
         log_mix = _log_mixture(log_ps, log_pt, beta)
         student_half, teacher_half = _kl(log_ps, log_mix), _kl(log_pt, log_mix)

@@ -45,7 +45,9 @@ from ketchup.math.returns import (
     SequenceEnd,
     kstep_returns_from_values,
     kstep_rewards_from_values,
+    q_values,
     reward_to_go,
+    state_values,
     taken_q_and_values,
 )
 
@@ -53,6 +55,7 @@ Baseline = Literal["none", "mean", "minvar"]
 
 __all__ = [
     "MiniLLM",
+    "bootstraps_at_cut",
     "Reinforce",
     "fdistill_objective",
     "gkd_objective",
@@ -76,10 +79,12 @@ class Reinforce:
 
     ``weight``: the stop-gradient weight, "pi" (the released KETCHUP code), "ratio" (LLMR's
     ``pi / q`` against the rollout sampler) or "none"; ``normalize="std"`` also divides the
-    advantages by their batch standard deviation; ``denom`` divides them; ``clip`` clamps the
+    advantages by their standard deviation; ``denom`` divides them; ``clip`` clamps the
     result to [-clip, clip] (None: no clipping); ``uniform_ce`` adds that multiple of the
-    cross-entropy from the uniform distribution (LLMR's regulariser). See
-    :mod:`ketchup.math.policy_gradient` for the equation.
+    cross-entropy from the uniform distribution (LLMR's regulariser); ``scope`` is what the mean
+    baseline, the minimum-variance baseline, the standard deviation and the token mean of the
+    loss run over: the whole batch, or each sequence (the released KETCHUP code, batch 1 with
+    gradient accumulation). See :mod:`ketchup.math.policy_gradient` for the equation.
     """
 
     weight: Weight = "pi"
@@ -87,6 +92,15 @@ class Reinforce:
     denom: float = 1.0
     clip: float | None = None
     uniform_ce: float = 0.0
+    scope: Literal["batch", "sequence"] = "batch"
+
+
+def bootstraps_at_cut(drop_truncated: bool, sequence_end: SequenceEnd) -> bool:
+    """Whether rollouts that the length cap cut and the loss keeps (``drop_truncated: false``)
+    bootstrap their K-step returns from the teacher's value at the cut (the ``cut`` argument of
+    :func:`policy_gradient_objective`): under the equations' sequence end; the released end takes
+    a cut row's last token as its EOS, as the released code does."""
+    return not drop_truncated and sequence_end == "equations"
 
 
 def _masked_mean(x: Tensor, m: Tensor) -> float:
@@ -105,6 +119,7 @@ def policy_gradient_objective(
     sampler: Sampler,
     sequence_end: SequenceEnd = "equations",
     settings: Reinforce = Reinforce(),
+    cut: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """LLMR (k = 1) and KETCHUP (k > 1): REINFORCE on the teacher-induced K-step returns.
 
@@ -121,6 +136,10 @@ def policy_gradient_objective(
         student's rollouts; mask: (B, T) 0/1, EOS included, truncated rows already zeroed if
         dropped; k: K >= 1; value: "max" or "soft"; baseline: "none", "mean" or "minvar";
         sampler: how the rollouts were drawn; sequence_end: "equations" or "released".
+        cut: optional ``(next_logits, finished)``, (B, V) the teacher's logits at the state after
+        each row's last token and (B,) bool whether the row ended in EOS: rows cut by the length
+        cap and kept in the loss take ``V(s_L)`` from those logits instead of 0
+        (:func:`ketchup.math.returns.kstep_returns_from_values`; equations end only).
 
     Returns:
         (loss, stats): 0-d loss; stats ``return_mean`` (mean G per token), ``reward_mean``
@@ -134,15 +153,21 @@ def policy_gradient_objective(
     logprobs = taken_log_probs(student_logits, tokens, mask)
     with torch.no_grad():
         q_taken, values = taken_q_and_values(teacher_logits.detach(), tokens, mask, value)
-        returns = kstep_returns_from_values(q_taken, values, mask, k, sequence_end)
+        cut_values = None
+        if cut is not None:
+            next_logits, finished = cut
+            after = state_values(q_values(next_logits.detach()[:, None]), value)[:, 0]  # (B,)
+            cut_values = torch.where(finished.bool(), 0.0, after.float())
+        returns = kstep_returns_from_values(q_taken, values, mask, k, sequence_end, cut_values)
         rewards = kstep_rewards_from_values(q_taken, values, mask, 1)  # for the log
         log_q = rollout_log_probs(student_logits, tokens, mask, sampler)
         w, rho = importance_weights(logprobs, log_q, mask, settings.weight, sampler)
         weighted = returns if w is None else w * returns
+        per_sequence = settings.scope == "sequence"
         if baseline == "mean":
-            b = mean_baseline(weighted, mask)
+            b = mean_baseline(weighted, mask, per_sequence)
         elif baseline == "minvar":
-            b = min_variance_baseline(weighted, mask, student_logits, tokens, rho)
+            b = min_variance_baseline(weighted, mask, student_logits, tokens, rho, per_sequence)
         else:
             b = None
         centred = policy_gradient_advantages(returns, mask, weight=w, baseline=b, ratio=rho)
@@ -155,14 +180,15 @@ def policy_gradient_objective(
             normalize=settings.normalize,
             denom=settings.denom,
             clip=settings.clip,
+            per_sequence=per_sequence,
         )
-    loss = policy_gradient_loss(logprobs, advantages, mask)
+    loss = policy_gradient_loss(logprobs, advantages, mask, per_sequence)
     clip = settings.clip
     stats = {
         "return_mean": _masked_mean(returns, m),
         "reward_mean": _masked_mean(rewards, m),
         "weighted_return_mean": _masked_mean(weighted, m),
-        "baseline": 0.0 if b is None else float(b),
+        "baseline": 0.0 if b is None else _masked_mean(b.expand_as(returns), m),
         "weight_mean": 1.0 if w is None else _masked_mean(w, m),
         "advantage_std": _std(centred, m),
         "clipped_share": _masked_mean((advantages.abs() >= clip).float(), m) if clip else 0.0,

@@ -177,20 +177,23 @@ def gradient_norm_weights(
         return torch.where(m, g, 0)
 
 
-def mean_baseline(weighted_returns: Tensor, mask: Tensor) -> Tensor:
-    """Batch-mean baseline ("LLMR + mean baseline"; the released code's ``method == 'mean'``).
+def mean_baseline(weighted_returns: Tensor, mask: Tensor, per_sequence: bool = False) -> Tensor:
+    """Mean baseline ("LLMR + mean baseline"; the released code's ``method == 'mean'``).
 
     Eq.: ``b = sum_t mask_t u_t / max(1, sum_t mask_t)`` with ``u_t = w_t G_t`` the weighted
-    returns, over all valid tokens of the batch.
+    returns, over all valid tokens of the batch, or with ``per_sequence`` over each row's own
+    tokens (the released code, whose batches hold one sequence).
 
     Args:
         weighted_returns: (B, T) ``w_t G_t``; mask: (B, T) 0/1 mask.
 
     Returns:
-        0-d float32 tensor, no gradient; 0 for an all-padding batch.
+        float32, no gradient: 0-d, or (B, 1) with ``per_sequence``; 0 where nothing is valid.
     """
     m = check_mask(mask, _check_2d(weighted_returns, "weighted_returns"))
     u = torch.where(m, weighted_returns.detach().float(), 0)
+    if per_sequence:
+        return u.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)
     return u.sum() / m.sum().clamp_min(1)
 
 
@@ -200,6 +203,7 @@ def min_variance_baseline(
     student_logits: Tensor,
     actions: Tensor,
     ratio: Tensor | None = None,
+    per_sequence: bool = False,
 ) -> Tensor:
     """Minimum-variance baseline for the estimator in use ("LLMR + min-var").
 
@@ -209,7 +213,8 @@ def min_variance_baseline(
 
         ``b* = sum_t rho_t g_t u_t / sum_t rho_t^2 g_t``,   ``g_t = ||e_{y_t} - pi_t||^2``
 
-    (:func:`gradient_norm_weights`), over the valid tokens of the batch. With ``rho = 1`` and
+    (:func:`gradient_norm_weights`), over the valid tokens of the batch (of each row with
+    ``per_sequence``). With ``rho = 1`` and
     ``w = 1`` it is the gradient-norm weighted mean of the returns; with ``w = pi`` it weights
     ``pi G``, a different optimum. Approximations: logit space instead of parameter space, and
     no cross-token terms. The released code's version is not this one: its ``lprobs.grad`` after
@@ -219,10 +224,12 @@ def min_variance_baseline(
         weighted_returns: (B, T) ``u_t = w_t G_t``; mask: (B, T) 0/1 mask;
         student_logits: (B, T, V); actions: (B, T) integer tokens;
         ratio: optional (B, T) ``rho_t`` (:func:`importance_weights`); None means 1.
+        per_sequence: one baseline per row.
 
     Returns:
-        0-d float32 tensor, no gradient. 0 when the denominator is 0 (all padding, or a
-        deterministic policy): then every score function is 0 and no baseline changes anything.
+        float32, no gradient: 0-d, or (B, 1) with ``per_sequence``. 0 where the denominator is
+        0 (all padding, or a deterministic policy): then every score function is 0 and no
+        baseline changes anything.
     """
     shape = _check_2d(weighted_returns, "weighted_returns")
     m = check_mask(mask, shape)
@@ -235,16 +242,19 @@ def min_variance_baseline(
         check_shape(ratio, shape, "ratio")
     u = torch.where(m, weighted_returns.detach().float(), 0)
     rho = torch.where(m, rho, 0)
-    num = (rho * g * u).sum()
-    den = (rho * rho * g).sum()
+    dims = {"dim": 1, "keepdim": True} if per_sequence else {}
+    num = (rho * g * u).sum(**dims)
+    den = (rho * rho * g).sum(**dims)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
 
 
-def _masked_std(x: Tensor, m: Tensor) -> Tensor:
-    """Unbiased standard deviation over the valid entries; 0 with fewer than two."""
-    n = m.sum()
-    mean = torch.where(m, x, 0).sum() / n.clamp_min(1)
-    var = torch.where(m, (x - mean) ** 2, 0).sum() / (n - 1).clamp_min(1)
+def _masked_std(x: Tensor, m: Tensor, per_sequence: bool = False) -> Tensor:
+    """Unbiased standard deviation over the valid entries (0-d, or (B, 1) per row); 0 with
+    fewer than two."""
+    dims = {"dim": 1, "keepdim": True} if per_sequence else {}
+    n = m.sum(**dims)
+    mean = torch.where(m, x, 0).sum(**dims) / n.clamp_min(1)
+    var = torch.where(m, (x - mean) ** 2, 0).sum(**dims) / (n - 1).clamp_min(1)
     return torch.where(n >= 2, var.sqrt(), 0.0)
 
 
@@ -258,19 +268,21 @@ def policy_gradient_advantages(
     normalize: Literal["none", "std"] = "none",
     denom: float = 1.0,
     clip: float | None = None,
+    per_sequence: bool = False,
 ) -> Tensor:
     """The scaled, clipped advantages of the estimator (module docstring).
 
     Eq.: ``A_t = clip((w_t G_t - b rho_t) / s, -c, c)``, ``s = denom`` times (with
-    ``normalize="std"``) the standard deviation of ``w G - b rho`` over the valid tokens
-    (floored at 1e-8).
+    ``normalize="std"``) the standard deviation of ``w G - b rho`` over the valid tokens of the
+    batch, or of each row with ``per_sequence`` (floored at 1e-8).
 
     Args:
         returns: (B, T) returns ``G``; mask: (B, T) 0/1 mask.
         weight: None (1) or (B, T) ``w``.
-        baseline: None, a number or a 0-d tensor ``b``.
+        baseline: None, a number, a 0-d tensor or a (B, 1) tensor (one per row) ``b``.
         ratio: None (1) or (B, T) ``rho`` multiplying the baseline.
         normalize: "none" or "std"; denom: > 0; clip: None or c > 0.
+        per_sequence: the standard deviation of each row.
 
     Returns:
         (B, T) float32 advantages, 0 at padding, no gradient.
@@ -288,8 +300,10 @@ def policy_gradient_advantages(
         u = weight.detach().float() * u
     if baseline is not None:
         if isinstance(baseline, Tensor):
-            if baseline.dim() != 0:
-                raise ValueError(f"baseline must be None, a number or 0-d, got {baseline.shape}")
+            if baseline.dim() != 0 and tuple(baseline.shape) != (shape[0], 1):
+                raise ValueError(
+                    f"baseline must be None, a number, 0-d or (B, 1), got {tuple(baseline.shape)}"
+                )
             b = baseline.detach().float()
         elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
             b = torch.tensor(float(baseline), device=u.device)
@@ -303,23 +317,27 @@ def policy_gradient_advantages(
     u = torch.where(m, u, 0)
     scale = torch.tensor(denom, device=u.device)
     if normalize == "std":
-        scale = scale * _masked_std(u, m).clamp_min(1e-8)
+        scale = scale * _masked_std(u, m, per_sequence).clamp_min(1e-8)
     adv = u / scale
     if clip is not None:
         adv = adv.clamp(-clip, clip)
     return torch.where(m, adv, 0)
 
 
-def policy_gradient_loss(logprobs: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+def policy_gradient_loss(
+    logprobs: Tensor, advantages: Tensor, mask: Tensor, per_sequence: bool = False
+) -> Tensor:
     """REINFORCE surrogate loss (LLMR; KETCHUP; the released ``Net.reinforce``).
 
     Eq.: ``loss = -(1/N) sum_t mask_t A_t log pi_theta(y_t | s_t)``, ``N = max(1, sum_t mask_t)``,
-    whose gradient is minus the policy-gradient estimate.
+    whose gradient is minus the policy-gradient estimate. With ``per_sequence`` each row's token
+    mean, averaged over the rows that have tokens: the released code's loss of one sequence per
+    batch, averaged by its gradient accumulation.
 
     Args:
         logprobs: (B, T) ``log pi_theta(y_t|s_t)`` with grad (the only input that gets one).
         advantages: (B, T) ``A_t`` (detached; :func:`policy_gradient_advantages`).
-        mask: (B, T) 0/1 mask.
+        mask: (B, T) 0/1 mask; per_sequence: the mean of the rows' token means.
 
     Returns:
         0-d float32 loss; 0 (not NaN) for an all-padding batch.
@@ -330,4 +348,8 @@ def policy_gradient_loss(logprobs: Tensor, advantages: Tensor, mask: Tensor) -> 
     # Zero both factors at padding so garbage there (inf/NaN) reaches neither loss nor gradient.
     adv = torch.where(m, advantages.detach().float(), 0)
     lp = torch.where(m, logprobs.float(), 0)
+    if per_sequence:
+        n = m.sum(1)  # (B,)
+        rows = -(adv * lp).sum(1) / n.clamp_min(1)
+        return rows.sum() / (n > 0).sum().clamp_min(1)
     return -(adv * lp).sum() / m.sum().clamp_min(1)

@@ -238,15 +238,23 @@ def _reverse_cumsum(x: Tensor, dim: int) -> Tensor:
     return x.flip(dim).cumsum(dim).flip(dim)
 
 
-def _kstep_rewards_from_values(q_taken: Tensor, values: Tensor, m: Tensor, k: int) -> Tensor:
-    """(B, T) R^K_t = q_taken_t - V(s_{t+K}) with V = 0 at and beyond each row's length L.
+def _kstep_rewards_from_values(
+    q_taken: Tensor, values: Tensor, m: Tensor, k: int, cut_values: Tensor | None = None
+) -> Tensor:
+    """(B, T) R^K_t = q_taken_t - V(s_{min(t+K, L)}), V(s_L) = ``cut_values`` (B,) or 0.
 
-    Relies on ``values`` being 0 at padding and the mask being a prefix: then reading
-    ``values[:, t + K]`` (zero-filled past T) gives V(s_{min(t+K, L)}) with V(s_L) = 0.
+    ``values`` are extended by one position that holds each row's V(s_L) at index L (0 for a
+    row that ends in EOS, the teacher's value of the state after its last token for a row cut by
+    the length cap), then read at min(t + K, L).
     """
-    values = torch.where(m, values, 0)
-    # Zero fill past T: V(s_L) = 0 and beyond (K >= T leaves nothing to shift in).
-    v_next = torch.nn.functional.pad(values[:, k:], (0, min(k, values.shape[1])))
+    b, t = m.shape
+    ext = torch.zeros(b, t + 1, device=values.device, dtype=torch.float32)
+    ext[:, :t] = torch.where(m, values, 0)
+    length = m.sum(1, keepdim=True)  # (B, 1): L
+    if cut_values is not None:
+        ext.scatter_(1, length, cut_values.detach().float()[:, None])
+    steps = torch.arange(t, device=m.device).unsqueeze(0)
+    v_next = ext.gather(1, torch.minimum(steps + k, length))
     return torch.where(m, q_taken - v_next, 0)
 
 
@@ -329,12 +337,20 @@ def kstep_returns_from_values(
     mask: Tensor,
     k: int,
     sequence_end: SequenceEnd = "equations",
+    cut_values: Tensor | None = None,
 ) -> Tensor:
     """K-step returns from precomputed ``(q_taken, values)`` (see :func:`taken_q_and_values`).
 
     ``sequence_end="equations"`` (Eq. of KETCHUP, Fan et al. 2025, with ``V(s_L) = 0``):
     ``G^K_t = sum_{j >= 0, t + jK < L} R^K_{t+jK}``, ``R^K_t = q_t - V(s_{min(t+K, L)})``, so the
     last K-segment of every chain gets ``R = q_t``.
+
+    ``cut_values`` (B,), equations only: V(s_L) of rows that the length cap cut before EOS (0 for
+    rows that end in EOS), so that a cut is not taken for the end of the sequence: the K-step
+    returns of its last segment bootstrap from the teacher's value of the state after the last
+    kept token, as every other K-step reward bootstraps from V(s_{t+K}) (Sutton & Barto 2018,
+    Sec. 7.1, n-step returns truncated by a time limit: Pardo et al. 2018, "Time Limits in
+    Reinforcement Learning").
 
     ``sequence_end="released"`` (the released KETCHUP code, jiabinfan/KETCHUP ``reward_fn`` and
     ``utils/helper.py:n_step_reward_shift_upgrade``, read per row): for ``t < L - 1``
@@ -353,6 +369,7 @@ def kstep_returns_from_values(
         mask: (B, T) 0/1 mask, a prefix of ones per row.
         k: step size K >= 1.
         sequence_end: "equations" or "released".
+        cut_values: optional (B,) V(s_L), with "equations" only.
 
     Returns:
         (B, T) float32 ``G^K``, 0 at padding, no gradient.
@@ -362,14 +379,28 @@ def kstep_returns_from_values(
     shape = _check_2d(q_taken, "q_taken")
     check_shape(values, shape, "values")
     m = check_mask(mask, shape, prefix=True)
+    if cut_values is not None:
+        if sequence_end != "equations":
+            raise ValueError(
+                "cut_values: the released sequence end takes a cut row's last token as its EOS, "
+                "as the released code does; bootstrapping at the cut needs sequence_end equations"
+            )
+        check_shape(cut_values, shape[:1], "cut_values")
     q_taken = torch.where(m, q_taken.detach().float(), 0)
-    return _kstep_returns(q_taken, values.detach().float(), m, k, sequence_end)
+    return _kstep_returns(q_taken, values.detach().float(), m, k, sequence_end, cut_values)
 
 
-def _kstep_returns(q_taken: Tensor, values: Tensor, m: Tensor, k: int, sequence_end: str) -> Tensor:
+def _kstep_returns(
+    q_taken: Tensor,
+    values: Tensor,
+    m: Tensor,
+    k: int,
+    sequence_end: str,
+    cut_values: Tensor | None = None,
+) -> Tensor:
     """Unchecked body of :func:`kstep_returns_from_values`; ``q_taken`` 0 at padding."""
     if sequence_end == "equations":
-        rewards = _kstep_rewards_from_values(q_taken, values, m, k)
+        rewards = _kstep_rewards_from_values(q_taken, values, m, k, cut_values)
         return torch.where(m, _kstep_returns_from_rewards(rewards, k), 0)
     # released: index of each row's EOS step, L - 1 (0 for empty rows, which stay all zero)
     last = (m.sum(1, keepdim=True) - 1).clamp_min(0)  # (B, 1)

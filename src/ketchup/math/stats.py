@@ -1,6 +1,7 @@
-"""Seeded resampling statistics over examples and seeds: percentile-bootstrap 95% confidence
-intervals (over examples, or hierarchically over seeds and examples), a paired permutation test
-over examples and an exact sign-flip test over seeds. Pure numpy: no files, no models.
+"""Seeded statistics over examples and seeds: percentile-bootstrap 95% confidence intervals over
+examples, a seed-aware interval (a t-interval over seeds with the shared test examples' variance
+added) with its minimal detectable effect, a paired permutation test over examples and an exact
+sign-flip test over seeds. Pure numpy and scipy: no files, no models.
 
 A statistic is any function of a set of example rows (a corpus BLEU recomputed from per-example
 sufficient statistics, a mean, a win rate), so the same resamples serve every metric.
@@ -8,6 +9,7 @@ sufficient statistics, a mean, a win rate), so the same resamples serve every me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -108,39 +110,88 @@ def permutation_test(
     return float(observed), float((1 + extreme) / (1 + n_perm))
 
 
-# A statistic of several seeds' example rows: given the resampled seeds (k,) and, per resampled
-# seed, its resampled example indices (k, n), one number.
-SeedStatistic = Callable[[np.ndarray, np.ndarray], float]
-HIERARCHICAL_METHOD = (
-    f"hierarchical bootstrap (seeds resampled, then test examples within each), {N_BOOTSTRAP} "
-    f"resamples, seed {SEED}"
+# A statistic of several seeds on one set of example rows: given example indices (with repeats),
+# the statistic of every seed on those same examples, (n_seeds,).
+PerSeedStatistic = Callable[[np.ndarray], np.ndarray]
+SEED_AWARE_METHOD = (
+    "t-interval over seeds, the per-seed values' variance / n plus the variance of their mean "
+    f"under a bootstrap of the test examples shared by every seed ({N_BOOTSTRAP} resamples, seed "
+    f"{SEED}), Welch-Satterthwaite degrees of freedom; with one seed the {METHOD}"
 )
 SEED_TEST_METHOD = "exact sign-flip test over seeds (the per-seed differences), two-sided"
+POWER = 0.8
+MDE_METHOD = (
+    f"minimal detectable effect: the true difference this many seeds detect with probability "
+    f"{POWER:g} in a two-sided test at level {1 - LEVEL:g}, (t(1 - a/2) + t({POWER:g})) x the "
+    "interval's standard error, its degrees of freedom"
+)
 
 
-def hierarchical_bootstrap_ci(
-    statistic: SeedStatistic,
+def seed_aware_ci(
+    per_seed: PerSeedStatistic,
     n_seeds: int,
     n_examples: int,
     *,
     n_boot: int = N_BOOTSTRAP,
     seed: int = SEED,
     level: float = LEVEL,
-) -> tuple[float, float, float]:
-    """(value, low, high) of `statistic` under a two-level resampling: seeds with replacement,
-    then, for each drawn seed, the test examples with replacement (Davison & Hinkley 1997, the
-    hierarchical bootstrap), so the interval covers the training seed's randomness as well as the
-    choice of test examples. With one seed it is the bootstrap over examples."""
+) -> dict[str, float]:
+    """A confidence interval of the mean over training seeds of a statistic of one test set that
+    every seed is scored on: {value, low, high, se, df, mde}.
+
+    Model: seed s's statistic is d_s = mu + u_s + e_s, with u_s the training seed's effect
+    (independent, variance sigma_u^2) and e_s the test examples' sampling error, correlated
+    between seeds because all of them are scored on the same examples. The estimate is
+    d = mean_s d_s and
+
+        Var(d) = sigma_u^2 / n + Var(mean_s e_s).
+
+    The sample variance s^2 of the d_s over n estimates sigma_u^2 / n plus the seed-specific part
+    of the example error; V_ex, the variance of mean_s d_s over bootstrap resamples of the test
+    examples, one resample shared by every seed (Koehn 2004's paired bootstrap, applied to all
+    seeds at once), estimates Var(mean_s e_s). The standard error
+
+        SE^2 = s^2 / n + V_ex
+
+    counts the seed-specific part of the example error twice, so it errs wide, never narrow. The
+    interval is d +- t_{(1+level)/2, df} SE with the Welch-Satterthwaite degrees of freedom
+    (Satterthwaite 1946; Welch 1947), V_ex taken as known (thousands of resamples of hundreds of
+    examples):
+
+        df = SE^4 / ((s^2 / n)^2 / (n - 1)),
+
+    which is n - 1 where the seeds' spread dominates (the t-interval on the per-seed values: it
+    reaches past their observed range, as an interval from three seeds must) and grows without
+    bound where the shared examples dominate. Seed spread and shared examples are the two regimes
+    a seeded simulation of its coverage checks (tests/unit/test_stats.py).
+
+    With one seed the seeds' spread is unknown: the interval is the percentile bootstrap over
+    examples (it covers the choice of test examples only) and ``df`` is inf.
+
+    ``mde`` is the minimal detectable effect at POWER (two-sided, level 1 - ``level``):
+    (t_{(1+level)/2, df} + t_{POWER, df}) SE, the true difference that this many seeds would
+    find with probability POWER (Cohen 1988, with the t quantiles of the interval).
+    """
+    from scipy import stats as scipy_stats
+
+    nan = {k: NAN for k in ("value", "low", "high", "se", "df", "mde")}
     if n_seeds == 0 or n_examples == 0:
-        return NAN, NAN, NAN
-    value = statistic(np.arange(n_seeds), np.tile(np.arange(n_examples), (n_seeds, 1)))
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_boot):
-        seeds = rng.integers(0, n_seeds, n_seeds)
-        examples = rng.integers(0, n_examples, (n_seeds, n_examples))
-        stats.append(statistic(seeds, examples))
-    return (float(value), *_interval(np.asarray(stats), level))
+        return nan
+    values = np.asarray(per_seed(np.arange(n_examples)), dtype=float)
+    value = float(values.mean())
+    means = np.array([np.mean(per_seed(idx)) for idx in _resamples(n_examples, n_boot, seed)])
+    v_examples = float(means.var(ddof=1)) if n_boot > 1 else 0.0
+    if n_seeds == 1:
+        low, high = _interval(means, level)
+        se, df = v_examples**0.5, math.inf
+    else:
+        v_seeds = float(values.var(ddof=1)) / n_seeds
+        se = (v_seeds + v_examples) ** 0.5
+        df = (v_seeds + v_examples) ** 2 / (v_seeds**2 / (n_seeds - 1)) if v_seeds > 0 else math.inf
+        half = float(scipy_stats.t.ppf((1 + level) / 2, df)) * se
+        low, high = value - half, value + half
+    mde = float(scipy_stats.t.ppf((1 + level) / 2, df) + scipy_stats.t.ppf(POWER, df)) * se
+    return {"value": value, "low": low, "high": high, "se": se, "df": df, "mde": mde}
 
 
 def sign_flip_test(differences: Sequence[float]) -> tuple[float, float]:

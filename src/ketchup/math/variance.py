@@ -24,6 +24,13 @@ estimates rather than ``tr(Sigma)/M`` above them. A system whose ``|mu_s|^2`` in
 reaches 0 is flagged: M is too small to resolve its mean gradient, and its ratio and cosine are
 not meaningful.
 
+The update as applied. Training clips the gradient's global norm before the optimizer
+(``torch.nn.utils.clip_grad_norm_``): the applied gradient is ``a_{s,m} g_{s,m}`` with
+``a_{s,m} = min(1, c / (|g_{s,m}| + 1e-6))``, c the config's ``grad_clip``. Its Gram matrix is
+``a_{s,m} a_{t,n} G[(s,m),(t,n)]`` (:func:`clipped_gram`), so every statistic above is computed for
+the applied update from the same recorded gradients, with the exact norms taken before any
+sketch; where the clip binds on most sets, the raw variance compares scales training never sees.
+
 Gradients too large to keep M of them for every system are count-sketched (``sketch_dim``): each
 coordinate goes to one of d buckets with a random sign, which keeps every dot product unbiased
 (``E[<Sx, Sy>] = <x, y>``) at the price of extra noise of order ``|x| |y| / sqrt(d)``.
@@ -38,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GradientSets", "gradient_statistics"]
+__all__ = ["GradientSets", "clip_factors", "clipped_gram", "gradient_statistics"]
 
 
 class GradientSets:
@@ -90,6 +97,18 @@ class GradientSets:
         x = self.data.reshape(-1, self.data.shape[-1]).double()
         s, m = len(self.systems), self.n_sets
         return (x @ x.T).reshape(s, m, s, m).numpy()
+
+
+def clip_factors(norms: np.ndarray, max_norm: float) -> np.ndarray:
+    """The factor ``min(1, c / (|g| + 1e-6))`` by which ``torch.nn.utils.clip_grad_norm_`` with
+    ``max_norm`` c multiplies a gradient of global norm |g| (same shape as ``norms``)."""
+    return np.minimum(1.0, max_norm / (np.asarray(norms, dtype=float) + 1e-6))
+
+
+def clipped_gram(gram: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """(S, M, S, M) dot products of the clipped gradients ``a_{s,m} g_{s,m}``, from those of the
+    raw ones and the (S, M) factors of :func:`clip_factors`."""
+    return gram * factors[:, :, None, None] * factors[None, None, :, :]
 
 
 def _moments(gram: np.ndarray, counts: np.ndarray):

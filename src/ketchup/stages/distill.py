@@ -75,11 +75,13 @@ class Models:
         self.template, self.max_source_length = template, max_source_length
         self.vocab = len(tokenizer)  # some model families pad their logits past the vocabulary
 
-    def logits(self, model, rows, tokens, mask, *, grad: bool):
-        """Teacher-forced (B, T, V) logits of `model` over `tokens` given each row's prompt."""
+    def logits(self, model, rows, tokens, mask, *, grad: bool, next_state: bool = False):
+        """Teacher-forced (B, T, V) logits of `model` over `tokens` given each row's prompt; with
+        `next_state`, also (B, V) those of the state after each row's last token, in the same
+        pass (:func:`ketchup.batching.token_logits_and_next`)."""
         import torch
 
-        from ketchup.batching import encode_sources, token_logits
+        from ketchup.batching import encode_sources, token_logits, token_logits_and_next
         from ketchup.precision import own_dtype
         from ketchup.tasks import format_prompt
 
@@ -91,6 +93,9 @@ class Models:
         )
         # the no-grad teacher computes in the dtype it was loaded in, outside the student's autocast
         with torch.set_grad_enabled(grad), own_dtype(model, enabled=not grad):
+            if next_state:
+                logits, after = token_logits_and_next(model, sources, tokens, mask)
+                return logits[..., : self.vocab], after[..., : self.vocab]
             return token_logits(model, sources, tokens, mask)[..., : self.vocab]
 
 
@@ -210,7 +215,18 @@ def onpolicy_loss(models: Models, method: str, k: int, cfg: DistillConfig):
             models, model.device, cfg, sampled, finished, teacher_rows
         )
         scored = rows[: len(sampled)] + teacher_rows
-        teacher_logits = models.logits(models.teacher, scored, tokens, mask, grad=False)
+        sequence_end = cfg.sequence_end if method == "ketchup" else "equations"
+        # kept rollouts cut by the cap bootstrap their returns from the teacher's V at the cut
+        bootstrap = method in _POLICY_GRADIENT_BASELINES and objectives.bootstraps_at_cut(
+            cfg.rollout.drop_truncated, sequence_end
+        )
+        teacher_logits = models.logits(
+            models.teacher, scored, tokens, mask, grad=False, next_state=bootstrap
+        )
+        cut = None
+        if bootstrap:
+            teacher_logits, after = teacher_logits
+            cut = (after, keep)
         student_logits = models.logits(model, scored, tokens, mask, grad=True)
         if method in _POLICY_GRADIENT_BASELINES:
             loss, more = objectives.policy_gradient_objective(
@@ -222,8 +238,9 @@ def onpolicy_loss(models: Models, method: str, k: int, cfg: DistillConfig):
                 value=cfg.value,
                 baseline=_POLICY_GRADIENT_BASELINES[method],
                 sampler=sampler,
-                sequence_end=cfg.sequence_end if method == "ketchup" else "equations",
+                sequence_end=sequence_end,
                 settings=settings,
+                cut=cut,
             )
         elif method == "minillm":
             loss, more = objectives.minillm_objective(

@@ -9,7 +9,10 @@ llmr_mean, llmr_minvar and ketchup_k<K> of the study computes the gradient of it
 clip, baseline and sequence end, times the finished share as the trainer applies it), and
 `ketchup.math.variance` turns the M gradients of each system into the table: variance, the
 debiased squared norm of the mean gradient, their ratio (inverse SNR), the cosine to LLMR's mean
-gradient, the mean return per token, each with a bootstrap interval over rollout sets.
+gradient, the mean return per token, each with a bootstrap interval over rollout sets. Each
+statistic is given twice: for the update as applied (`applied_*`: after the trainer's clip of the
+gradient norm at `distill.train.grad_clip`, with `clip_binds`, the share of rollout sets on which
+the clip binds) and for the raw gradient before it.
 """
 
 from __future__ import annotations
@@ -39,12 +42,21 @@ def grad_variance(args) -> int:
     import numpy as np
     import torch
 
-    from ketchup.batching import encode_sources, token_logits
+    from ketchup.batching import encode_sources, token_logits, token_logits_and_next
     from ketchup.config import GenerationConfig
     from ketchup.generation import generate_ids
-    from ketchup.math.objectives import Reinforce, policy_gradient_objective
+    from ketchup.math.objectives import (
+        Reinforce,
+        bootstraps_at_cut,
+        policy_gradient_objective,
+    )
     from ketchup.math.policy_gradient import Sampler
-    from ketchup.math.variance import GradientSets, gradient_statistics
+    from ketchup.math.variance import (
+        GradientSets,
+        clip_factors,
+        clipped_gram,
+        gradient_statistics,
+    )
     from ketchup.models import (
         check_same_vocabulary,
         default_device,
@@ -88,6 +100,7 @@ def grad_variance(args) -> int:
     systems = measured_systems(cfg)
     sets = GradientSets(systems, var.rollout_sets, n_params, var.sketch_dim, seed=var.seed)
     return_mean = np.zeros((len(systems), var.rollout_sets))
+    norms = np.zeros((len(systems), var.rollout_sets))  # |g|, exact (before any sketch)
     finished_share = []
 
     for m in ProgressBar(range(var.rollout_sets), desc="rollout sets"):
@@ -107,11 +120,19 @@ def grad_variance(args) -> int:
         share = float(sample.finished.float().mean())
         finished_share.append(share)
         with torch.no_grad(), own_dtype(teacher):
-            teacher_logits = token_logits(teacher, batch, sample.tokens, mask)[..., :vocab]
+            if rollout.drop_truncated:
+                teacher_logits = token_logits(teacher, batch, sample.tokens, mask)[..., :vocab]
+            else:  # kept rows cut by the cap bootstrap from the teacher's V at the cut
+                teacher_logits, after = token_logits_and_next(teacher, batch, sample.tokens, mask)
+                teacher_logits, after = teacher_logits[..., :vocab], after[..., :vocab]
         with mixed.autocast():
             student_logits = token_logits(student, batch, sample.tokens, mask)[..., :vocab]
         for i, system in enumerate(systems):
             method, k = split_system(system)
+            sequence_end = cfg.sequence_end if method == "ketchup" else "equations"
+            cut = None
+            if bootstraps_at_cut(rollout.drop_truncated, sequence_end):
+                cut = (after, sample.finished)
             loss, stats = policy_gradient_objective(
                 student_logits,
                 teacher_logits,
@@ -121,8 +142,9 @@ def grad_variance(args) -> int:
                 value=cfg.value,
                 baseline=BASELINES[method],
                 sampler=sampler,
-                sequence_end=cfg.sequence_end if method == "ketchup" else "equations",
+                sequence_end=sequence_end,
                 settings=settings,
+                cut=cut,
             )
             if rollout.drop_truncated:  # the trainer's scaling by the finished share
                 loss = loss * share
@@ -133,18 +155,34 @@ def grad_variance(args) -> int:
                 torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
                 for g, p in zip(grads, params, strict=True)
             ]
-            sets.add(system, m, torch.cat(flat))
+            gradient = torch.cat(flat)
+            norms[i, m] = float(gradient.norm())
+            sets.add(system, m, gradient)
             return_mean[i, m] = stats["return_mean"]
 
-    table = gradient_statistics(
-        sets.gram(), systems, REFERENCE, extra={"return_mean": return_mean}, seed=var.seed
+    gram = sets.gram()
+    factors = clip_factors(norms, cfg.train.grad_clip)
+    binds = (factors < 1.0).astype(float)
+    applied = gradient_statistics(
+        clipped_gram(gram, factors), systems, REFERENCE, extra={"clip_binds": binds}, seed=var.seed
     )
-    for row in table:
-        method, k = split_system(row["system"])
-        row.update(k=k, baseline=BASELINES[method])
+    raw = gradient_statistics(
+        gram, systems, REFERENCE, extra={"return_mean": return_mean}, seed=var.seed
+    )
+    table = []
+    for row_applied, row_raw in zip(applied, raw, strict=True):
+        method, k = split_system(row_raw["system"])
+        row = {"system": row_raw["system"], "k": k, "baseline": BASELINES[method]}
+        row |= {"n_rollout_sets": row_raw["n_rollout_sets"], "grad_clip": cfg.train.grad_clip}
+        row |= {
+            (key if key.startswith("clip_binds") else f"applied_{key}"): value
+            for key, value in row_applied.items()
+            if key not in ("system", "n_rollout_sets")
+        }
+        row |= {key: value for key, value in row_raw.items() if key not in row}
+        table.append(row)
     buffer = io.StringIO()
-    first = ["system", "k", "baseline", "n_rollout_sets"]
-    writer = csv.DictWriter(buffer, fieldnames=first + [c for c in table[0] if c not in first])
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
     writer.writeheader()
     writer.writerows(table)
     write_text(args.out, buffer.getvalue())
@@ -161,12 +199,17 @@ def grad_variance(args) -> int:
         sources=len(rows),
         finished_share=sum(finished_share) / len(finished_share),
     )
+    print(f"the update as applied (gradient norm clipped at {cfg.train.grad_clip:g}); raw in ()")
     for row in table:
-        flag = "" if row["resolved"] else "  (mean gradient not resolved: raise rollout_sets)"
+        resolved = row["applied_resolved"]
+        flag = "" if resolved else "  (mean gradient not resolved: raise rollout_sets)"
         print(
-            f"{row['system']:>14}  variance {row['variance']:.4g}  |mu|^2 "
-            f"{row['mean_grad_sq_norm']:.4g} [{row['mean_grad_sq_norm_low']:.3g}, "
-            f"{row['mean_grad_sq_norm_high']:.3g}]  inverse SNR {row['inverse_snr']:.3g}  cosine "
-            f"{row['cosine_to_reference']:.3f}  return/token {row['return_mean']:.3g}{flag}"
+            f"{row['system']:>14}  variance {row['applied_variance']:.4g} "
+            f"({row['variance']:.4g})  |mu|^2 {row['applied_mean_grad_sq_norm']:.4g} "
+            f"[{row['applied_mean_grad_sq_norm_low']:.3g}, "
+            f"{row['applied_mean_grad_sq_norm_high']:.3g}]  inverse SNR "
+            f"{row['applied_inverse_snr']:.3g} ({row['inverse_snr']:.3g})  cosine "
+            f"{row['applied_cosine_to_reference']:.3f}  clip binds {row['clip_binds']:.0%}  "
+            f"return/token {row['return_mean']:.3g}{flag}"
         )
     return 0
