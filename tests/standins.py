@@ -339,13 +339,14 @@ def pretrain(
     steps: int,
     seed: int = 0,
     *,
-    rounds: int = 16,
+    rounds: int = 30,
     name: str = "model",
 ) -> None:
     """Train on the stand-in tasks with their prompts until the greedy output of every training
     prompt ends in EOS within ENDS_WITHIN tokens, as a pretrained model's outputs end (a random
     model rarely ends its outputs): `steps` updates per round, checked after each, at most
-    `rounds` rounds, the learning rate halved after each so that the model settles. The check,
+    `rounds` rounds, the learning rate halved after each from the fourth on, down to an eighth, so
+    that the model settles and still learns what it has not yet learnt. The check,
     not the number of updates, is what the tests rely on: the trajectory that reaches it differs
     between processors, the property does not."""
     import torch
@@ -359,7 +360,7 @@ def pretrain(
     prompts = list(dict.fromkeys(p for p, _ in pairs))
     for round_ in range(rounds):
         for group in optimizer.param_groups:
-            group["lr"] = LR * 0.5 ** max(0, round_ - 3)
+            group["lr"] = LR * max(0.5 ** max(0, round_ - 3), 1 / 8)
         model.train()
         for _ in range(steps):
             batch = rng.sample(pairs, 8)

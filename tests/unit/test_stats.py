@@ -97,6 +97,7 @@ def test_seed_aware_interval_is_its_equation():
     one = seed_aware_ci(_per_seed_means(x[:1]), 1, 400, n_boot=500, seed=7)
     plain = bootstrap_ci(lambda idx: float(x[0, idx].mean()), 400, n_boot=500, seed=7)
     assert (one["value"], one["low"], one["high"]) == pytest.approx(plain)
+    assert np.isnan(one["mde"])  # one seed: its spread, and so what it can detect, is unknown
     assert all(np.isnan(v) for v in seed_aware_ci(_per_seed_means(x), 0, 400).values())
 
 

@@ -166,7 +166,8 @@ def seed_aware_ci(
     a seeded simulation of its coverage checks (tests/unit/test_stats.py).
 
     With one seed the seeds' spread is unknown: the interval is the percentile bootstrap over
-    examples (it covers the choice of test examples only) and ``df`` is inf.
+    examples (it covers the choice of test examples only), ``df`` is inf and ``mde`` is NaN (no
+    number of test examples tells what one seed can detect).
 
     ``mde`` is the minimal detectable effect at POWER (two-sided, level 1 - ``level``):
     (t_{(1+level)/2, df} + t_{POWER, df}) SE, the true difference that this many seeds would
@@ -191,6 +192,8 @@ def seed_aware_ci(
         half = float(scipy_stats.t.ppf((1 + level) / 2, df)) * se
         low, high = value - half, value + half
     mde = float(scipy_stats.t.ppf((1 + level) / 2, df) + scipy_stats.t.ppf(POWER, df)) * se
+    if n_seeds == 1:
+        mde = NAN
     return {"value": value, "low": low, "high": high, "se": se, "df": df, "mde": mde}
 
 
