@@ -632,13 +632,3 @@ def study_summary(results: Path) -> int:
             f"longest {max(seconds) / 60:5.1f} min"
         )
     return 0
-
-
-def bench_main(args) -> int:
-    if args.study:
-        return study_summary(Path(args.study))
-    if args.gpu:
-        from ketchup.bench_gpu import run_gpu_bench
-
-        return run_gpu_bench(args)
-    return run_update_bench(args)

@@ -371,7 +371,7 @@ VERBS: tuple[Verb, ...] = (
         "OUT_phases.csv. Needs `pip install trl` unless --no-trl. With --study DIR: wall time, "
         "job time and peak memory of a finished study from its Snakemake benchmark files.",
         _bench_args,
-        "ketchup.bench:bench_main",
+        "ketchup.stages.bench:bench_main",
     ),
     Verb(
         "check-config",

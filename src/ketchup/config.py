@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import functools
 import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from ketchup.errors import ConfigError, yaml_number_hint
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -49,10 +50,6 @@ WARM_STARTED_METHODS = frozenset(
     {"js", "tvd", "llmr", "llmr_mean", "llmr_minvar", "ketchup", "gkd", "minillm"}
 )
 WARM_START_METHOD = "kl"
-
-
-class ConfigError(ValueError):
-    """A configuration error; the message names the offending key."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,10 +111,15 @@ class TaskConfig:
                 f"'{self.dataset}' is not loaded from the hub"
             )
         if self.selection_metric is not None:
-            from ketchup.tasks import task_metric
+            from ketchup.tasks.catalog import DATASET_METRICS, REPORTED_METRICS
 
-            family = {"bleu": ("bleu", "chrf"), "rouge": ("rouge1", "rouge2", "rougeL")}
-            allowed = family.get(task_metric(self), ("accuracy",))
+            if self.metric is None and self.dataset not in DATASET_METRICS:
+                raise ConfigError(
+                    f"config key '{where}.dataset': unknown dataset {self.dataset!r}; known "
+                    f"datasets: {', '.join(DATASET_METRICS)}"
+                )
+            metric = self.metric if self.metric is not None else DATASET_METRICS[self.dataset]
+            allowed = REPORTED_METRICS.get(metric, ("accuracy",))
             if self.selection_metric not in allowed:
                 raise ConfigError(
                     f"config key '{where}.selection_metric': {self.selection_metric!r} is not a "
@@ -155,7 +157,7 @@ class ModelConfig:
         if self.architecture is not None:
             # the transformers config, built now (no weights): a bad size is refused by key here,
             # not as a tensor error inside the first job
-            from ketchup.models import architecture_config
+            from ketchup.architectures import architecture_config
 
             architecture_config(self.architecture, where=where)
 
@@ -461,22 +463,6 @@ def error_path(error, prefix: str = "") -> str:
     for p in error.absolute_path:
         parts.append(f"[{p}]" if isinstance(p, int) else ("." if parts else "") + str(p))
     return "".join(parts) or "<top level>"
-
-
-def yaml_number_hint(value: Any) -> str:
-    """How to write a number that YAML read as text ('2e-5', '"0.1"'), or ''."""
-    if not isinstance(value, str):
-        return ""
-    try:
-        float(value)
-    except ValueError:
-        return ""
-    exponent = re.fullmatch(r"\s*([-+]?)(\d*)(?:\.(\d*))?[eE]([-+]?)(\d+)\s*", value)
-    if exponent:
-        sign, whole, fraction, exp_sign, exp = exponent.groups()
-        number = f"{sign}{whole or 0}.{fraction or 0}e{exp_sign or '+'}{exp}"
-        return f" (YAML reads {value} as text: write {number})"
-    return " (a number in quotes is text to YAML: write it without quotes)"
 
 
 def describe_error(error, prefix: str = "") -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ketchup.judge.client as judge_client
 from ketchup.config import ConfigError, JudgeConfig, parse_section, to_dict
 from ketchup.files import (
     csv_text,
@@ -38,7 +39,6 @@ from ketchup.files import (
     write_resolved_config,
     write_text,
 )
-from ketchup.judge import client as judge_client
 from ketchup.judge.cache import JudgeCache, cache_key, cached_keys
 from ketchup.judge.prompts import (
     DEFAULT_TASK_KIND,
