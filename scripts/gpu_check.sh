@@ -107,7 +107,7 @@ else
     echo "  none needed"
 fi
 export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c 'import jsonschema, ketchup.cli, ketchup.bench_gpu, ketchup.stages.distill' \
+"$PY" -c 'import jsonschema, ketchup.cli, ketchup.ops.bench_gpu, ketchup.stages.distill' \
     || failed+=("importing ketchup")
 "$PY" -c 'import trl; print("TRL", trl.__version__, "imports")' \
     || echo "TRL does not import: the bench leaves TRL's trainer out"

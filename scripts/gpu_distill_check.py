@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ketchup.cli import main
 from ketchup.files import read_jsonl
-from ketchup.signals import Preempted
+from ketchup.train.signals import Preempted
 
 TASK = {
     "dataset": "embedded",
@@ -150,9 +150,9 @@ class Probe:
         import torch
 
         from ketchup.math import objectives
-        from ketchup.stages import distill
+        from ketchup.train import losses
 
-        self.logits, self.objective = distill.Models.logits, objectives.policy_gradient_objective
+        self.logits, self.objective = losses.Models.logits, objectives.policy_gradient_objective
         probe = self
 
         def logits(models, model, rows, tokens, mask, *, grad):
@@ -170,15 +170,15 @@ class Probe:
                 os.kill(os.getpid(), signal.SIGTERM)  # the trainer stops after this update
             return probe.objective(*args, **kwargs)
 
-        distill.Models.logits = logits
+        losses.Models.logits = logits
         objectives.policy_gradient_objective = objective
         return self
 
     def __exit__(self, *exc):
         from ketchup.math import objectives
-        from ketchup.stages import distill
+        from ketchup.train import losses
 
-        distill.Models.logits = self.logits
+        losses.Models.logits = self.logits
         objectives.policy_gradient_objective = self.objective
 
 
@@ -189,7 +189,7 @@ def name(dtype) -> str:
 def main_check(out: Path) -> int:
     import torch
 
-    from ketchup.models import default_device, resolve_dtype
+    from ketchup.models.loading import default_device, resolve_dtype
 
     device = default_device()
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

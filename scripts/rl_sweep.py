@@ -39,8 +39,8 @@ from ketchup.config import (
     read_config_files,
     split_system,
 )
+from ketchup.data.registry import task_metric
 from ketchup.files import csv_text, read_jsonl, write_text
-from ketchup.tasks import task_metric
 
 # name -> (change to the `distill` section, why it is a lever: its source or reason)
 LEVERS: dict[str, tuple[dict, str]] = {

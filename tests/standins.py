@@ -156,7 +156,7 @@ def task_pairs(
     """(prompt, target) of every training example, through the project's own task loader, with
     `prompts[dataset]` where given and the dataset's default prompt elsewhere."""
     from ketchup.config import TaskConfig, parse_section
-    from ketchup.tasks import format_prompt, load_task, task_prompt
+    from ketchup.data.registry import format_prompt, load_task, task_prompt
 
     pairs = []
     for dataset, paths in files.items():
@@ -332,7 +332,7 @@ def greedy_unfinished(model, tokenizer, prompts: list[str]) -> list[str]:
     """The prompts whose greedy output, through the project's own generation path, has no EOS
     within ENDS_WITHIN new tokens."""
     from ketchup.config import GenerationConfig
-    from ketchup.generation import generate_ids
+    from ketchup.train.generation import generate_ids
 
     cfg = GenerationConfig(max_new_tokens=ENDS_WITHIN, batch_size=64, num_beams=1)
     rollout = generate_ids(model, tokenizer, prompts, cfg, max_source_length=96)
@@ -359,7 +359,7 @@ def pretrain(
     processors, the property does not."""
     import torch
 
-    from ketchup.batching import encode_pairs
+    from ketchup.data.batching import encode_pairs
 
     torch.manual_seed(seed)
     rng = random.Random(seed)

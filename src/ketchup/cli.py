@@ -59,7 +59,9 @@ def _study_config(p: argparse.ArgumentParser, task: bool = True, student: bool =
 
 
 def _precision(p: argparse.ArgumentParser, flag: str, what: str) -> None:
-    from ketchup.models import PRECISIONS  # no torch: ketchup.models imports it lazily
+    from ketchup.models.loading import (
+        PRECISIONS,  # no torch: ketchup.models.loading imports it lazily
+    )
 
     p.add_argument(
         flag,
@@ -391,7 +393,7 @@ VERBS: tuple[Verb, ...] = (
         "--calibration gives the one `ketchup bench --gpu` measured. Also the disk the outputs "
         "take, and the jobs estimated to outlast their rule's runtime.",
         _plan_args,
-        "ketchup.plan:plan_main",
+        "ketchup.ops.plan:plan_main",
     ),
     Verb(
         "fetch",
@@ -414,7 +416,7 @@ VERBS: tuple[Verb, ...] = (
         "train-tokenizer",
         "train a BPE tokenizer on a task's training split",
         "Reads DATA_DIR/train.jsonl; writes a transformers tokenizer to OUT_DIR "
-        "(ketchup.models.load_tokenizer(OUT_DIR) loads it).",
+        "(ketchup.models.loading.load_tokenizer(OUT_DIR) loads it).",
         _tokenizer_args,
         "ketchup.stages.data:train_tokenizer_stage",
     ),
@@ -502,7 +504,7 @@ VERBS: tuple[Verb, ...] = (
         "ceiling or failures); rerun to resume. Exit status 4: most answers could not be parsed "
         "(the warning shows one as the judge wrote it).",
         _judge_args,
-        "ketchup.judge.stage:judge_stage",
+        "ketchup.stages.judge:judge_stage",
     ),
 )
 
@@ -531,12 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verb: Verb = args._verb
     module, function = verb.target.split(":")
-    from ketchup import progress
     from ketchup.config import ConfigError
+    from ketchup.data.registry import TaskDataError
     from ketchup.files import CorruptFileError
-    from ketchup.hub import HubError
-    from ketchup.signals import DivergedError, Preempted
-    from ketchup.tasks import TaskDataError
+    from ketchup.models.hub import HubError
+    from ketchup.train import progress
+    from ketchup.train.signals import DivergedError, Preempted
 
     bad_input = (
         ConfigError,

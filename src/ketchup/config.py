@@ -111,7 +111,7 @@ class TaskConfig:
                 f"'{self.dataset}' is not loaded from the hub"
             )
         if self.selection_metric is not None:
-            from ketchup.tasks.catalog import DATASET_METRICS, REPORTED_METRICS
+            from ketchup.data.catalog import DATASET_METRICS, REPORTED_METRICS
 
             if self.metric is None and self.dataset not in DATASET_METRICS:
                 raise ConfigError(
@@ -157,7 +157,7 @@ class ModelConfig:
         if self.architecture is not None:
             # the transformers config, built now (no weights): a bad size is refused by key here,
             # not as a tensor error inside the first job
-            from ketchup.architectures import architecture_config
+            from ketchup.models.architectures import architecture_config
 
             architecture_config(self.architecture, where=where)
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from ketchup.tokenizer import train_tokenizer
+from ketchup.data.tokenizer import train_tokenizer
 
 NAMES = ["The Golden Fork", "Blue Spice", "The Mill", "Cotto", "Zizzi"]
 FOODS = ["Italian", "French", "Chinese", "English", "Indian"]

@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from ketchup.bench import PHASES, PhaseTimer, Setup, cut_to_tokens, summary_rows, time_updates
-from ketchup.bench_gpu import TOY as TOY_SCALE
-from ketchup.bench_gpu import largest_batch, pass_flops
 from ketchup.cli import main
 from ketchup.files import read_csv
+from ketchup.ops.bench import PHASES, PhaseTimer, Setup, cut_to_tokens, summary_rows, time_updates
+from ketchup.ops.bench_gpu import TOY as TOY_SCALE
+from ketchup.ops.bench_gpu import largest_batch, pass_flops
 
 # tiny architectures of the two families the GPU mode runs, as `ketchup bench --gpu --toy` does
 TOY = {"t5": TOY_SCALE.pairs["t5"].student, "qwen2": TOY_SCALE.pairs["qwen"].student}
@@ -65,7 +65,7 @@ def test_update_bench_puts_ours_beside_trl_and_the_paper_loop(tmp_path, capsys):
 def test_cut_prompts_encode_to_the_ids_our_rollouts_see(tokenizer, texts):
     """The text given to TRL's DistillationTrainer (it does not truncate) encodes to exactly the
     prompt ids our rollouts use after truncating at max_source_length."""
-    from ketchup.batching import encode_prompt_ids
+    from ketchup.data.batching import encode_prompt_ids
 
     long = [" ".join(texts[i:] + texts[:i]) for i in range(0, 40, 7)]
     for length in (5, 17, 64):
@@ -167,7 +167,7 @@ def _matmul_flops(arch: dict, vocab: int, source: int, target: int) -> int:
 )
 def test_pass_flops_count_every_matrix_product_of_a_teacher_forced_pass(tokenizer, arch):
     from ketchup.config import ModelConfig
-    from ketchup.models import build_model
+    from ketchup.models.loading import build_model
 
     model = build_model(ModelConfig(None, arch, "float32"), tokenizer)
     expected = _matmul_flops(arch, len(tokenizer), 11, 5)
@@ -244,7 +244,7 @@ def test_gpu_bench_writes_the_calibration_that_plan_reads(tmp_path, monkeypatch,
     its FLOPs counted as plan counts them."""
     import json
 
-    from ketchup.plan import read_throughput
+    from ketchup.ops.plan import read_throughput
 
     argv = ["bench", "--gpu", "--toy", "--pairs", "t5", "--batch-size", "2", "--repeats", "1"]
     assert main([*argv, "--no-trl", "--out", str(tmp_path / "update.csv")]) == 0

@@ -7,7 +7,7 @@ import json
 import huggingface_hub
 import pytest
 
-import ketchup.tasks
+import ketchup.data.registry
 from ketchup.cli import main
 from ketchup.stages.fetch import LEGACY_WEIGHTS, MODEL_FILES
 
@@ -81,7 +81,7 @@ def test_a_hub_dataset_is_loaded_once_and_local_files_are_only_recorded(monkeypa
         loaded.append((name, task.dataset, task.files))
         return {"train": [{}] * 3, "validation": [{}], "test": [{}] * 2}
 
-    monkeypatch.setattr(ketchup.tasks, "load_task", load_task)
+    monkeypatch.setattr(ketchup.data.registry, "load_task", load_task)
     record = fetch(tmp_path, "--task", "xsum", "--task-json", '{"dataset": "xsum"}')
     assert loaded == [("xsum", "xsum", None)]
     assert record["source"] == "hub" and record["hub_id"] == "EdinburghNLP/xsum"

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from ketchup.batching import encode_pairs, encode_sources, token_logits
 from ketchup.config import GenerationConfig, ModelConfig
-from ketchup.generation import Rollout, eos_token_ids, generate, generate_ids, rollout_mask
-from ketchup.models import build_model, is_seq2seq, load_model, load_tokenizer, save_model
+from ketchup.data.batching import encode_pairs, encode_sources, token_logits
+from ketchup.models.loading import build_model, is_seq2seq, load_model, load_tokenizer, save_model
+from ketchup.train.generation import Rollout, eos_token_ids, generate, generate_ids, rollout_mask
 
 # Mixed lengths, so batches need padding (left padding for GPT-2); three are training sources.
 PROMPTS = [
@@ -219,7 +219,7 @@ def test_teacher_mixture_at_its_ends_is_either_model(model, other_model, tokeniz
 def test_teacher_mixture_is_the_mixture_at_every_step(model, other_model, tokenizer, monkeypatch):
     """Each step's distribution is log(alpha p_T + (1 - alpha) p_S) of the two models' logits on
     the prefix, checked against teacher-forced passes over the finished rollouts."""
-    from ketchup import generation
+    from ketchup.train import generation
 
     steps = []
 

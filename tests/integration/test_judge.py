@@ -18,19 +18,13 @@ from fake_openai_server import FakeOpenAI, Reply
 
 from ketchup.cli import main
 from ketchup.config import ConfigError, JudgeConfig, parse_section
+from ketchup.evaluate.judge.cache import cache_key
+from ketchup.evaluate.judge.parsing import parse_score, parse_winner
+from ketchup.evaluate.judge.prompts import Template, load_templates
+from ketchup.evaluate.judge.protocols import combine_orders, outcome_for_a
 from ketchup.files import read_jsonl, write_jsonl
-from ketchup.judge import (
-    Template,
-    cache_key,
-    combine_orders,
-    load_templates,
-    mean_ci,
-    outcome_for_a,
-    parse_score,
-    parse_winner,
-    rate_cis,
-    run_judge,
-)
+from ketchup.math.stats import mean_ci, rate_cis
+from ketchup.stages.judge import run_judge
 
 KEY_ENV = "KETCHUP_JUDGE_TEST_KEY"
 SECRET = "sk-test-SECRET-0123456789abcdef"

@@ -8,15 +8,16 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from ketchup.batching import (
+from ketchup.config import ConfigError, ModelConfig
+from ketchup.data.batching import (
     IGNORE_INDEX,
     encode_pairs,
     encode_sources,
     token_logits,
     token_logits_and_next,
 )
-from ketchup.config import ConfigError, ModelConfig
-from ketchup.models import (
+from ketchup.data.tokenizer import train_tokenizer
+from ketchup.models.loading import (
     build_model,
     check_same_vocabulary,
     count_parameters,
@@ -26,7 +27,6 @@ from ketchup.models import (
     resolve_dtype,
     save_model,
 )
-from ketchup.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -280,7 +280,7 @@ def test_save_model_removes_what_a_killed_save_left(tokenizer, tmp_path, archs):
 def test_a_pinned_revision_travels_with_the_hub_id(tmp_path, monkeypatch):
     """`revision:` of a hub model: the jobs pass `id@revision`, and loading asks the hub for
     that revision; a local directory takes no revision."""
-    from ketchup.models import local_directory, model_reference
+    from ketchup.models.loading import local_directory, model_reference
 
     pinned = ModelConfig("google/flan-t5-xl", None, "auto", revision="7d6315d")
     assert model_reference(pinned) == "google/flan-t5-xl@7d6315d"
@@ -521,14 +521,14 @@ def test_a_saved_model_reloads_the_tokenizer_that_trained_it(
 
 
 def test_every_stage_loads_tokenizers_through_load_tokenizer():
-    """No module but ketchup.models loads a tokenizer from disk or the hub itself."""
+    """No module but ketchup.models.loading loads a tokenizer from disk or the hub itself."""
     from pathlib import Path
 
     import ketchup
 
     package = Path(ketchup.__file__).parent
     for path in package.rglob("*.py"):
-        if path.name != "models.py":
+        if path.relative_to(package).as_posix() != "models/loading.py":
             text = path.read_text()
             assert "AutoTokenizer" not in text and "Tokenizer.from_pretrained" not in text, path
 

@@ -16,17 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from ketchup.config import ConfigError, TaskConfig, parse_section
-from ketchup.hub import OFFLINE_VARIABLES, HubError
-from ketchup.tasks import (
+from ketchup.data.registry import (
     DATASETS,
     TaskDataError,
+    carve_size,
     extract_answer,
     format_prompt,
     load_task,
     task_metric,
     task_prompt,
 )
-from ketchup.tasks.registry import carve_size
+from ketchup.models.hub import OFFLINE_VARIABLES, HubError
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
@@ -283,7 +283,7 @@ def test_own_files_with_named_fields(tmp_path):
 def test_own_files_with_several_references_are_scored_against_all(tmp_path):
     """`references_field`: a list column (JSONL / Parquet lists, a CSV cell holding a JSON
     list); every reference is kept, and an output equal to any of them scores full BLEU."""
-    from ketchup.scoring import BLEU, metric_table, score_examples
+    from ketchup.evaluate.scoring import BLEU, metric_table, score_examples
 
     rows = [
         {

@@ -168,7 +168,7 @@ def test_causal_teacher_trains_and_writes_outputs(prepared, archs, tmp_path):
 def test_prompted_teacher_is_used_as_it_is(prepared, archs, tmp_path):
     """mode: prompted loads a saved model by path (as the paper loads flan-t5-xl by hub id)."""
     from ketchup.config import ModelConfig
-    from ketchup.models import build_model, load_tokenizer, save_model
+    from ketchup.models.loading import build_model, load_tokenizer, save_model
 
     tokenizer = load_tokenizer(str(prepared / "tok"))
     save_model(
@@ -263,7 +263,7 @@ def test_grad_variance_on_shared_rollouts(prepared, archs, tmp_path):
     import torch
 
     from ketchup.config import ModelConfig
-    from ketchup.models import build_model, load_tokenizer, save_model
+    from ketchup.models.loading import build_model, load_tokenizer, save_model
 
     tokenizer = load_tokenizer(str(prepared / "tok"))
     for name, seed in (("teacher", 0), ("student", 1)):
@@ -396,7 +396,7 @@ def warm_start(prepared, teacher_dir, archs, tmp_path_factory):
 
 
 def _weights(model_dir):
-    from ketchup.models import load_model
+    from ketchup.models.loading import load_model
 
     return load_model(str(model_dir)).state_dict()
 
@@ -642,7 +642,7 @@ def test_two_processes_match_one_at_the_same_global_batch(
     if system != "kl":
         return
     from ketchup.config import ModelConfig
-    from ketchup.models import build_model, load_tokenizer
+    from ketchup.models.loading import build_model, load_tokenizer
 
     assert main(argv(tmp_path / "one")) == 0
     a, b = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
@@ -664,8 +664,8 @@ def test_two_processes_match_one_at_the_same_global_batch(
 def test_generate_and_score_a_model(prepared, teacher_dir, tmp_path, capsys):
     """`generate` then `score` on the teacher, as the results rules run them; every number of the
     summary is recomputed from the per-example CSV and matches sacreBLEU on the outputs."""
+    from ketchup.evaluate.metrics import corpus_bleu
     from ketchup.files import read_csv
-    from ketchup.metrics import corpus_bleu
 
     outputs = tmp_path / "test_outputs.jsonl"
     evaluation = {"generation": GENERATION, "max_source_length": 48}
@@ -873,9 +873,9 @@ def test_prompted_teacher_reads_sources_as_far_as_the_students(prepared, archs, 
     128 of teacher.train's default; the resolved config says what was used."""
     import yaml
 
-    import ketchup.generation
+    import ketchup.train.generation
     from ketchup.config import ModelConfig, parse_config
-    from ketchup.models import build_model, load_tokenizer, save_model
+    from ketchup.models.loading import build_model, load_tokenizer, save_model
 
     tokenizer = load_tokenizer(str(prepared / "tok"))
     save_model(
@@ -887,7 +887,7 @@ def test_prompted_teacher_reads_sources_as_far_as_the_students(prepared, archs, 
     teacher["generation"]["max_new_tokens"] = 4
     students = {s["train"]["max_source_length"] for s in config["students"].values()}
     assert students == {512}
-    lengths, generate = [], ketchup.generation.generate
+    lengths, generate = [], ketchup.train.generation.generate
 
     def recording(*args, max_source_length, **kwargs):
         lengths.append(max_source_length)
@@ -897,7 +897,7 @@ def test_prompted_teacher_reads_sources_as_far_as_the_students(prepared, archs, 
     argv = ["teacher-outputs", "--teacher", str(tmp_path / "m"), "--split", "train"]
     argv += ["--data-dir", str(prepared / "data"), "--task-json", json.dumps(TASK)]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ketchup.generation, "generate", recording)
+        patch.setattr(ketchup.train.generation, "generate", recording)
         assert main([*argv, "--config-json", json.dumps(teacher), "--out", str(out)]) == 0
     print(f"the teacher's outputs read {lengths} source tokens")
     assert lengths == [512]

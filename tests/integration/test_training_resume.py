@@ -9,12 +9,12 @@ import signal
 import pytest
 import torch
 
-from ketchup.batching import encode_pairs
 from ketchup.config import ModelConfig, TrainConfig
-from ketchup.models import build_model
-from ketchup.signals import DivergedError, Preempted
-from ketchup.tokenizer import train_tokenizer
-from ketchup.training import fit
+from ketchup.data.batching import encode_pairs
+from ketchup.data.tokenizer import train_tokenizer
+from ketchup.models.loading import build_model
+from ketchup.train.loop import fit
+from ketchup.train.signals import DivergedError, Preempted
 
 ROWS = [
     {"source": f"name[Place {i}] | food[{food}]", "target": f"Place {i} serves {food} food."}

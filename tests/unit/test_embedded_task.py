@@ -8,8 +8,8 @@ import time
 import pytest
 
 from ketchup.config import EmbeddedTaskConfig
-from ketchup.tasks import embedded
-from ketchup.tasks.embedded import (
+from ketchup.data import embedded
+from ketchup.data.embedded import (
     ATTRIBUTES,
     NAMES,
     OPENINGS,

@@ -110,7 +110,7 @@ def _legend_names(fig) -> list[str]:
 
 
 def test_training_curves_are_split_so_that_no_panel_is_crowded(cell):
-    from ketchup import figures
+    from ketchup.report import figures
 
     on_policy = {s for s in cell.groups if s != "teacher" and s not in ("sft", "seqkd", "kl")}
     by_k, baselines = figures.training_curves_k(cell), figures.training_curves_baselines(cell)
@@ -130,7 +130,7 @@ def test_training_curves_are_split_so_that_no_panel_is_crowded(cell):
 
 
 def test_metric_vs_k_starts_at_k1_and_says_what_its_bars_cover(cell):
-    from ketchup import figures
+    from ketchup.report import figures
 
     fig = figures.metric_vs_k(cell)
     (ax,) = fig.axes
@@ -143,7 +143,7 @@ def test_metric_vs_k_starts_at_k1_and_says_what_its_bars_cover(cell):
 
 
 def test_methods_axis_spans_the_data_not_zero(cell, tmp_path):
-    from ketchup import figures
+    from ketchup.report import figures
 
     fig = figures.methods(cell)
     (ax,) = fig.axes
@@ -169,14 +169,14 @@ def test_methods_axis_spans_the_data_not_zero(cell, tmp_path):
 
 
 def test_one_seed_bars_say_they_cover_the_test_examples_only():
-    from ketchup import figures
+    from ketchup.report import figures
 
     assert "one seed" in figures.ci_label(1) and "seeds" in figures.ci_label(3)
     assert "test examples" in figures.ci_label(1)
 
 
 def test_a_study_draws_the_figures_its_methods_have():
-    from ketchup import figures
+    from ketchup.report import figures
 
     every = figures.kinds_for(["sft", "kl", "llmr", "ketchup", "gkd"])
     assert every == list(figures.KINDS)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ketchup.gpu_slots import acquire, gpu_pool
+from ketchup.ops.gpu_slots import acquire, gpu_pool
 
 PRINT_DEVICES = [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]
 
@@ -16,7 +16,7 @@ PRINT_DEVICES = [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBL
 def run_slots(n: int, visible: str, lock_dir) -> subprocess.CompletedProcess:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible, "KETCHUP_GPU_LOCK_DIR": str(lock_dir)}
     return subprocess.run(
-        [sys.executable, "-m", "ketchup.gpu_slots", str(n), "--", *PRINT_DEVICES],
+        [sys.executable, "-m", "ketchup.ops.gpu_slots", str(n), "--", *PRINT_DEVICES],
         env=env,
         capture_output=True,
         text=True,
@@ -55,7 +55,7 @@ def test_the_command_sees_only_its_gpus(tmp_path):
 
 def test_bad_usage_is_explained():
     result = subprocess.run(
-        [sys.executable, "-m", "ketchup.gpu_slots", "two", "--", "true"],
+        [sys.executable, "-m", "ketchup.ops.gpu_slots", "two", "--", "true"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -71,7 +71,17 @@ def test_a_job_asking_for_a_gpu_on_a_machine_without_one_stops_with_one_line(tmp
     env.update(PATH=str(tmp_path), KETCHUP_GPU_LOCK_DIR=str(tmp_path))  # no nvidia-smi on it
     if hidden is not None:
         env["CUDA_VISIBLE_DEVICES"] = hidden
-    argv = [sys.executable, "-m", "ketchup.gpu_slots", "1", "--rule", "distill", "--", "touch", "x"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ketchup.ops.gpu_slots",
+        "1",
+        "--rule",
+        "distill",
+        "--",
+        "touch",
+        "x",
+    ]
     result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3
     lines = result.stderr.strip().splitlines()
@@ -85,7 +95,7 @@ def test_a_job_asking_for_a_gpu_on_a_machine_without_one_stops_with_one_line(tmp
 
 def test_a_job_asking_for_more_gpus_than_shown_is_told_how_many_there_are(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "4", "KETCHUP_GPU_LOCK_DIR": str(tmp_path)}
-    argv = [sys.executable, "-m", "ketchup.gpu_slots", "2", "--rule", "teacher", "--", "true"]
+    argv = [sys.executable, "-m", "ketchup.ops.gpu_slots", "2", "--rule", "teacher", "--", "true"]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3 and len(result.stderr.strip().splitlines()) == 1
     assert "shows 1 (CUDA_VISIBLE_DEVICES='4')" in result.stderr
@@ -95,7 +105,7 @@ def test_a_job_asking_for_more_gpus_than_shown_is_told_how_many_there_are(tmp_pa
 def test_data_parallel_runs_as_many_processes_as_gpus_given():
     """The count the job got (`{resources.gpu}`, filled in when it runs) is the number of
     accelerate processes; one GPU (or none) runs the command as it is."""
-    from ketchup.gpu_slots import data_parallel
+    from ketchup.ops.gpu_slots import data_parallel
 
     command = ["python", "-m", "ketchup", "distill", "--seed", "0"]
     assert data_parallel(3, command) == [
@@ -112,7 +122,15 @@ def test_no_gpu_asked_for_hides_them_all(tmp_path):
     """gpu: 0 (every job of the CPU default): the command sees no GPU, even on a GPU machine."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1", "KETCHUP_GPU_LOCK_DIR": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-m", "ketchup.gpu_slots", "0", "--data-parallel", "--", *PRINT_DEVICES],
+        [
+            sys.executable,
+            "-m",
+            "ketchup.ops.gpu_slots",
+            "0",
+            "--data-parallel",
+            "--",
+            *PRINT_DEVICES,
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -112,7 +112,7 @@ def not_installed(name):
     return version(name)
 importlib.metadata.version = not_installed
 
-import ketchup.bench, ketchup.bench_gpu, ketchup.stages.distill, ketchup.training
+import ketchup.ops.bench, ketchup.ops.bench_gpu, ketchup.stages.distill, ketchup.train.loop
 from ketchup.provenance import machine_record
 assert machine_record()["ketchup"] is None
 from ketchup.cli import main

@@ -10,7 +10,7 @@ import yaml
 
 from ketchup.cli import main
 from ketchup.config import ConfigError, ModelConfig, load_config, parse_config
-from ketchup.plan import (
+from ketchup.ops.plan import (
     ASSUMED_SHARE,
     H100_BF16_PEAK,
     KNOWN_SIZES,
@@ -54,8 +54,8 @@ def test_known_sizes_are_the_published_architectures_counted(name):
 
 def test_a_local_model_directory_is_counted_from_its_config(tmp_path):
     """The count of a saved model (its config.json) equals its weights' parameter count."""
-    from ketchup.models import build_model, save_model
-    from ketchup.tokenizer import train_tokenizer
+    from ketchup.data.tokenizer import train_tokenizer
+    from ketchup.models.loading import build_model, save_model
 
     tokenizer = train_tokenizer(["a b c d e f g h"] * 4, vocab_size=64)
     arch = {"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 32}
@@ -81,10 +81,10 @@ def test_plan_counts_an_update_as_the_gpu_bench_does():
     must count its updates the same way, or a calibrated estimate would be off by the ratio."""
     import torch
 
-    from ketchup.bench_gpu import T5_BASE, _sizes, plan_update_flops
-    from ketchup.models import build_model
-    from ketchup.plan import ModelSize
-    from ketchup.tokenizer import train_tokenizer
+    from ketchup.data.tokenizer import train_tokenizer
+    from ketchup.models.loading import build_model
+    from ketchup.ops.bench_gpu import T5_BASE, _sizes, plan_update_flops
+    from ketchup.ops.plan import ModelSize
 
     tiny_teacher = {**T5_BASE, "d_model": 32, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 3}
     tiny_student = {**T5_BASE, "d_model": 16, "d_ff": 32, "num_layers": 1, "num_decoder_layers": 1}

@@ -16,7 +16,7 @@ from ketchup.math.objectives import (
     policy_gradient_objective,
 )
 from ketchup.math.policy_gradient import Sampler
-from ketchup.precision import MixedPrecision, own_dtype
+from ketchup.models.precision import MixedPrecision, own_dtype
 
 B, T, V = 3, 6, 11
 SETTINGS = Reinforce(normalize="std", clip=2.0, uniform_ce=0.1)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ketchup import progress
+from ketchup.train import progress
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import sacrebleu
 from safetensors.numpy import save_file
 
 from ketchup.cli import main
+from ketchup.evaluate.scoring import reference_streams
 from ketchup.files import csv_text, read_csv, read_jsonl, write_json, write_jsonl, write_text
-from ketchup.scoring import reference_streams
 
 TASK = {
     "dataset": "embedded",
@@ -236,7 +236,7 @@ def test_latex_tables_use_booktabs_rules_and_ascii_only(tables):
 
 
 def test_tex_maps_every_character_a_plain_latex_cannot_take():
-    from ketchup.tables import tex
+    from ketchup.report.tables import tex
 
     text = "KETCHUP − LLMR ± 0.3 ↑ ↓ ≥ ≤ × · ‖g‖² Σ Δ – — 10% a_b #1 $5 {x} ~ ^ \\ & é"
     out = tex(text)
@@ -261,7 +261,7 @@ def test_latex_tables_compile(tables, tmp_path):
 
 
 def test_figures_are_written_for_every_kind(study, tmp_path):
-    from ketchup import figures
+    from ketchup.report import figures
 
     args = ["figures", "--task", "toy", "--scores", *study["summaries"], "--variance"]
     kinds = [*figures.KINDS, "gain_vs_size"]
@@ -276,7 +276,7 @@ def test_figures_are_written_for_every_kind(study, tmp_path):
 
 
 def test_training_curves_draw_every_panel(study):
-    from ketchup import figures
+    from ketchup.report import figures
     from ketchup.stages.report import _cells
 
     cell = next(c for c in _cells(study["summaries"]) if c.student == "s1")
@@ -319,7 +319,7 @@ def test_judge_table_says_what_ran(tmp_path):
     text = judge_summary([ran, dry])
     assert "# LLM-as-judge: toy, s1" in text and "| teacher | 4 |" in text
     assert "# LLM-as-judge (dry run): toy, s2" in text and '"prompt_tokens": 3400' in text
-    from ketchup.tables import markdown_html
+    from ketchup.report.tables import markdown_html
 
     page = markdown_html(text)  # judge.html, which the report shows
     assert (

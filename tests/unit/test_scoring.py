@@ -9,8 +9,8 @@ import pytest
 import sacrebleu
 
 from ketchup.config import TaskConfig, from_dict, section_schema, validate_with_defaults
-from ketchup.metrics import rouge_scores
-from ketchup.scoring import (
+from ketchup.evaluate.metrics import rouge_scores
+from ketchup.evaluate.scoring import (
     ACCURACY,
     BLEU,
     CHRF,

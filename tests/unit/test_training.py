@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ketchup.training import StepLog, batch_indices, linear_schedule
+from ketchup.train.loop import StepLog, batch_indices, linear_schedule
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_step():

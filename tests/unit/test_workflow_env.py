@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from ketchup.workflow_env import (
+from ketchup.ops.workflow_env import (
     detect_gpus,
     record_lock_owner,
     remove_stale_lock,

@@ -20,7 +20,7 @@ from test_workflow import job_counts, snakemake
 
 from ketchup.config import parse_config, read_config_files
 from ketchup.files import read_jsonl
-from ketchup.stages.variance import measured_systems
+from ketchup.report.studies import measured_systems
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"t5": ROOT / "configs" / "paper.yaml", "qwen2": ROOT / "configs" / "paper_qwen.yaml"}

@@ -20,7 +20,7 @@ import yaml
 
 from ketchup.config import parse_config
 from ketchup.files import read_jsonl
-from ketchup.studies import INDEX as STUDIES_INDEX
+from ketchup.report.studies import INDEX as STUDIES_INDEX
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -151,19 +151,19 @@ def test_gpus_come_from_the_job_not_the_parsed_config(tmp_path):
     commands = [line for line in out.splitlines() if "-m ketchup" in line]
     distill = [c for c in commands if " distill " in c]
     assert distill and all(
-        "python -m ketchup.gpu_slots 2 --rule distill --data-parallel -- python -m ketchup distill "
-        in c
+        "python -m ketchup.ops.gpu_slots 2 --rule distill --data-parallel -- "
+        "python -m ketchup distill " in c
         for c in distill
     )
     teacher = [c for c in commands if " train-teacher " in c]
     assert teacher and all(
-        "python -m ketchup.gpu_slots 0 --rule teacher --data-parallel -- python -m ketchup "
+        "python -m ketchup.ops.gpu_slots 0 --rule teacher --data-parallel -- python -m ketchup "
         "train-teacher" in c
         for c in teacher
     )
     generate = [c for c in commands if " generate " in c]
     assert generate and all(
-        "python -m ketchup.gpu_slots 0 --rule generate -- python -m" in c for c in generate
+        "python -m ketchup.ops.gpu_slots 0 --rule generate -- python -m" in c for c in generate
     )
 
 
@@ -191,8 +191,8 @@ def test_set_resources_runs_a_gpu_rule_on_the_cpu(tmp_path):
     assert "fewer than the config asks for" not in printed
     distill = [line for line in printed.splitlines() if " distill --teacher" in line]
     assert distill and all(
-        "python -m ketchup.gpu_slots 0 --rule distill --data-parallel -- python -m ketchup distill"
-        in c
+        "python -m ketchup.ops.gpu_slots 0 --rule distill --data-parallel -- "
+        "python -m ketchup distill" in c
         for c in distill
     )
 
@@ -356,7 +356,9 @@ def test_every_file_a_job_reads_is_an_input(tmp_path):
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             (directory / name).write_text("{}")
         (directory / ".cache" / "download.lock").write_text("")
-    shutil.copytree(ROOT / "src" / "ketchup" / "judge" / "templates", tmp_path / "templates")
+    shutil.copytree(
+        ROOT / "src" / "ketchup" / "evaluate" / "judge" / "templates", tmp_path / "templates"
+    )
     config = {
         "study": "inputs",
         "tasks": {

@@ -24,22 +24,22 @@ from ketchup.config import (
     teacher_training_section,
     variance_distill_section,
 )
-from ketchup.models import local_directory, model_reference
-from ketchup.tasks import task_kind
-from ketchup.figures import (
+from ketchup.models.loading import local_directory, model_reference
+from ketchup.data.registry import task_kind
+from ketchup.report.figures import (
     KINDS as FIGURE_KINDS,
     STUDY_KINDS as STUDY_FIGURE_KINDS,
     kinds_for as figure_kinds_for,
 )
-from ketchup.judge.prompts import template_files
-from ketchup.progress import FD_VARIABLE as PROGRESS_FD
-from ketchup.judge.stage import (
+from ketchup.evaluate.judge.prompts import template_files
+from ketchup.train.progress import FD_VARIABLE as PROGRESS_FD
+from ketchup.stages.judge import (
     ANSWER_FILES as JUDGE_ANSWER_FILES,
     DRY_RUN_FILES as JUDGE_DRY_RUN_FILES,
 )
-from ketchup import studies
-from ketchup.studies import INDEX as STUDIES_INDEX, STUDY_CONFIG
-from ketchup.workflow_env import (
+from ketchup.report import studies
+from ketchup.report.studies import INDEX as STUDIES_INDEX, STUDY_CONFIG
+from ketchup.ops.workflow_env import (
     detect_gpus,
     record_lock_owner,
     remove_stale_lock,
@@ -175,18 +175,18 @@ def launcher(rule_name, parallel=True):
 
     `{resources.gpu}` is filled in when the job runs, so `--set-resources distill:gpu=2` or a
     profile's resources count, not the config as parsed (and a new count reruns nothing).
-    `python -m ketchup.gpu_slots N --rule <rule>` gives the job N free GPUs of its own
+    `python -m ketchup.ops.gpu_slots N --rule <rule>` gives the job N free GPUs of its own
     (CUDA_VISIBLE_DEVICES; Snakemake only counts GPUs, it does not assign them), none with N = 0,
     or stops with one line saying how to run on the CPU when the machine shows fewer than N; with
     --data-parallel, a training verb given several GPUs runs as N processes under `accelerate
-    launch` (see src/ketchup/distributed.py); other verbs just see their GPUs.
+    launch` (see src/ketchup/models/parallel.py); other verbs just see their GPUs.
 
     The job's output goes to its log; descriptor 3, Snakemake's own stderr duplicated before that
-    redirect, takes the verb's short progress lines (src/ketchup/progress.py).
+    redirect, takes the verb's short progress lines (src/ketchup/train/progress.py).
     """
     mode = " --data-parallel" if parallel else ""
     return (
-        f"{OFFLINE} {PROGRESS_FD}=3 3>&2 python -m ketchup.gpu_slots {{resources.gpu}}"
+        f"{OFFLINE} {PROGRESS_FD}=3 3>&2 python -m ketchup.ops.gpu_slots {{resources.gpu}}"
         f" --rule {rule_name}{mode} -- python -m ketchup"
     )
 

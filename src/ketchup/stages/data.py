@@ -10,7 +10,7 @@ from ketchup.files import atomic_path, read_jsonl, write_jsonl, write_resolved_c
 
 def prepare_data(args) -> int:
     """Load (or generate) a task and write one JSONL file per split."""
-    from ketchup.tasks import load_task, resolved_task
+    from ketchup.data.registry import load_task, resolved_task
 
     task = parse_section(TaskConfig, args.config_json, "task", f"tasks.{args.task}")
     splits = load_task(args.task, task)
@@ -25,7 +25,7 @@ def prepare_data(args) -> int:
 
 def train_tokenizer_stage(args) -> int:
     """Train the BPE tokenizer of from-scratch models on the training sources and targets."""
-    from ketchup.tokenizer import train_tokenizer
+    from ketchup.data.tokenizer import train_tokenizer
 
     cfg = parse_section(TokenizerConfig, args.config_json, "tokenizer", "tokenizer")
     train = read_jsonl(Path(args.data_dir) / "train.jsonl")

@@ -27,7 +27,7 @@ LEGACY_WEIGHTS = ["*.bin"]  # for a repository without safetensors
 def fetch_model(name_or_path: str, revision: str | None) -> dict:
     """Download a hub model's files at `revision` (None: the default branch); a local directory
     is left alone."""
-    from ketchup.models import _resolve_source
+    from ketchup.models.loading import _resolve_source
 
     source, local, pinned = _resolve_source(name_or_path, "model")
     revision = revision or pinned  # `id@revision` pins one too
@@ -61,7 +61,7 @@ def fetch_model(name_or_path: str, revision: str | None) -> dict:
 def fetch_dataset(task_name: str, task: TaskConfig) -> dict:
     """Load a task's hub dataset once with the network, as prepare-data will load it offline (the
     datasets cache keeps it); a task with local `files` is left alone."""
-    from ketchup.tasks import dataset_spec, load_task
+    from ketchup.data.registry import dataset_spec, load_task
 
     spec = dataset_spec(task.dataset)
     record = {"task": task_name, "dataset": task.dataset}

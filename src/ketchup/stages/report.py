@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ketchup.files import csv_text, read_csv, write_text
-from ketchup.results import collect, load_run
+from ketchup.report.results import collect, load_run
 
 
 def _cells(score_files):
@@ -23,7 +23,7 @@ def _variance(files) -> dict[tuple[str, str], list[dict[str, str]]]:
 
 
 def _write(out_dir: Path, name: str, tables, records) -> None:
-    from ketchup.tables import html_page
+    from ketchup.report.tables import html_page
 
     write_text(out_dir / f"{name}.md", "\n".join(t.markdown() for t in tables))
     title = tables[0].title if tables else name
@@ -67,7 +67,7 @@ def judge_summary(judge_dirs) -> str:
 
 
 def tables_stage(args) -> int:
-    from ketchup.tables import (
+    from ketchup.report.tables import (
         html_page,
         k_table,
         main_table,
@@ -107,7 +107,7 @@ def _write_study(args) -> None:
     import json
 
     from ketchup.config import ConfigError
-    from ketchup.studies import write_study
+    from ketchup.report.studies import write_study
 
     if not (args.study_config and args.index):
         raise ConfigError("--study-json needs --study-config and --index")
@@ -119,8 +119,8 @@ def _write_study(args) -> None:
 
 
 def figures_stage(args) -> int:
-    from ketchup import figures
     from ketchup.config import ConfigError
+    from ketchup.report import figures
 
     # checked here, not by argparse choices: the CLI stays free of the plotting imports
     kinds = list(args.kinds or figures.KINDS)

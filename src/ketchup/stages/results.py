@@ -34,7 +34,7 @@ from ketchup.files import (
     write_resolved_config,
     write_text,
 )
-from ketchup.results import TEACHER
+from ketchup.report.results import TEACHER
 
 
 def _task(args) -> TaskConfig:
@@ -54,10 +54,10 @@ def write_split_outputs(
     in the rows' order; greedy unless `generation.num_beams` > 1. The model is loaded in
     `precision` and computes in it. Returns the count and the precision used (for the resolved
     config)."""
-    from ketchup.generation import generate
-    from ketchup.models import default_device, load_model, load_tokenizer, resolve_dtype
-    from ketchup.precision import inference_record
-    from ketchup.tasks import format_prompt, task_prompt
+    from ketchup.data.registry import format_prompt, task_prompt
+    from ketchup.models.loading import default_device, load_model, load_tokenizer, resolve_dtype
+    from ketchup.models.precision import inference_record
+    from ketchup.train.generation import generate
 
     device = default_device()
     tokenizer = load_tokenizer(model_path)  # first: a directory without one fails at once
@@ -85,7 +85,7 @@ def generate_outputs(args) -> int:
     n, precision = write_split_outputs(
         args.model, args.precision, rows, task, cfg.generation, cfg.max_source_length, out
     )
-    from ketchup.tasks import resolved_task
+    from ketchup.data.registry import resolved_task
 
     write_resolved_config(
         out.parent,
@@ -183,7 +183,7 @@ def _outputs_in_order(path: str, examples: list[dict[str, Any]]) -> list[str]:
 
 def score_outputs(args) -> int:
     """Per-example scores of one run's outputs (CSV) and its metrics on the whole split (JSON)."""
-    from ketchup.scoring import metric_table, score_examples, signatures, task_metrics
+    from ketchup.evaluate.scoring import metric_table, score_examples, signatures, task_metrics
 
     task = _task(args)
     run = parse_run(args.run_json)

@@ -16,17 +16,17 @@ def train_teacher(args) -> int:
     """Fine-tune the teacher on the task's references; keep the best by validation metric."""
     import torch
 
-    from ketchup.distributed import processes
-    from ketchup.models import (
+    from ketchup.data.registry import resolved_task, task_prompt, task_selection_metric
+    from ketchup.models.loading import (
         count_parameters,
         default_device,
         init_model,
         is_seq2seq,
         load_tokenizer,
     )
-    from ketchup.precision import MixedPrecision
-    from ketchup.tasks import resolved_task, task_prompt, task_selection_metric
-    from ketchup.training import cross_entropy_loss, fit, generation_evaluator
+    from ketchup.models.parallel import processes
+    from ketchup.models.precision import MixedPrecision
+    from ketchup.train.loop import cross_entropy_loss, fit, generation_evaluator
 
     task = _task(args)
     cfg = parse_section(TeacherConfig, args.config_json, "teacher", "teacher")
@@ -82,8 +82,8 @@ def train_teacher(args) -> int:
 
 def teacher_outputs(args) -> int:
     """Greedy teacher outputs for one split, batched, in the split's order."""
+    from ketchup.data.registry import resolved_task
     from ketchup.stages.results import write_split_outputs
-    from ketchup.tasks import resolved_task
 
     task = _task(args)
     cfg = parse_section(TeacherConfig, args.config_json, "teacher", "teacher")

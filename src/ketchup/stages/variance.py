@@ -23,18 +23,10 @@ from pathlib import Path
 
 from ketchup.config import DistillConfig, TaskConfig, parse_section, split_system, to_dict
 from ketchup.files import read_jsonl, write_resolved_config, write_text
+from ketchup.report.studies import measured_systems
 
 BASELINES = {"llmr": "none", "llmr_mean": "mean", "llmr_minvar": "minvar", "ketchup": "none"}
 REFERENCE = "llmr"
-
-
-def measured_systems(cfg: DistillConfig) -> list[str]:
-    """LLMR (always: the reference), its baselines and every K of the study's KETCHUP."""
-    systems = [REFERENCE]
-    systems += [s for s in ("llmr_mean", "llmr_minvar") if s in cfg.methods]
-    if "ketchup" in cfg.methods:
-        systems += [f"ketchup_k{k}" for k in sorted(cfg.ks) if k > 1]
-    return systems
 
 
 def grad_variance(args) -> int:
@@ -42,9 +34,9 @@ def grad_variance(args) -> int:
     import numpy as np
     import torch
 
-    from ketchup.batching import encode_sources, token_logits, token_logits_and_next
     from ketchup.config import GenerationConfig
-    from ketchup.generation import generate_ids
+    from ketchup.data.batching import encode_sources, token_logits, token_logits_and_next
+    from ketchup.data.registry import format_prompt, resolved_task, task_prompt
     from ketchup.math.objectives import (
         Reinforce,
         bootstraps_at_cut,
@@ -57,16 +49,16 @@ def grad_variance(args) -> int:
         clipped_gram,
         gradient_statistics,
     )
-    from ketchup.models import (
+    from ketchup.models.loading import (
         check_same_vocabulary,
         default_device,
         load_model,
         load_tokenizer,
         resolve_dtype,
     )
-    from ketchup.precision import MixedPrecision, own_dtype, precision_record
-    from ketchup.progress import ProgressBar
-    from ketchup.tasks import format_prompt, resolved_task, task_prompt
+    from ketchup.models.precision import MixedPrecision, own_dtype, precision_record
+    from ketchup.train.generation import generate_ids
+    from ketchup.train.progress import ProgressBar
 
     task = parse_section(TaskConfig, args.task_json, "task", "task")
     cfg = parse_section(DistillConfig, args.config_json, "distill", "distill")
@@ -97,7 +89,7 @@ def grad_variance(args) -> int:
         sampling = {"do_sample": True, "top_k": rollout.top_k or None}
         sampling["temperature"] = rollout.temperature
     settings = Reinforce(**to_dict(cfg.policy_gradient))
-    systems = measured_systems(cfg)
+    systems = measured_systems(cfg, REFERENCE)
     sets = GradientSets(systems, var.rollout_sets, n_params, var.sketch_dim, seed=var.seed)
     return_mean = np.zeros((len(systems), var.rollout_sets))
     norms = np.zeros((len(systems), var.rollout_sets))  # |g|, exact (before any sketch)

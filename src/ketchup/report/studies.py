@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from ketchup.config import ModelConfig, StudyConfig
+from ketchup.config import DistillConfig, ModelConfig, StudyConfig
+from ketchup.data.registry import dataset_spec
 from ketchup.files import write_text
-from ketchup.tasks import dataset_spec
 
 STUDY_CONFIG = "config.yaml"
 INDEX = "studies.md"
@@ -128,3 +128,13 @@ def write_study(config: dict[str, Any], config_path: str | Path, index_path: str
     """Write a study's resolved config, then rewrite the index beside its directory."""
     write_text(config_path, study_config_text(config))
     write_text(index_path, study_index(Path(index_path).parent))
+
+
+def measured_systems(cfg: DistillConfig, reference: str = "llmr") -> list[str]:
+    """The systems whose update the variance stage measures: LLMR (always: the reference), its
+    baselines and every K > 1 of the study's KETCHUP."""
+    systems = [reference]
+    systems += [s for s in ("llmr_mean", "llmr_minvar") if s in cfg.methods]
+    if "ketchup" in cfg.methods:
+        systems += [f"ketchup_k{k}" for k in sorted(cfg.ks) if k > 1]
+    return systems

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from ketchup.config import Method
+from ketchup.evaluate.scoring import METRICS, Metric
 from ketchup.files import read_csv
 from ketchup.math import stats
-from ketchup.scoring import METRICS, Metric
 
 TEACHER = "teacher"
 # The paper's main-table order (the config's method order); KETCHUP stands for its best K.
@@ -94,7 +94,7 @@ class Run:
         return Path(self.summary["scores"])
 
     def table(self, metric: Metric) -> np.ndarray:
-        from ketchup.scoring import metric_table
+        from ketchup.evaluate.scoring import metric_table
 
         return metric_table(metric, self.rows)
 

@@ -11,8 +11,8 @@
   arithmetic, and autocast leaves elementwise ops and reductions on float32 inputs in float32.
 
 ``auto`` is bfloat16 on a CUDA device that supports it, float16 on other CUDA devices and float32
-on the CPU (``ketchup.models.resolve_dtype``), so the CPU path is float32 unless a config names a
-half dtype explicitly.
+on the CPU (``ketchup.models.loading.resolve_dtype``), so the CPU path is float32 unless a config
+names a half dtype explicitly.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class MixedPrecision:
     @classmethod
     def for_model(cls, model: Any, precision: Any) -> MixedPrecision:
         """``precision``: a setting (auto, float32, bfloat16, float16) or a torch dtype."""
-        from ketchup.models import resolve_dtype
+        from ketchup.models.loading import resolve_dtype
 
         device = next(model.parameters()).device
         dtype = resolve_dtype(precision, device) if isinstance(precision, str) else precision

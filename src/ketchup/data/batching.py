@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ketchup.models import is_seq2seq
+from ketchup.models.loading import is_seq2seq
 
 if TYPE_CHECKING:
     from torch import Tensor

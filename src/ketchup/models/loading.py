@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ketchup import hub
-from ketchup.architectures import architecture_config
 from ketchup.config import ConfigError, ModelConfig
 from ketchup.files import CorruptFileError, atomic_path
+from ketchup.models import hub
+from ketchup.models.architectures import architecture_config
 
 if TYPE_CHECKING:
     import torch
@@ -234,8 +234,8 @@ def load_model(name_or_path: str, *, dtype: Any = None, device: Any = None) -> P
 
     ``dtype`` is a torch dtype, a precision name (see :func:`resolve_dtype`) or None (the dtype
     the checkpoint was saved in); ``device`` is where to put it. A missing local directory raises
-    FileNotFoundError naming it, a failed hub load :class:`ketchup.hub.HubError`. The model is
-    returned in eval mode.
+    FileNotFoundError naming it, a failed hub load :class:`ketchup.models.hub.HubError`. The model
+    is returned in eval mode.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -257,8 +257,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     the one saved there.
 
     A tokenizer saved as the generic fast class (one built with `tokenizers`, as
-    :func:`ketchup.tokenizer.train_tokenizer` builds it) is loaded from its tokenizer.json as it
-    is: AutoTokenizer would replace it, beside a model of some types (qwen2, phi3, ...), by that
+    :func:`ketchup.data.tokenizer.train_tokenizer` builds it) is loaded from its tokenizer.json as
+    it is: AutoTokenizer would replace it, beside a model of some types (qwen2, phi3, ...), by that
     family's class rebuilt from the vocabulary with the family's own pre-tokenizer, which gives
     other ids for the same text. A local directory without tokenizer files is refused (AutoTokenizer
     would build an empty placeholder whose outputs are empty).
@@ -382,7 +382,7 @@ def default_device() -> Any:
 
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    from ketchup.distributed import processes
+    from ketchup.models.parallel import processes
 
     return torch.device("cuda", processes().local_rank)
 
@@ -391,7 +391,7 @@ def init_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, where:
     """The model a stage trains: built from `architecture`, or loaded from `name_or_path`.
 
     In float32 either way (a checkpoint saved in bfloat16 too): the trainer keeps float32 weights
-    and reaches `model.precision` by autocast (see `ketchup.precision`).
+    and reaches `model.precision` by autocast (see `ketchup.models.precision`).
     """
     if model.from_scratch:
         return build_model(model, tokenizer, dtype="float32", where=where)

@@ -18,7 +18,7 @@ def corpus_bleu(outputs: Sequence[str], references: Sequence[Sequence[str]]) -> 
     """
     import sacrebleu
 
-    from ketchup.scoring import reference_streams
+    from ketchup.evaluate.scoring import reference_streams
 
     if len(outputs) != len(references):
         raise ValueError(f"outputs: {len(outputs)} items but references: {len(references)}")
@@ -46,7 +46,7 @@ def rouge_scores(outputs: Sequence[str], references: Sequence[Sequence[str]]) ->
 
 def answer_accuracy(outputs: Sequence[str], gold: Sequence[str | None]) -> float:
     """Exact match of the extracted final answer (GSM8K), x 100."""
-    from ketchup.tasks.registry import extract_answer
+    from ketchup.data.registry import extract_answer
 
     if not outputs:
         return 0.0
@@ -63,7 +63,7 @@ def validation_score(metric: str, outputs: Sequence[str], examples: Sequence[dic
     ROUGE-1, as the released KETCHUP code selects, accuracy -> accuracy)."""
     import sacrebleu
 
-    from ketchup.scoring import reference_streams
+    from ketchup.evaluate.scoring import reference_streams
 
     references = [ex["references"] for ex in examples]
     metric = {"rouge": "rouge1"}.get(metric, metric)

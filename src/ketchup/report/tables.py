@@ -27,7 +27,7 @@ from typing import Any
 
 from ketchup.math import stats
 from ketchup.provenance import describe
-from ketchup.results import Cell, paired_test, system_label
+from ketchup.report.results import Cell, paired_test, system_label
 
 # Published results, flan-t5-xl -> t5-base (the paper's main table): XSum ROUGE-1, Europarl EN-NL
 # BLEU, GSM8K accuracy.

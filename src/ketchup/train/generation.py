@@ -12,9 +12,9 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ketchup.batching import decoder_start_id, encode_prompt_ids, pad_batch, pad_token_id
 from ketchup.config import GenerationConfig
-from ketchup.models import is_seq2seq
+from ketchup.data.batching import decoder_start_id, encode_prompt_ids, pad_batch, pad_token_id
+from ketchup.models.loading import is_seq2seq
 
 if TYPE_CHECKING:
     import torch
@@ -315,7 +315,7 @@ def generate_ids(
 
     ``tokens`` (B, T) with T the longest output, ``mask`` and ``finished`` as described there;
     ordinary tensors (not inference tensors), so they can feed a forward pass with gradients,
-    e.g. :func:`ketchup.batching.token_logits` over ``encode_sources`` of the same prompts.
+    e.g. :func:`ketchup.data.batching.token_logits` over ``encode_sources`` of the same prompts.
 
     ``teacher_mix=(teacher, alpha)`` samples every token from MiniLLM's teacher-mixed
     distribution ``alpha p_T + (1 - alpha) p_S`` (Gu et al. 2024), the teacher run step by step
@@ -324,7 +324,7 @@ def generate_ids(
     import torch
     import transformers
 
-    from ketchup.progress import ProgressBar
+    from ketchup.train.progress import ProgressBar
 
     if not prompts:
         raise ValueError("generate_ids: no prompts")

@@ -1,6 +1,7 @@
 """The transformers config of a model built from scratch, checked key by key: what the config
-validation runs before any job (``ModelConfig.check``) and ``ketchup.models.build_model`` builds
-from. Below the config module: it imports only the error type, and transformers when called.
+validation runs before any job (``ModelConfig.check``) and
+``ketchup.models.loading.build_model`` builds from. Below the config module: it imports only the
+error type, and transformers when called.
 """
 
 from __future__ import annotations

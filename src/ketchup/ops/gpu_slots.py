@@ -1,5 +1,5 @@
-"""`python -m ketchup.gpu_slots N [--rule RULE] [--data-parallel] -- COMMAND...`: COMMAND on N GPUs
-of its own.
+"""`python -m ketchup.ops.gpu_slots N [--rule RULE] [--data-parallel] -- COMMAND...`: COMMAND on
+N GPUs of its own.
 
 Snakemake's `gpu` resource limits how many GPU jobs run at once, but it does not say WHICH GPUs a
 job may use, so every local job would see (and crowd) GPU 0. This wrapper takes N devices from the
@@ -13,7 +13,7 @@ N = 0 hides every GPU from COMMAND (CUDA_VISIBLE_DEVICES=-1): the job asked for 
 The workflow passes the job's own `{resources.gpu}` as N, read when the job runs, so a count set
 with `--set-resources` or a profile is the one used. With --data-parallel and N > 1, COMMAND
 (`python -m MODULE ARGS...`) runs as N processes under `accelerate launch` (one per GPU; see
-ketchup.distributed), so a training job uses every GPU it was given.
+ketchup.models.parallel), so a training job uses every GPU it was given.
 
 A job that asks for more GPUs than the machine shows stops at once with one line (exit status 3)
 naming the rule (`--rule`, the workflow's rule name) and how to run it on the CPU or on fewer GPUs.
@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ketchup.workflow_env import detect_gpus
+from ketchup.ops.workflow_env import detect_gpus
 
 
 def gpu_pool() -> list[str]:
@@ -94,7 +94,9 @@ def too_few_gpus(n: int, pool: Sequence[str], rule: str | None) -> str:
     )
 
 
-USAGE = "usage: python -m ketchup.gpu_slots N [--rule RULE] [--data-parallel] -- COMMAND [ARGS...]"
+USAGE = (
+    "usage: python -m ketchup.ops.gpu_slots N [--rule RULE] [--data-parallel] -- COMMAND [ARGS...]"
+)
 
 
 def data_parallel(n: int, command: Sequence[str]) -> list[str]:

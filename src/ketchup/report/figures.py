@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ketchup.results import Cell, system_label
+from ketchup.report.results import Cell, system_label
 
 # policy-gradient methods (squares in the method comparison)
 RL_METHODS = ("llmr", "llmr_mean", "llmr_minvar", "ketchup", "minillm")
@@ -530,7 +530,7 @@ def gain_vs_size(cells: Sequence[Cell], parameters: dict[str, int]):
     """KETCHUP (best K) minus LLMR per student of one task, `parameters` by student name: the
     difference of seed means with its seed-aware 95% CI (a t-interval over seeds with the shared
     test examples' variance added, `results.paired_test`)."""
-    from ketchup.results import paired_test
+    from ketchup.report.results import paired_test
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))

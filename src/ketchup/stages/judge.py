@@ -28,19 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ketchup.judge.client as judge_client
+import ketchup.evaluate.judge.client as judge_client
 from ketchup.config import ConfigError, JudgeConfig, parse_section, to_dict
-from ketchup.files import (
-    csv_text,
-    read_jsonl,
-    resolved_config_name,
-    write_json,
-    write_jsonl,
-    write_resolved_config,
-    write_text,
-)
-from ketchup.judge.cache import JudgeCache, cache_key, cached_keys
-from ketchup.judge.prompts import (
+from ketchup.data.registry import TaskDataError
+from ketchup.evaluate.judge.cache import JudgeCache, cache_key, cached_keys
+from ketchup.evaluate.judge.prompts import (
     DEFAULT_TASK_KIND,
     TASK_KINDS,
     TOKEN_ESTIMATE,
@@ -49,7 +41,7 @@ from ketchup.judge.prompts import (
     estimate_tokens,
     load_templates,
 )
-from ketchup.judge.protocols import (
+from ketchup.evaluate.judge.protocols import (
     COMBINATION_RULE,
     NOT_JUDGED,
     UNPARSED,
@@ -61,8 +53,16 @@ from ketchup.judge.protocols import (
     pointwise_requests,
     pointwise_summary,
 )
+from ketchup.files import (
+    csv_text,
+    read_jsonl,
+    resolved_config_name,
+    write_json,
+    write_jsonl,
+    write_resolved_config,
+    write_text,
+)
 from ketchup.math.stats import METHOD as CI_METHOD
-from ketchup.tasks import TaskDataError
 
 STAGE = "judge"
 EXIT_INCOMPLETE = 3
@@ -488,7 +488,7 @@ def resolve_pairs(
     alias selects nothing (no such runs) is left out, with a note."""
     if not score_files:
         return list(pairs)
-    from ketchup.results import collect, load_run
+    from ketchup.report.results import collect, load_run
 
     cells = collect([load_run(path) for path in score_files])
     if len(cells) != 1:

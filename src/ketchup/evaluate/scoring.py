@@ -89,7 +89,7 @@ def _sacrebleu_metric(kind: str):
 def task_metrics(task: TaskConfig) -> tuple[Metric, ...]:
     """The metrics a task reports: its own (`task_metric`), the slot error rate for the embedded
     data-to-text task, and the output length."""
-    from ketchup.tasks import task_metric
+    from ketchup.data.registry import task_metric
 
     metrics = METRICS_BY_TASK_METRIC[task_metric(task)]
     if task.dataset == "embedded":
@@ -140,13 +140,13 @@ def score_examples(
             best = scorer.score_multi(list(refs), output)
             row.update({kind: 100.0 * best[kind].fmeasure for kind in kinds})
     if "accuracy" in names:
-        from ketchup.tasks import extract_answer
+        from ketchup.data.registry import extract_answer
 
         for row, output, ex in zip(rows, outputs, examples, strict=True):
             gold = ex["meta"].get("answer")
             row["correct"] = 100.0 * (gold is not None and extract_answer(output) == gold)
     if "ser" in names:
-        from ketchup.tasks.embedded import slot_error_rate
+        from ketchup.data.embedded import slot_error_rate
 
         for row, output, ex in zip(rows, outputs, examples, strict=True):
             row["ser"] = 100.0 * slot_error_rate(ex["meta"], output)

@@ -32,7 +32,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     """Train a BPE tokenizer on ``texts`` (the task's training sources and targets).
 
     Returns a ``transformers`` fast tokenizer with ``pad_token``, ``eos_token`` and ``unk_token``
-    set; ``save_pretrained(dir)`` then ``ketchup.models.load_tokenizer(dir)`` gives the same ids.
+    set; ``save_pretrained(dir)`` then ``ketchup.models.loading.load_tokenizer(dir)`` gives the
+    same ids.
     Training is deterministic for the same texts and ``vocab_size``. The vocabulary may come out
     smaller than ``vocab_size`` on little text (no more merges to learn); it is larger only when
     the characters alone exceed it. Text is NFKC-normalised with whitespace runs collapsed to one

@@ -3,7 +3,7 @@
 What one run measures, on the same models, prompts, batch and lengths, with every configuration
 timed once per repeat in turn (so a noisy machine slows them alike; the ratios are what count):
 - `ours ketchup_k<K>` (and `ours llmr` for K = 1, `ours gkd`): the workflow's own on-policy update
-  (`stages.distill.onpolicy_loss`: batched KV-cached rollouts, one no-grad teacher pass, vectorised
+  (`train.losses.onpolicy_loss`: batched KV-cached rollouts, one no-grad teacher pass, vectorised
   returns, the loss) then backward, gradient clipping and the AdamW step;
 - `paper-loop ketchup_k<K>`: the released KETCHUP code's loop shape rebuilt with our components,
   one sequence per forward pass with gradient accumulation over 8 sequences;
@@ -75,14 +75,13 @@ class PhaseTimer:
 @contextlib.contextmanager
 def timed_phases(timer: PhaseTimer) -> Iterator[PhaseTimer]:
     """Count the production code's rollout, teacher pass, forward, returns and loss as phases."""
-    from ketchup import generation
     from ketchup.math import objectives
-    from ketchup.stages import distill
+    from ketchup.train import generation, losses
 
     restore = [
         timer.wrap(generation, "generate_ids", "rollout"),
         timer.wrap(
-            distill.Models,
+            losses.Models,
             "logits",
             lambda self, model, *a, grad, **k: "student_forward" if grad else "teacher",
         ),
@@ -144,8 +143,8 @@ def _autocast(setup: Setup):
 def embedded_rows_and_tokenizer(n_train: int):
     """Training rows of the embedded task and a 1,000-token BPE tokenizer trained on them."""
     from ketchup.config import TaskConfig, parse_section
-    from ketchup.tasks import load_task
-    from ketchup.tokenizer import train_tokenizer
+    from ketchup.data.registry import load_task
+    from ketchup.data.tokenizer import train_tokenizer
 
     task = {"dataset": "embedded", "embedded": {"n_train": n_train, "n_validation": 4, "n_test": 4}}
     rows = load_task("bench", parse_section(TaskConfig, task, "task", "task"))["train"]
@@ -157,7 +156,7 @@ def cut_to_tokens(tokenizer, texts: Sequence[str], max_length: int) -> list[str]
     their truncation, as text: for a trainer that tokenizes prompt text without truncating it
     (TRL's DistillationTrainer), so that it sees the same ids. Raises ValueError if the cut text
     does not encode to them (a tokenizer whose decoding does not round-trip)."""
-    from ketchup.batching import encode_prompt_ids
+    from ketchup.data.batching import encode_prompt_ids
 
     ids = encode_prompt_ids(tokenizer, texts, max_length)
     cut = tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -173,7 +172,7 @@ def build_setup(args) -> Setup:
     import torch
 
     from ketchup.config import ModelConfig
-    from ketchup.models import build_model, default_device, disable_dropout
+    from ketchup.models.loading import build_model, default_device, disable_dropout
 
     rows, tokenizer = embedded_rows_and_tokenizer(512)
     device = torch.device(args.device) if args.device else default_device()
@@ -218,7 +217,7 @@ def _distill_config(max_new_tokens: int, max_source_length: int = 64):
 def _production_loss(setup: Setup, system: str):
     """The distill stage's own on-policy loss for `system` (rollouts, teacher pass, objective)."""
     from ketchup.config import split_system
-    from ketchup.stages.distill import Models, onpolicy_loss
+    from ketchup.train.losses import Models, onpolicy_loss
 
     method, k = split_system(system)
     length = setup.max_source_length
@@ -303,7 +302,7 @@ def trl_update(setup: Setup, kind: str, batch: int, out_dir: Path):
     trl = importlib.import_module(module)  # an ImportError when TRL cannot be imported
     from datasets import Dataset
 
-    from ketchup.batching import encode_sources
+    from ketchup.data.batching import encode_sources
 
     with warnings.catch_warnings():  # transformers renames gradient_checkpointing in v6
         warnings.simplefilter("ignore", FutureWarning)
@@ -578,7 +577,7 @@ def report(args, rows, phases, setup, batch) -> int:
 
 
 def params_text(model) -> str:
-    from ketchup.models import count_parameters
+    from ketchup.models.loading import count_parameters
 
     return f"{count_parameters(model):,}"
 

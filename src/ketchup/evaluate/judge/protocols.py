@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ketchup.judge.parsing import parse_score, parse_winner
-from ketchup.judge.prompts import Template, pairwise_prompt, pointwise_prompt
+from ketchup.evaluate.judge.parsing import parse_score, parse_winner
+from ketchup.evaluate.judge.prompts import Template, pairwise_prompt, pointwise_prompt
 from ketchup.math.stats import mean_ci, rate_cis
 
 ORDERS = ("AB", "BA")  # AB: system A is shown as Response A; BA: system B is shown first

@@ -42,7 +42,7 @@ from ketchup.config import (
     TrainConfig,
     split_system,
 )
-from ketchup.studies import hub_datasets, hub_models
+from ketchup.report.studies import hub_datasets, hub_models
 
 # An H100 SXM's dense bfloat16 peak; the assumed share of it that a distillation job achieves.
 H100_BF16_PEAK = 989.4e12
@@ -166,7 +166,7 @@ def _file_rows(path: Path) -> int | None:
 
 def split_sizes(task: TaskConfig) -> dict[str, int | None]:
     """Examples per split as prepare-data writes them: carved, then capped by max_examples."""
-    from ketchup.tasks.registry import carve_size, dataset_spec
+    from ketchup.data.registry import carve_size, dataset_spec
 
     if task.dataset == "embedded":
         e = task.embedded
@@ -295,7 +295,7 @@ class _Costs:
         )
         # the rollout, the student's forward and one gradient per measured system (each twice a
         # forward)
-        from ketchup.stages.variance import measured_systems
+        from ketchup.report.studies import measured_systems
 
         student_passes = 2 + 2 * len(measured_systems(d))
         per_sequence = _add(

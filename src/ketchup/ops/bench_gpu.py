@@ -4,7 +4,7 @@ Two teacher -> student pairs of the paper, built from their published configs wi
 (nothing is downloaded): flan-t5-xl -> t5-base and Qwen1.5-4B -> Qwen1.5-0.5B, on 512-token
 sources with 64-token rollouts, in the precision the trainer runs with `precision: auto`. For each
 pair: the largest batch that fits (doubling until the GPU runs out of memory or an update gets
-slow), then the update timed as `ketchup bench` times it (`ketchup.bench`): updates/s, tokens/s,
+slow), then the update timed as `ketchup bench` times it (`ketchup.ops.bench`): updates/s, tokens/s,
 peak memory, the model FLOP/s against a bfloat16 matmul's FLOP/s measured in the same run, and the
 share of each phase. The causal pair also runs `ours gkd` and TRL's DistillationTrainer on the
 same models and batch. `--toy` runs the same code on tiny models of the same families (on a CPU
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ketchup.bench import (
+from ketchup.ops.bench import (
     PHASES,
     PhaseTimer,
     Setup,
@@ -201,7 +201,7 @@ def pass_flops(model, source: int, target: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ketchup.models import is_seq2seq
+    from ketchup.models.loading import is_seq2seq
 
     device = next(model.parameters()).device
     ids = torch.full((1, source + target), 3, dtype=torch.long, device=device)
@@ -231,7 +231,7 @@ def paper_setup(device, pair: Pair, source: int, target: int) -> Setup:
     import torch
 
     from ketchup.config import ModelConfig
-    from ketchup.models import build_model, disable_dropout, resolve_dtype
+    from ketchup.models.loading import build_model, disable_dropout, resolve_dtype
 
     rows, tokenizer = embedded_rows_and_tokenizer(256)
     tokenizer.add_tokens([f"<unused_{i}>" for i in range(pair.vocab - len(tokenizer))])
@@ -294,7 +294,7 @@ def _one_update(setup: Setup, system: str) -> Callable[[int], float]:
 
 def _sizes(model) -> tuple[int, int]:
     """(parameters, the encoder's share: 0 for a decoder-only model), as plan counts them."""
-    from ketchup.models import count_parameters, is_seq2seq
+    from ketchup.models.loading import count_parameters, is_seq2seq
 
     encoder = count_parameters(model.get_encoder()) if is_seq2seq(model) else 0
     return count_parameters(model), encoder
@@ -303,7 +303,7 @@ def _sizes(model) -> tuple[int, int]:
 def bench_pair(args, scale: Scale, key: str, device, peak_flops: float):
     """One pair: the batch search, then ours (and, for a causal pair, ours gkd and TRL's
     DistillationTrainer at the same batch) timed; the summary and phase rows."""
-    from ketchup.models import is_seq2seq
+    from ketchup.models.loading import is_seq2seq
 
     pair = scale.pairs[key]
     setup = paper_setup(device, pair, scale.source, scale.target)
@@ -381,7 +381,7 @@ def run_gpu_bench(args) -> int:
 
     from ketchup.config import ConfigError
     from ketchup.files import csv_text, write_text
-    from ketchup.models import resolve_dtype
+    from ketchup.models.loading import resolve_dtype
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.toy:  # a bad request, not a bug: one line from the CLI
@@ -436,7 +436,7 @@ def plan_update_flops(teacher, student, batch: int, source: int, target: int) ->
 def write_plan_calibration(path: Path, rows: list[dict], card: str, dtype) -> Path | None:
     """The file `ketchup plan --calibration` reads: KETCHUP's update on the T5 pair, its FLOPs
     counted as plan counts them (`plan_update_flops`), over its median time."""
-    from ketchup.plan import ModelSize, write_calibration
+    from ketchup.ops.plan import ModelSize, write_calibration
 
     row = next((r for r in rows if r["config"] == "ours ketchup_k4" and r["key"] == "t5"), None)
     if row is None:

@@ -13,9 +13,9 @@ What it guarantees:
 - one log line per update (loss, learning rate, gradient norm, tokens/s) and per evaluation in
   `<out>/log.jsonl`, which a resumed run truncates to its checkpoint's step first;
 - the forward passes run under autocast in the model's compute dtype (`precision`, see
-  `ketchup.precision`: bfloat16 on a capable GPU with `auto`), weights and optimizer state stay
-  float32, and float16 adds a gradient scaler whose state the checkpoint keeps;
-- under `accelerate launch` / `torchrun` with N processes (`ketchup.distributed`), each process
+  `ketchup.models.precision`: bfloat16 on a capable GPU with `auto`), weights and optimizer state
+  stay float32, and float16 adds a gradient scaler whose state the checkpoint keeps;
+- under `accelerate launch` / `torchrun` with N processes (`ketchup.models.parallel`), each process
   takes its share of the same global batch and the gradients are averaged: the same updates as one
   process up to how the per-process token means are weighted. Only the main process evaluates,
   logs and writes; a resumed multi-process run restores the main process's RNG state everywhere.
@@ -35,10 +35,11 @@ from typing import Any
 
 import torch
 
-from ketchup import distributed, loggers
 from ketchup.config import ConfigError, TrainConfig
 from ketchup.files import CorruptFileError, atomic_path
-from ketchup.signals import DivergedError, Preempted, sigterm_flag
+from ketchup.models import parallel as distributed
+from ketchup.train import loggers
+from ketchup.train.signals import DivergedError, Preempted, sigterm_flag
 
 STATE_FILE = "trainer_state.pt"
 
@@ -204,16 +205,16 @@ def fit(
     start), logged at step 0 as the reference the training curves start from; it is not a
     candidate for the best checkpoint.
     `precision` (a setting such as "auto" or "bfloat16", or a torch dtype) is the compute dtype of
-    `loss_fn` and `evaluate`, both run under its autocast (see `ketchup.precision`).
+    `loss_fn` and `evaluate`, both run under its autocast (see `ketchup.models.precision`).
     candidate for the best checkpoint. Once `<out_dir>/model` is written, the checkpoint and the
     best-so-far copy are removed unless `keep_checkpoints`.
     When no update up to an evaluation had a target token, NoTrainingSignal is raised with the
     share of rollouts that hit the length cap (the `finished_share` statistic, when loss_fn
     reports it) and `empty_loss_hint`, what to change.
     """
-    from ketchup.models import save_model
-    from ketchup.precision import MixedPrecision
-    from ketchup.progress import ProgressBar
+    from ketchup.models.loading import save_model
+    from ketchup.models.precision import MixedPrecision
+    from ketchup.train.progress import ProgressBar
 
     out_dir = Path(out_dir)
     procs = distributed.processes()
@@ -366,9 +367,9 @@ def generation_evaluator(
     max_source_length: int,
 ) -> Callable[[Any], float]:
     """`evaluate` for :func:`fit`: greedy outputs on `rows`, scored with the task metric."""
-    from ketchup.generation import generate
-    from ketchup.metrics import validation_score
-    from ketchup.tasks import format_prompt
+    from ketchup.data.registry import format_prompt
+    from ketchup.evaluate.metrics import validation_score
+    from ketchup.train.generation import generate
 
     prompts = [format_prompt(template, row["source"]) for row in rows]
 
@@ -388,8 +389,8 @@ def cross_entropy_loss(
 
     Teacher fine-tuning and SFT imitate the references (`target`), SeqKD the teacher's outputs.
     """
-    from ketchup.batching import encode_pairs
-    from ketchup.tasks import format_prompt
+    from ketchup.data.batching import encode_pairs
+    from ketchup.data.registry import format_prompt
 
     def loss_fn(model, rows):
         batch = encode_pairs(
