@@ -335,3 +335,31 @@ def test_an_unknown_figure_kind_is_named(study, tmp_path, capsys):
     assert main([*args, "--out-dir", str(tmp_path)]) == 1
     assert "unknown figure 'histogram'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_paper_table_puts_our_seed_means_beside_the_published_ones(study):
+    """A task of the paper's (here the fake study's cell relabelled as Europarl EN-NL) gets a row
+    per system the paper reports, KETCHUP at its best K by validation; other tasks get none."""
+    import dataclasses
+
+    from ketchup.report.results import collect, load_run
+    from ketchup.report.tables import PAPER_RESULTS, paper_table
+
+    cells = collect([load_run(p) for p in study["summaries"]])
+    cell = next(c for c in cells if c.student == "s1")
+    europarl = dataclasses.replace(cell, task="en-nl", dataset="europarl_en_nl")
+    table, records = paper_table([cell, europarl])
+    assert [r["system"] for r in records] == ["seqkd", "kl", "llmr", "ketchup_k4"]
+    streams = reference_streams([ex["references"] for ex in study["examples"]])
+    for record, row in zip(records, table.rows, strict=True):
+        method = "ketchup" if record["system"].startswith("ketchup") else record["system"]
+        assert record["task"] == "en-nl" and record["metric"] == "bleu"
+        assert record["paper"] == PAPER_RESULTS[method]["europarl_en_nl"]
+        per_seed = [
+            sacrebleu.corpus_bleu(study["outputs"][("s1", record["system"], s)], streams).score
+            for s in SEEDS
+        ]
+        assert record["ours"] == pytest.approx(sum(per_seed) / len(per_seed), abs=1e-4)
+        assert float(row[-1]) == pytest.approx(record["ours"] - record["paper"], abs=0.01)
+    alone, none = paper_table([cell])
+    assert not none and "No task of this study is one of the paper's" in alone.notes[0]

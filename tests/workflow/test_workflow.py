@@ -424,18 +424,73 @@ def test_every_file_a_job_reads_is_an_input(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_study_runs_end_to_end(tmp_path):
+def test_smoke_study_killed_at_a_random_point_resumes_and_runs_end_to_end(tmp_path):
+    """The whole smoke workflow SIGKILLed (process group: Snakemake and its jobs) at a random
+    moment early in the study. While it runs, a second invocation in the same directory is
+    refused by Snakemake's lock. After the kill every file under results/ is whole (what looks
+    complete is complete); the next plain run removes the dead run's lock, leaves the finished
+    jobs' outputs alone (same modification times), redoes the rest, resuming training from
+    checkpoints, and ends. Then everything a finished study holds is checked: every output, the
+    tables, figures and report, what a changed config reruns, the judge, a second study."""
     import os
+    import random
+    import signal
+    import time
 
-    run = snakemake(
-        "--cores",
-        "2",
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(ROOT / "configs" / "smoke.yaml"),
-        env={**os.environ, "KETCHUP_PROGRESS_SECONDS": "0"},  # a progress line per update
+    delay = float(os.environ.get("KETCHUP_KILL_AFTER_S") or random.uniform(5, 25))
+    print(f"killing the study {delay:.1f} s after it took its lock (KETCHUP_KILL_AFTER_S)")
+    args = ("--cores", "2", "--directory", str(tmp_path), "--configfile", str(SMOKE))
+    with (tmp_path / "first.log").open("w") as log:
+        first = subprocess.Popen(
+            [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so that one kill reaches every job
+        )
+    try:
+        owner = tmp_path / ".snakemake" / "locks" / "ketchup-owner.json"
+        deadline = time.monotonic() + 600
+        while not owner.exists():
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "the study never took its lock"
+            time.sleep(0.1)
+        locked_at = time.monotonic()
+        second = snakemake(*args, check=False)
+        assert second.returncode != 0
+        assert "Directory cannot be locked" in second.stdout + second.stderr
+        time.sleep(max(0.0, delay - (time.monotonic() - locked_at)))
+        assert first.poll() is None, f"the study ended within {delay:.1f} s, before the kill"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+    results = tmp_path / "results"
+    study = results / "smoke"
+    incomplete = snakemake_records(tmp_path, "incomplete")
+    finished = {}
+    for path in results.rglob("*"):
+        if path.is_file():
+            assert_whole(path)
+            if is_output(path, results) and not any(p in incomplete for p in (path, *path.parents)):
+                finished[path] = path.stat().st_mtime_ns
+    interrupted = [
+        d.parent
+        for d in study.glob("*/students/*/*/seed*/checkpoint")
+        if not (d.parent / "model").exists()
+    ]
+    print(
+        f"at the kill: {len(finished)} finished output files, {len(incomplete)} marked "
+        f"incomplete, training interrupted after a checkpoint in {interrupted}"
     )
+
+    # a progress line per update
+    run = snakemake(*args, env={**os.environ, "KETCHUP_PROGRESS_SECONDS": "0"})
+    assert "removed the lock of an earlier Snakemake run" in run.stdout + run.stderr
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    for out_dir in interrupted:
+        job_log = study / "restaurants" / "logs" / f"distill_{'_'.join(out_dir.parts[-3:])}.log"
+        assert "resuming from" in job_log.read_text(), job_log
     assert_a_quiet_terminal(run.stdout + run.stderr)
     study = tmp_path / "results" / "smoke"
     data = study / "restaurants" / "data"
@@ -588,76 +643,6 @@ def a_second_study_leaves_the_first_alone(workdir: Path) -> None:
         assert f"[config.yaml]({study}/config.yaml)" in index
     first = ("-n", "--directory", str(workdir), "--configfile", str(workdir / "judge.yaml"))
     assert "Nothing to be done" in snakemake(*first).stdout
-
-
-@pytest.mark.slow
-def test_a_study_killed_at_a_random_point_resumes(tmp_path):
-    """The whole smoke workflow SIGKILLed (process group: Snakemake and its jobs) at a random
-    moment. While it runs, a second invocation in the same directory is refused by Snakemake's
-    lock. After the kill every file under results/ is whole (what looks complete is complete);
-    the next plain run removes the dead run's lock, leaves the finished jobs' outputs alone
-    (same modification times), redoes the rest, resuming training from checkpoints, and ends."""
-    import os
-    import random
-    import signal
-    import time
-
-    delay = float(os.environ.get("KETCHUP_KILL_AFTER_S") or random.uniform(5, 60))
-    print(f"killing the study {delay:.1f} s after it took its lock (KETCHUP_KILL_AFTER_S)")
-    work = tmp_path / "work"
-    args = ("--cores", "2", "--directory", str(work), "--configfile", str(SMOKE))
-    with (tmp_path / "first.log").open("w") as log:
-        first = subprocess.Popen(
-            [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so that one kill reaches every job
-        )
-    try:
-        owner = work / ".snakemake" / "locks" / "ketchup-owner.json"
-        deadline = time.monotonic() + 600
-        while not owner.exists():
-            assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "the study never took its lock"
-            time.sleep(0.1)
-        locked_at = time.monotonic()
-        second = snakemake(*args, check=False)
-        assert second.returncode != 0
-        assert "Directory cannot be locked" in second.stdout + second.stderr
-        time.sleep(max(0.0, delay - (time.monotonic() - locked_at)))
-        assert first.poll() is None, f"the study ended within {delay:.1f} s, before the kill"
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-
-    results = work / "results"
-    study = results / "smoke"
-    incomplete = snakemake_records(work, "incomplete")
-    finished = {}
-    for path in results.rglob("*"):
-        if path.is_file():
-            assert_whole(path)
-            if is_output(path, results) and not any(p in incomplete for p in (path, *path.parents)):
-                finished[path] = path.stat().st_mtime_ns
-    interrupted = [
-        d.parent
-        for d in study.glob("*/students/*/*/seed*/checkpoint")
-        if not (d.parent / "model").exists()
-    ]
-    print(
-        f"at the kill: {len(finished)} finished output files, {len(incomplete)} marked "
-        f"incomplete, training interrupted after a checkpoint in {interrupted}"
-    )
-
-    rerun = snakemake(*args)
-    assert "removed the lock of an earlier Snakemake run" in rerun.stdout + rerun.stderr
-    assert {p: p.stat().st_mtime_ns for p in finished} == finished
-    assert (study / "tables" / "main.md").is_file()
-    assert "Nothing to be done" in snakemake("-n", *args).stdout
-    for out_dir in interrupted:
-        job_log = study / "restaurants" / "logs" / f"distill_{'_'.join(out_dir.parts[-3:])}.log"
-        assert "resuming from" in job_log.read_text(), job_log
 
 
 TABLES = ("main", "k_grid", "variance", "sizes", "paper", "provenance")
