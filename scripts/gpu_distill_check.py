@@ -189,7 +189,8 @@ def name(dtype) -> str:
 def main_check(out: Path) -> int:
     import torch
 
-    from ketchup.models.loading import default_device, resolve_dtype
+    from ketchup.models.loading import resolve_dtype
+    from ketchup.models.parallel import default_device
 
     device = default_device()
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

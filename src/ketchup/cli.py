@@ -362,6 +362,13 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
         help="the achieved FLOP/s that `ketchup bench --gpu` measured "
         "(results/bench/gpu_calibration.json); without it the throughput is an assumption",
     )
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=80.0,
+        help="GiB of memory per GPU (default 80: an H100 or A100 80GB); a distill job estimated "
+        "above it is refused, naming the keys that would make it fit",
+    )
 
 
 VERBS: tuple[Verb, ...] = (

@@ -175,6 +175,7 @@ class TrainConfig:
     max_source_length: int
     max_target_length: int
     seed: int
+    parallel: Literal["ddp", "fsdp"]
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ class DistillConfig:
     seeds: list[int]
     value: Literal["max", "soft"]
     sequence_end: Literal["equations", "released"]
+    teacher_placement: Literal["replicate", "shard", "spread"]
     train: TrainConfig
     rollout: RolloutConfig
     policy_gradient: PolicyGradientConfig
@@ -296,11 +298,11 @@ class DistillConfig:
 
 # The keys of the `distill` section that each method's training reads: a job gets only these, so
 # that adding a K or a seed, or retuning another method, reruns nothing that did not change.
-_ONPOLICY_KEYS = ("train", "rollout")
+_ONPOLICY_KEYS = ("train", "rollout", "teacher_placement")
 _METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "sft": (),
     "seqkd": (),
-    "kl": (),
+    "kl": ("teacher_placement",),
     "js": (*_ONPOLICY_KEYS, "f_distill"),
     "tvd": (*_ONPOLICY_KEYS, "f_distill"),
     "gkd": (*_ONPOLICY_KEYS, "gkd"),
@@ -422,6 +424,13 @@ class StudyConfig:
         self.judge.check("judge")
         for name, student in self.students.items():
             student.check(f"students.{name}")
+        if self.distill.teacher_placement == "shard" and "minillm" in self.distill.methods:
+            raise ConfigError(
+                "config key 'distill.teacher_placement': shard cannot serve minillm, whose "
+                "rollouts step the teacher token by token (a sharded teacher's step is a "
+                "collective the processes would take a different number of times): use "
+                "replicate or spread, or leave minillm out of distill.methods"
+            )
 
     @property
     def needs_tokenizer(self) -> bool:

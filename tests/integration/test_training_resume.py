@@ -33,6 +33,7 @@ CFG = TrainConfig(
     max_source_length=16,
     max_target_length=16,
     seed=0,
+    parallel="ddp",
 )
 
 

@@ -231,10 +231,11 @@ def test_a_job_sees_only_the_distill_keys_its_method_reads():
     data = default_config()
     cfg.parse_config(data)  # fills the defaults in place
     before = {s: cfg.job_distill_section(data["distill"], s) for s in ("kl", "llmr", "gkd", "js")}
-    assert before["kl"] == {}
-    assert set(before["llmr"]) == {"train", "rollout", "value", "policy_gradient"}
-    assert set(before["gkd"]) == {"train", "rollout", "gkd"}
-    assert set(before["js"]) == {"train", "rollout", "f_distill"}
+    assert before["kl"] == {"teacher_placement": "replicate"}  # its teacher pass, no rollout
+    placed = {"train", "rollout", "teacher_placement"}
+    assert set(before["llmr"]) == {*placed, "value", "policy_gradient"}
+    assert set(before["gkd"]) == {*placed, "gkd"}
+    assert set(before["js"]) == {*placed, "f_distill"}
     data["distill"].update(ks=[2, 32], seeds=[0, 5], gkd={"beta": 0.1})
     after = {s: cfg.job_distill_section(data["distill"], s) for s in before}
     assert after["llmr"] == before["llmr"] and after["js"] == before["js"]

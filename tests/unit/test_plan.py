@@ -210,3 +210,49 @@ def test_paper_config_plan_is_labelled(capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"configs/paper.yaml: {len(jobs)} jobs")
     assert "FLOP-based estimate" in out and "google/flan-t5-xl, 2.78e+09 parameters" in out
+
+
+def test_memory_per_gpu_follows_each_engine_and_placement(tmp_path, capsys):
+    """The memory table against its terms computed here: the student's 16 bytes per parameter
+    whole (ddp) or split over the job's GPUs (fsdp), the teacher's 2 (bfloat16) whole or split,
+    34 bytes per token, hidden unit and layer, 16 per logit; the configured choice refused in
+    one line when it does not fit, naming the keys that would."""
+    import math
+
+    from ketchup.ops.plan import GIB, KNOWN_SHAPES, distill_memory, memory_refusal
+
+    raw = yaml.safe_load(Path("configs/paper_qwen.yaml").read_text())
+    raw["resources"]["distill"]["gpu"] = 4
+    (tmp_path / "four.yaml").write_text(yaml.safe_dump(raw))
+    study = load_config(tmp_path / "four.yaml")
+    rows = {(r.parallel, r.placement): r for r in distill_memory(study)}
+    student, _ = KNOWN_SIZES["Qwen/Qwen1.5-0.5B"]
+    teacher, _ = KNOWN_SIZES["Qwen/Qwen1.5-4B"]
+    hidden, layers, vocab = KNOWN_SHAPES["Qwen/Qwen1.5-0.5B"]
+    d = study.distill
+    tokens = d.rollout.max_source_length + d.rollout.max_new_tokens
+    for (parallel, placement), row in rows.items():
+        processes = 1 if placement == "spread" else 4
+        batch = math.ceil(d.train.batch_size / processes)
+        whole = parallel == "ddp" or placement == "spread"
+        assert row.state == 16 * student / (1 if whole else 4)
+        assert row.teacher == 2 * teacher / (1 if placement == "replicate" else 4)
+        assert row.activations == 34 * batch * tokens * hidden * layers
+        assert row.logits == 16 * batch * d.rollout.max_new_tokens * vocab
+    assert (
+        rows[("fsdp", "shard")].total
+        < rows[("ddp", "shard")].total
+        < rows[("ddp", "replicate")].total
+    )
+    assert memory_refusal(study, list(rows.values()), 80) is None  # the paper's pair fits
+    budget = (rows[("ddp", "replicate")].total + rows[("fsdp", "shard")].total) / 2 / GIB
+    line = memory_refusal(study, list(rows.values()), budget)
+    assert line.startswith("ketchup plan: student qwen1_5-0_5b's distill job needs about")
+    assert "distill.train.parallel: ddp and distill.teacher_placement: replicate" in line
+    assert "or distill.train.parallel: fsdp with distill.teacher_placement: shard (" in line
+    assert (
+        main(["plan", "--configfile", str(tmp_path / "four.yaml"), "--gpu-memory", str(budget)])
+        == 2
+    )
+    out, err = capsys.readouterr()
+    assert "| qwen1_5-0_5b | fsdp | shard |" in out and err.strip() == line

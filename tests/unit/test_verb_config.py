@@ -64,14 +64,18 @@ def test_distill_takes_only_its_method_s_keys_and_a_given_json_wins():
     args = resolved([*DISTILL, "--configfile", SMOKE, "--task", "restaurants",
                      "--student", "t5-micro", "--method", "ketchup_k4"])  # fmt: skip
     distill = json.loads(args.config_json)
-    assert set(distill) == {"train", "rollout", "value", "sequence_end", "policy_gradient"}
+    assert set(distill) == {
+        "train", "rollout", "teacher_placement", "value", "sequence_end", "policy_gradient"
+    }  # fmt: skip
     assert distill["train"]["steps"] == 6 and distill["rollout"]["max_new_tokens"] == 40
     assert json.loads(args.student_json)["model"]["architecture"]["d_model"] == 16
     assert json.loads(args.generation_json)["max_new_tokens"] == 80
     assert json.loads(args.task_json)["embedded"]["n_train"] == 300
     kl = resolved([*DISTILL, "--configfile", SMOKE, "--task", "restaurants",
                    "--student", "t5-micro", "--method", "kl", "--task-json", "{}"])  # fmt: skip
-    assert json.loads(kl.config_json) == {} and kl.task_json == "{}"  # kl reads no distill key
+    # kl reads only where the teacher runs (its one teacher pass per batch)
+    assert json.loads(kl.config_json) == {"teacher_placement": "replicate"}
+    assert kl.task_json == "{}"
 
 
 @pytest.mark.parametrize(

@@ -219,6 +219,7 @@ def test_every_rule_ran_as_a_slurm_job(smoke_run):
         assert res["gpu"] == 0
         assert "gpu" not in re.search(r"\bTRES=(\S+)", line).group(1), line
         assert "TresPer" not in line, line
+        assert " NumTasks=1 " in line, line  # one task: the plugin passes no --ntasks-per-gpu
         # the job's output, written by slurmd where the plugin asked, shows Snakemake running it
         assert f"StdOut={slurm_log} " in line, line
         assert f"rule {rule}:" in slurm_log.read_text()

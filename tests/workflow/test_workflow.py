@@ -167,6 +167,41 @@ def test_gpus_come_from_the_job_not_the_parsed_config(tmp_path):
     )
 
 
+def test_a_gpu_job_is_one_slurm_task_holding_its_gpus(tmp_path):
+    """The sbatch line snakemake-executor-plugin-slurm builds for a distill job given 2 GPUs,
+    from the resources the workflow gives the job: one task holding both GPUs (no
+    --ntasks-per-gpu, which would start the job's command once per GPU, each with one, and
+    gpu_slots' processes twice), while a job without GPUs is --ntasks=1."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+
+    out = dry_run_smoke_edited(
+        tmp_path, lambda c: None, "--set-resources", "distill:gpu=2", "--resources", "gpu=2"
+    )
+
+    def job_resources(rule: str) -> dict:
+        block = out[out.index(f"rule {rule}:") :]
+        line = next(x for x in block.splitlines() if x.strip().startswith("resources:"))
+        pairs = (item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+        return {k: int(v) if v.isdigit() else v for k, v in pairs}
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    def sbatch(resources: dict) -> str:
+        job = SimpleNamespace(resources=Resources(resources), threads=1)
+        params = {"run_uuid": "u", "slurm_logfile": "log", "comment_str": "c"}
+        return get_submit_command(job, {**params, "account": "", "partition": "", "workdir": ""})
+
+    distill = job_resources("distill")
+    assert distill["gpu"] == 2 and distill["tasks"] == 0, distill
+    assert "--ntasks" not in sbatch(distill)
+    # the pitfall itself, so that this test can fail: a task per GPU
+    assert "--ntasks-per-gpu=1" in sbatch({**distill, "tasks": 1})
+    assert "--ntasks=1" in sbatch(job_resources("score"))
+
+
 def gpu_distill(config):
     config["resources"]["distill"]["gpu"] = 1
 

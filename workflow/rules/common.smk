@@ -148,9 +148,15 @@ def section_json(section):
 
 
 def rule_resources(rule_name):
-    """Scheduler resources of a rule, from the config's `resources:` section."""
+    """Scheduler resources of a rule, from the config's `resources:` section.
+
+    tasks: 0 makes a SLURM GPU job one task holding all its GPUs: snakemake-executor-plugin-slurm
+    passes --ntasks-per-gpu=<tasks> when `tasks` is 1 or more (older versions did by default), and
+    with --ntasks-per-gpu=1 a job asking for 2 GPUs ran its command twice, one GPU each, so
+    gpu_slots' own processes were started twice. A job without GPUs gets --ntasks=1 either way.
+    """
     res = config["resources"][rule_name]
-    return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"]}
+    return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"], "tasks": 0}
 
 
 # Compute jobs never reach the hub: what they read was fetched by the local rule `fetch` on the

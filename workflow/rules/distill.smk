@@ -33,7 +33,8 @@ rule distill:
         keep=keep_checkpoints_arg(),
         out_dir=lambda w: student_dir(w.task, w.student, w.method, w.seed),
     shell:
-        launcher("distill")
+        # a teacher spread over the job's GPUs serves one process holding them all
+        launcher("distill", parallel=STUDY.distill.teacher_placement != "spread")
         + " distill --teacher {params.teacher:q} --tokenizer {params.tokenizer:q}"
         " --data-dir {params.data_dir:q} --teacher-outputs {params.teacher_outputs:q}"
         " --method {wildcards.method} --seed {wildcards.seed} --task-json {params.task:q}"

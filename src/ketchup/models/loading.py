@@ -9,6 +9,7 @@ vocabulary: :func:`check_same_vocabulary` says so early and clearly.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from pathlib import Path
@@ -229,11 +230,14 @@ def _loading(what: str, source: str, local: bool, revision: str | None = None):
         ) from err
 
 
-def load_model(name_or_path: str, *, dtype: Any = None, device: Any = None) -> PreTrainedModel:
+def load_model(
+    name_or_path: str, *, dtype: Any = None, device: Any = None, device_map: str | None = None
+) -> PreTrainedModel:
     """Load a pretrained model from a local directory or a hub id (``id@revision`` to pin one).
 
     ``dtype`` is a torch dtype, a precision name (see :func:`resolve_dtype`) or None (the dtype
-    the checkpoint was saved in); ``device`` is where to put it. A missing local directory raises
+    the checkpoint was saved in); ``device`` is where to put it, or ``device_map="auto"`` spreads
+    its layers over the visible GPUs (accelerate's dispatch). A missing local directory raises
     FileNotFoundError naming it, a failed hub load :class:`ketchup.models.hub.HubError`. The model
     is returned in eval mode.
     """
@@ -247,9 +251,11 @@ def load_model(name_or_path: str, *, dtype: Any = None, device: Any = None) -> P
     resolved = _as_dtype(dtype, device)
     if resolved is not None:
         kwargs["dtype"] = resolved  # transformers 5 name (was torch_dtype)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     with _loading("model", source, local, revision):
         model = auto_cls.from_pretrained(source, **kwargs)
-    return _place(model, device).eval()
+    return (model if device_map is not None else _place(model, device)).eval()
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -293,9 +299,15 @@ def _has_tokenizer_files(directory: Path) -> bool:
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """Save model and tokenizer to ``out_dir`` atomically and return the path.
+
+    ``state_dict``: the weights to write instead of the model's own (the full state of a model
+    sharded with FSDP2, gathered by :class:`ketchup.models.parallel.Engine`).
 
     Both are written into a temporary sibling directory (``.NAME.XXXX.tmp``, see
     :func:`ketchup.files.atomic_path`) that is renamed into place at the end, so an interrupted
@@ -304,8 +316,14 @@ def save_model(
     """
     out = Path(out_dir)
     with atomic_path(out, directory=True) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
+        # FSDP2 subclasses the model's class (FSDPT5ForConditionalGeneration): name the class
+        plain = next(c for c in type(model).__mro__ if c.__module__.startswith("transformers"))
+        if plain is not type(model):
+            config = json.loads((tmp / "config.json").read_text())
+            config["architectures"] = [plain.__name__]
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -371,20 +389,6 @@ def check_same_vocabulary(
             f"tokenizer, or pick a pretrained {student_name} from the {teacher_name}'s model "
             "family."
         )
-
-
-def default_device() -> Any:
-    """This process's CUDA device when there is one (the job sees only its own), else the CPU.
-
-    Under `accelerate launch` / `torchrun` each process takes the GPU of its LOCAL_RANK.
-    """
-    import torch
-
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    from ketchup.models.parallel import processes
-
-    return torch.device("cuda", processes().local_rank)
 
 
 def init_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, where: str):

@@ -172,7 +172,8 @@ def build_setup(args) -> Setup:
     import torch
 
     from ketchup.config import ModelConfig
-    from ketchup.models.loading import build_model, default_device, disable_dropout
+    from ketchup.models.loading import build_model, disable_dropout
+    from ketchup.models.parallel import default_device
 
     rows, tokenizer = embedded_rows_and_tokenizer(512)
     device = torch.device(args.device) if args.device else default_device()

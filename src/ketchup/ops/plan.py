@@ -18,6 +18,22 @@ and counted; a local directory from its config.json; a hub id from the table of 
 below, or from the local hub cache. Disk: a trained model's directory holds the model and the best
 checkpoint (4 bytes per parameter each) and the resumable checkpoint (model and AdamW's two
 moments: 12 bytes per parameter); text files about 4 bytes per token.
+
+Memory per GPU of an on-policy distill job, for each engine (`distill.train.parallel`) and teacher
+placement (`distill.teacher_placement`) over the job's `resources.distill.gpu` GPUs:
+- the student in training: float32 weights, gradients and AdamW's two moments, 16 bytes per
+  parameter, whole on every GPU under ddp, split over the GPUs under fsdp (plus one block
+  gathered at a time, left out);
+- the no-grad teacher at its precision (2 bytes per parameter in bfloat16): whole on every GPU
+  (replicate), or split over the GPUs (shard, spread);
+- activations of the student's trained pass: 34 bytes per token, hidden unit and layer (the
+  per-layer estimate of Korthikanti et al. 2022 for 16-bit activations without recomputation,
+  attention scores left out), for each GPU's share of the batch at the length caps;
+- logits: the student's and the teacher's (rows x new tokens x vocabulary, float32), each with
+  its log-softmax: 16 bytes per logit.
+An estimate to compare choices, not a measurement: the CUDA context, the allocator's slack and
+the decoding's KV cache come on top. A config whose choice does not fit `--gpu-memory` GiB is
+refused, naming the keys that would make it fit.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +79,16 @@ KNOWN_SIZES: dict[str, tuple[int, int]] = {
 }
 KNOWN_SIZES.update({f"google-t5/{name}": KNOWN_SIZES[name] for name in ("t5-base", "t5-small")})
 
+# (hidden, layers of encoder and decoder, vocabulary) of the same models, for the memory estimate.
+KNOWN_SHAPES: dict[str, tuple[int, int, int]] = {
+    "google/flan-t5-xl": (2048, 48, 32128),
+    "t5-base": (768, 24, 32128),
+    "t5-small": (512, 12, 32128),
+    "Qwen/Qwen1.5-4B": (2560, 40, 151936),
+    "Qwen/Qwen1.5-0.5B": (1024, 24, 151936),
+}
+KNOWN_SHAPES.update({f"google-t5/{name}": KNOWN_SHAPES[name] for name in ("t5-base", "t5-small")})
+
 # Rows per split of the paper's hub datasets (before carving and max_examples), approximate
 # where the hub's count may move by a few rows between revisions.
 HUB_ROWS: dict[str, dict[str, int]] = {
@@ -84,6 +111,9 @@ class ModelSize:
     parameters: int
     encoder: int  # 0 for a decoder-only model
     origin: str
+    hidden: int = 0  # the model's width, layers (encoder and decoder) and vocabulary, 0 if unknown
+    layers: int = 0
+    vocab: int = 0
 
     def forward_flops(self, source_tokens: int, target_tokens: int) -> float:
         """One forward pass (or KV-cached generation) over a prompt and its target tokens."""
@@ -108,7 +138,28 @@ def _count_built(config: Any, origin: str) -> ModelSize:
         model = auto_cls.from_config(config)
     total = sum(p.numel() for p in model.parameters())
     encoder = sum(p.numel() for p in model.get_encoder().parameters()) if seq2seq else 0
-    return ModelSize(total, encoder, origin)
+    hidden = next(
+        (
+            getattr(config, k)
+            for k in ("d_model", "hidden_size", "n_embd")
+            if getattr(config, k, None)
+        ),
+        0,
+    )
+    if seq2seq:
+        layers = config.num_layers + (
+            getattr(config, "num_decoder_layers", None) or config.num_layers
+        )
+    else:
+        layers = next(
+            (
+                getattr(config, k)
+                for k in ("num_hidden_layers", "n_layer")
+                if getattr(config, k, None)
+            ),
+            0,
+        )
+    return ModelSize(total, encoder, origin, int(hidden), int(layers), int(config.vocab_size))
 
 
 def model_size(model: ModelConfig, vocab_size: int, where: str) -> ModelSize | None:
@@ -130,7 +181,7 @@ def model_size(model: ModelConfig, vocab_size: int, where: str) -> ModelSize | N
         config = AutoConfig.from_pretrained(Path(name).expanduser(), local_files_only=True)
         return _count_built(config, f"{name}/config.json")
     if name in KNOWN_SIZES:
-        return ModelSize(*KNOWN_SIZES[name], "known size")
+        return ModelSize(*KNOWN_SIZES[name], "known size", *KNOWN_SHAPES[name])
     try:  # a hub model fetched before: its config is in the local cache
         config = AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError):
@@ -483,6 +534,128 @@ def _g(value: float) -> str:
     return f"{value:.3g}" if 1e-3 <= abs(value) < 1e6 else f"{value:.2e}"
 
 
+GIB = 2**30
+ACTIVATION_BYTES = 34  # per token, hidden unit and layer (Korthikanti et al. 2022, 16-bit)
+LOGIT_BYTES = 16  # student and teacher logits, float32, each with its log-softmax
+STATE_BYTES = 16  # float32 weights, gradients and AdamW's two moments, per parameter
+TEACHER_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # auto: bfloat16 on a GPU
+CHOICES = [  # (train.parallel, teacher_placement); spread is one process holding every GPU
+    ("ddp", "replicate"),
+    ("ddp", "shard"),
+    ("fsdp", "replicate"),
+    ("fsdp", "shard"),
+    ("ddp", "spread"),
+]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes per GPU of an on-policy distill job under one engine and teacher placement."""
+
+    student: str
+    parallel: str
+    placement: str
+    state: float
+    teacher: float | None
+    activations: float | None
+    logits: float | None
+
+    @property
+    def total(self) -> float | None:
+        parts = (self.state, self.teacher, self.activations, self.logits)
+        return None if None in parts else sum(parts)
+
+
+def distill_memory(study: StudyConfig, costs: _Costs | None = None) -> list[Memory]:
+    """The memory per GPU of each student's on-policy distill job, for every choice in CHOICES,
+    over the job's `resources.distill.gpu` GPUs (at least one)."""
+    costs = costs or _Costs(study)
+    d, gpus = study.distill, max(1, study.resources.distill.gpu)
+    teacher = costs.teacher
+    per_param = TEACHER_BYTES[study.teacher.model.precision]
+    rows = []
+    for name, size in costs.students.items():
+        for parallel, placement in CHOICES:
+            processes = 1 if placement == "spread" else gpus
+            shards = gpus if parallel == "fsdp" and placement != "spread" else 1
+            batch = math.ceil(d.train.batch_size / processes)
+            tokens = d.rollout.max_source_length + d.rollout.max_new_tokens
+            known = size is not None and size.hidden and size.layers and size.vocab
+            rows.append(
+                Memory(
+                    name,
+                    parallel,
+                    placement,
+                    STATE_BYTES * size.parameters / shards if size else math.nan,
+                    None
+                    if teacher is None
+                    else per_param * teacher.parameters / (1 if placement == "replicate" else gpus),
+                    ACTIVATION_BYTES * batch * tokens * size.hidden * size.layers
+                    if known
+                    else None,
+                    LOGIT_BYTES * batch * d.rollout.max_new_tokens * size.vocab if known else None,
+                )
+            )
+    return rows
+
+
+def memory_refusal(study: StudyConfig, rows: list[Memory], gpu_gib: float) -> str | None:
+    """One line when the configured engine and teacher placement do not fit `gpu_gib` per GPU:
+    the keys to change and what they would make fit; None when it fits (or runs on the CPU)."""
+    if study.resources.distill.gpu < 1:
+        return None
+    chosen = (study.distill.train.parallel, study.distill.teacher_placement)
+    over = [
+        r
+        for r in rows
+        if (r.parallel, r.placement) == chosen and r.total is not None and r.total > gpu_gib * GIB
+    ]
+    if not over:
+        return None
+    worst = max(over, key=lambda r: r.total)
+    fits = [
+        f"distill.train.parallel: {r.parallel} with distill.teacher_placement: {r.placement} "
+        f"({r.total / GIB:.3g} GiB)"
+        for r in rows
+        if r.student == worst.student and r.total is not None and r.total <= gpu_gib * GIB
+    ]
+    fix = (
+        "set " + "; or ".join(fits)
+        if fits
+        else "give the job more GPUs (resources.distill.gpu) or shorten distill.train.batch_size"
+    )
+    return (
+        f"ketchup plan: student {worst.student}'s distill job needs about "
+        f"{worst.total / GIB:.3g} GiB per GPU with distill.train.parallel: {chosen[0]} and "
+        f"distill.teacher_placement: {chosen[1]} on {study.resources.distill.gpu} GPU(s), more "
+        f"than {gpu_gib:g} GiB (--gpu-memory): {fix}"
+    )
+
+
+def format_memory(study: StudyConfig, rows: list[Memory]) -> list[str]:
+    def gib(value: float | None) -> str:
+        return "?" if value is None or math.isnan(value) else _g(value / GIB)
+
+    gpus = max(1, study.resources.distill.gpu)
+    chosen = (study.distill.train.parallel, study.distill.teacher_placement)
+    lines = [
+        "",
+        f"memory per GPU of an on-policy distill job, GiB (resources.distill.gpu: "
+        f"{study.resources.distill.gpu}, counted as {gpus}; * = the config's choice)",
+        "",
+        "| student | train.parallel | teacher_placement | student state | teacher | activations "
+        "| logits | total |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mark = " *" if (r.parallel, r.placement) == chosen else ""
+        lines.append(
+            f"| {r.student} | {r.parallel} | {r.placement}{mark} | {gib(r.state)} | "
+            f"{gib(r.teacher)} | {gib(r.activations)} | {gib(r.logits)} | {gib(r.total)} |"
+        )
+    return lines
+
+
 def format_plan(study: StudyConfig, label: str, throughput: Throughput) -> str:
     costs = _Costs(study)
     jobs = list(study_jobs(study, costs))
@@ -539,6 +712,7 @@ def format_plan(study: StudyConfig, label: str, throughput: Throughput) -> str:
         f"| total | {len(jobs)} | | {_g(total_flops / 1e15)} | {_g(total_hours)} | | "
         f"{_g(total_disk / 1e9)} |"
     )
+    lines += format_memory(study, distill_memory(study, costs))
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -548,4 +722,8 @@ def plan_main(args) -> int:
 
     study = load_config(*args.configfile)
     print(format_plan(study, " + ".join(args.configfile), read_throughput(args.calibration)))
+    refusal = memory_refusal(study, distill_memory(study), args.gpu_memory)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     return 0

@@ -88,7 +88,6 @@ def distill(args) -> int:
     from ketchup.models.loading import (
         check_same_vocabulary,
         count_parameters,
-        default_device,
         disable_dropout,
         init_model,
         is_seq2seq,
@@ -96,7 +95,7 @@ def distill(args) -> int:
         load_tokenizer,
         resolve_dtype,
     )
-    from ketchup.models.parallel import processes
+    from ketchup.models.parallel import default_device, load_teacher, processes
     from ketchup.models.precision import precision_record
     from ketchup.train.loop import cross_entropy_loss, fit, generation_evaluator
     from ketchup.train.losses import Models, kl_loss, onpolicy_loss
@@ -135,8 +134,7 @@ def distill(args) -> int:
     if method not in TEACHER_FREE_METHODS:
         check_same_vocabulary(load_tokenizer(args.teacher), tokenizer, args.teacher, "student")
         teacher_dtype = resolve_dtype(args.teacher_precision, device)
-        teacher = load_model(args.teacher, dtype=teacher_dtype, device=device)
-        teacher.eval()
+        teacher = load_teacher(args.teacher, teacher_dtype, cfg.teacher_placement, processes())
     max_source_length = (
         cfg.rollout.max_source_length if warm_started else train_cfg.max_source_length
     )

@@ -55,7 +55,8 @@ def write_split_outputs(
     `precision` and computes in it. Returns the count and the precision used (for the resolved
     config)."""
     from ketchup.data.registry import format_prompt, task_prompt
-    from ketchup.models.loading import default_device, load_model, load_tokenizer, resolve_dtype
+    from ketchup.models.loading import load_model, load_tokenizer, resolve_dtype
+    from ketchup.models.parallel import default_device
     from ketchup.models.precision import inference_record
     from ketchup.train.generation import generate
 

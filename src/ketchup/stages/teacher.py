@@ -19,12 +19,11 @@ def train_teacher(args) -> int:
     from ketchup.data.registry import resolved_task, task_prompt, task_selection_metric
     from ketchup.models.loading import (
         count_parameters,
-        default_device,
         init_model,
         is_seq2seq,
         load_tokenizer,
     )
-    from ketchup.models.parallel import processes
+    from ketchup.models.parallel import default_device, processes
     from ketchup.models.precision import MixedPrecision
     from ketchup.train.loop import cross_entropy_loss, fit, generation_evaluator
 

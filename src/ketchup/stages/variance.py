@@ -51,11 +51,11 @@ def grad_variance(args) -> int:
     )
     from ketchup.models.loading import (
         check_same_vocabulary,
-        default_device,
         load_model,
         load_tokenizer,
         resolve_dtype,
     )
+    from ketchup.models.parallel import default_device
     from ketchup.models.precision import MixedPrecision, own_dtype, precision_record
     from ketchup.train.generation import generate_ids
     from ketchup.train.progress import ProgressBar

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ketchup.config import GenerationConfig
 from ketchup.data.batching import decoder_start_id, encode_prompt_ids, pad_batch, pad_token_id
 from ketchup.models.loading import is_seq2seq
+from ketchup.models.parallel import is_sharded
 
 if TYPE_CHECKING:
     import torch
@@ -273,7 +274,8 @@ def generate(
     ``temperature`` from the full distribution, or the ``top_k`` most likely tokens. ``seed``
     fixes sampling for this call without touching the global RNG. Prompts are cut to
     ``max_source_length`` tokens; special tokens are left out of the text. Runs in eval mode
-    (restored afterwards) under ``torch.inference_mode`` with the KV cache.
+    (restored afterwards) under ``torch.inference_mode`` (``no_grad`` under FSDP2) with the KV
+    cache.
     """
     if not prompts:
         return []
@@ -317,6 +319,9 @@ def generate_ids(
     ordinary tensors (not inference tensors), so they can feed a forward pass with gradients,
     e.g. :func:`ketchup.data.batching.token_logits` over ``encode_sources`` of the same prompts.
 
+    Under FSDP2 (a sharded ``model``) every process of the job calls this together, with as many
+    prompts as the others.
+
     ``teacher_mix=(teacher, alpha)`` samples every token from MiniLLM's teacher-mixed
     distribution ``alpha p_T + (1 - alpha) p_S`` (Gu et al. 2024), the teacher run step by step
     beside the model with its own KV cache (:class:`TeacherMixture`); it needs ``do_sample``.
@@ -335,6 +340,9 @@ def generate_ids(
         raise ValueError("teacher_mix samples from a mixture: pass do_sample=True")
     eos_ids = set(generation_config.eos_token_id)
     seq2seq = is_seq2seq(model)
+    # a model sharded with FSDP2 gathers each block's weights at every decoding step, a collective:
+    # every process then takes the same number of steps (and of batches: the same prompt count)
+    synced = is_sharded(model)
     pad = pad_token_id(tokenizer)
     encoded = encode_prompt_ids(tokenizer, prompts, max_source_length)
     # Longest first: similar lengths share a batch, and an out-of-memory error shows up at once.
@@ -344,7 +352,9 @@ def generate_ids(
     device = model.device
 
     bar = ProgressBar(total=len(encoded), desc="generate", unit="prompt", disable=not progress)
-    with _eval_mode(model), _seeded(seed, device), torch.inference_mode(), bar:
+    # FSDP2 reuses its gather buffers outside this call, which inference tensors cannot be
+    no_grad = torch.no_grad() if synced else torch.inference_mode()
+    with _eval_mode(model), _seeded(seed, device), no_grad, bar:
         for start in range(0, len(order), cfg.batch_size):
             chunk = order[start : start + cfg.batch_size]
             # Left padding for decoder-only models: new tokens must follow every prompt directly.
@@ -363,6 +373,7 @@ def generate_ids(
                 attention_mask=attention_mask,
                 generation_config=generation_config,
                 logits_processor=processors,
+                synced_gpus=synced,
             )
             # seq2seq output starts with the decoder start token; decoder-only repeats the prompt.
             new = out[:, 1:] if seq2seq else out[:, input_ids.shape[1] :]

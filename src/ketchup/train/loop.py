@@ -15,10 +15,13 @@ What it guarantees:
 - the forward passes run under autocast in the model's compute dtype (`precision`, see
   `ketchup.models.precision`: bfloat16 on a capable GPU with `auto`), weights and optimizer state
   stay float32, and float16 adds a gradient scaler whose state the checkpoint keeps;
-- under `accelerate launch` / `torchrun` with N processes (`ketchup.models.parallel`), each process
-  takes its share of the same global batch and the gradients are averaged: the same updates as one
-  process up to how the per-process token means are weighted. Only the main process evaluates,
-  logs and writes; a resumed multi-process run restores the main process's RNG state everywhere.
+- under `accelerate launch` / `torchrun` with N processes, each process takes its share of the
+  same global batch and the student runs under torch's DDP or FSDP2 (`train.parallel`, see
+  `ketchup.models.parallel`): the gradients are averaged in the backward pass, the same updates as
+  one process up to how the per-process token means are weighted. Only the main process logs and
+  writes (and, under DDP, evaluates); the checkpoint holds the full model and optimizer state
+  whatever the engine, and every process's RNG state, so a resumed run continues each process's
+  own sampling stream.
 """
 
 from __future__ import annotations
@@ -107,23 +110,32 @@ class Checkpoint:
         self.dir = out_dir / "checkpoint"
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
 
-    def save(self, model, optimizer, scheduler, state: TrainState, scaler=None) -> None:
+    def save(self, engine, optimizer, scheduler, state: TrainState, scaler=None) -> None:
+        """Every process calls this (the full state is gathered under FSDP); the main one writes."""
+        model_state = engine.state_dict()
+        optimizer_state = engine.optimizer_state_dict(optimizer)
+        rng = distributed.gather_objects(_rng_state(), engine.procs)
+        if not engine.procs.is_main:
+            return
         with atomic_path(self.dir, directory=True) as tmp:
             torch.save(
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "model": model_state,
+                    "optimizer": optimizer_state,
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": _rng_state(),
+                    "rng": rng[0],
+                    "rng_per_process": rng,
                     "state": asdict(state),
                     "fingerprint": self.fingerprint,
                 },
                 tmp / STATE_FILE,
             )
 
-    def load(self, model, optimizer, scheduler, scaler=None) -> TrainState | None:
-        """Restore a checkpoint written under the same config; None if there is none."""
+    def load(self, engine, optimizer, scheduler, scaler=None) -> TrainState | None:
+        """Restore a checkpoint written under the same config; None if there is none. Every
+        process reads it and takes its own RNG state (the main one's when the number of
+        processes changed)."""
         path = self.dir / STATE_FILE
         if not path.is_file():
             return None
@@ -137,12 +149,14 @@ class Checkpoint:
         if saved.get("fingerprint") != self.fingerprint:
             print(f"{self.dir}: written under another config; training from the start")
             return None
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        engine.load_state_dict(saved["model"])
+        engine.load_optimizer_state_dict(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if scaler is not None and saved.get("scaler") is not None:
             scaler.load_state_dict(saved["scaler"])
-        _set_rng_state(saved["rng"])
+        per_process = saved.get("rng_per_process") or [saved["rng"]]
+        procs = engine.procs
+        _set_rng_state(per_process[procs.rank] if len(per_process) == procs.world else saved["rng"])
         # a checkpoint from before updates_with_tokens was counted: take its updates as real
         state = TrainState(**{"updates_with_tokens": saved["state"]["step"], **saved["state"]})
         print(f"resuming from {self.dir} at step {state.step}")
@@ -212,7 +226,6 @@ def fit(
     share of rollouts that hit the length cap (the `finished_share` statistic, when loss_fn
     reports it) and `empty_loss_hint`, what to change.
     """
-    from ketchup.models.loading import save_model
     from ketchup.models.precision import MixedPrecision
     from ketchup.train.progress import ProgressBar
 
@@ -221,14 +234,20 @@ def fit(
     # every process its own sampling / dropout stream; the main one's is a single process's
     torch.manual_seed(cfg.seed + 1_000_003 * procs.rank)
     random.seed(cfg.seed + 1_000_003 * procs.rank)
+    engine = distributed.Engine(model, cfg.parallel, procs)  # before the optimizer: FSDP shards
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
     amp = MixedPrecision.for_model(model, precision)
     scaler = amp.grad_scaler()
+    if scaler is not None and engine.sharded:
+        raise ConfigError(
+            "train.parallel: fsdp trains in float32 or bfloat16; float16's gradient scaler is "
+            "not sharded: set the model's precision to bfloat16, or train.parallel: ddp"
+        )
     checkpoint = Checkpoint(out_dir, fingerprint)
-    state = checkpoint.load(model, optimizer, scheduler, scaler) or TrainState()
+    state = checkpoint.load(engine, optimizer, scheduler, scaler) or TrainState()
     log = StepLog(
         out_dir / "log.jsonl",
         state.step,
@@ -239,10 +258,11 @@ def fit(
     finished_shares: list[float] = []
 
     def validate(model) -> float:
-        """The main process evaluates; every process gets its score."""
+        """The main process evaluates (every process, in step, under FSDP: its generation is a
+        collective); every process gets the main one's score."""
         model.eval()
         with amp.autocast():
-            value = float(evaluate(model)) if procs.is_main else None
+            value = float(evaluate(model)) if procs.is_main or engine.sharded else None
         model.train()
         return distributed.broadcast_from_main(value, procs)
 
@@ -259,7 +279,7 @@ def fit(
             indices = batch_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
             rows = [train_rows[i] for i in distributed.shard(indices, procs)]
             with amp.autocast():  # the backward pass follows the forward's dtypes
-                loss, n_tokens, *extra = loss_fn(model, rows)
+                loss, n_tokens, *extra = loss_fn(engine.student, rows)
             stats = extra[0] if extra else {}
             if "finished_share" in stats:
                 finished_shares.append(float(stats["finished_share"]))
@@ -275,8 +295,8 @@ def fit(
                     f"(step {state.step}) is kept in {checkpoint.dir}"
                 )
             optimizer.zero_grad(set_to_none=True)
+            # DDP's hooks all-reduce, FSDP's reduce-scatter the gradients during this pass
             (loss if scaler is None else scaler.scale(loss)).backward()
-            distributed.average_gradients(list(model.parameters()), procs)
             if scaler is not None:
                 scaler.unscale_(optimizer)  # clip the true gradients
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -310,14 +330,12 @@ def fit(
                 improved = score > state.best_score
                 if improved:
                     state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
-                    if procs.is_main:
-                        save_model(model, tokenizer, best_dir)
+                    engine.save_pretrained(tokenizer, best_dir)
                 else:
                     state.evals_since_best += 1
                 log.write(kind="eval", step=state.step, score=score, best=improved)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{score:.2f}")
-                if procs.is_main:
-                    checkpoint.save(model, optimizer, scheduler, state, scaler)
+                checkpoint.save(engine, optimizer, scheduler, state, scaler)
                 distributed.barrier(procs)
                 if cfg.patience and state.evals_since_best >= cfg.patience:
                     print(
@@ -325,8 +343,7 @@ def fit(
                     )
                     break
             if stop:
-                if procs.is_main:
-                    checkpoint.save(model, optimizer, scheduler, state, scaler)
+                checkpoint.save(engine, optimizer, scheduler, state, scaler)
                 distributed.barrier(procs)
                 raise Preempted(
                     f"stopped by SIGTERM after step {state.step}; its checkpoint is saved in "

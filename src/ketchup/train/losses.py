@@ -47,12 +47,15 @@ class Models:
             self.max_source_length,
             padding_side="right",
         )
-        # the no-grad teacher computes in the dtype it was loaded in, outside the student's autocast
+        # the no-grad teacher computes in its own dtype, outside the student's autocast;
+        # a teacher spread over GPUs takes its inputs on its first and gives logits on its last
+        home, there = tokens.device, model.device
+        tokens, mask = tokens.to(there), mask.to(there)
         with torch.set_grad_enabled(grad), own_dtype(model, enabled=not grad):
             if next_state:
                 logits, after = token_logits_and_next(model, sources, tokens, mask)
-                return logits[..., : self.vocab], after[..., : self.vocab]
-            return token_logits(model, sources, tokens, mask)[..., : self.vocab]
+                return logits[..., : self.vocab].to(home), after[..., : self.vocab].to(home)
+            return token_logits(model, sources, tokens, mask)[..., : self.vocab].to(home)
 
 
 def kl_loss(models: Models, max_target_length: int):
