@@ -28,7 +28,8 @@ from ketchup.models.loading import (
     save_model,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+# the paper stand-ins (a session fixture) are built once: with test_paper, on one xdist worker
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.xdist_group("paper_standins")]
 
 
 def model_config(arch: dict) -> ModelConfig:

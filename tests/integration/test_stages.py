@@ -11,6 +11,9 @@ import torch
 from ketchup.cli import main
 from ketchup.files import read_jsonl
 
+# its module fixtures are built once, on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("stages")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TASK = {

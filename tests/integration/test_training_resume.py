@@ -36,6 +36,9 @@ CFG = TrainConfig(
     parallel="ddp",
 )
 
+# its module fixtures are built once, on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("training_resume")
+
 
 @pytest.fixture(scope="module")
 def tokenizer():

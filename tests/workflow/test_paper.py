@@ -45,6 +45,9 @@ FULL_TASK = {"t5": "gsm8k", "qwen2": "europarl_en_nl"}
 FIGURE_KINDS = (
     "grad_variance", "methods", "metric_vs_k", "training_curves_k", "training_curves_baselines"
 )  # fmt: skip
+
+# the stand-ins (a session fixture) are built once: with test_models, on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("paper_standins")
 GENERATION = {"max_new_tokens": 40, "batch_size": 16}
 
 
