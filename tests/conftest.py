@@ -65,8 +65,12 @@ def single_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need a CUDA device: skipped without one, so that a marker expression
-    that replaces the default `-m 'not gpu'` (`pytest -m "not slow"`) still passes on a CPU."""
+    """Modules with slow tests first (each module's tests kept together, in their order), so that
+    pytest-xdist's workers start the long ones early and end together. Tests marked `gpu` need a
+    CUDA device: skipped without one, so that a marker expression that replaces the default
+    `-m 'not gpu'` (`pytest -m "not slow"`) still passes on a CPU."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return

@@ -156,7 +156,12 @@ def rule_resources(rule_name):
     gpu_slots' own processes were started twice. A job without GPUs gets --ntasks=1 either way.
     """
     res = config["resources"][rule_name]
-    return {"mem_mb": res["mem_mb"], "runtime": res["runtime"], "gpu": res["gpu"], "tasks": 0}
+    return {
+        "mem_mb": res["mem_mb"],
+        "runtime": res["runtime"],
+        "gpu": res["gpu"],
+        "tasks": 0,
+    }
 
 
 # Compute jobs never reach the hub: what they read was fetched by the local rule `fetch` on the
