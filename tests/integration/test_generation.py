@@ -24,7 +24,7 @@ PROMPTS = [
 TRAINING_PROMPTS = (0, 2, 4)
 GREEDY = GenerationConfig(max_new_tokens=24, batch_size=4, num_beams=1)
 
-pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.xdist_group("generation")]
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

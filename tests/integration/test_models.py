@@ -28,8 +28,7 @@ from ketchup.models.loading import (
     save_model,
 )
 
-# the paper stand-ins (a session fixture) are built once: with test_paper, on one xdist worker
-pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.xdist_group("paper_standins")]
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def model_config(arch: dict) -> ModelConfig:
@@ -542,30 +541,3 @@ def test_a_model_directory_without_tokenizer_files_is_refused(tokenizer, archs, 
         with pytest.raises(FileNotFoundError, match="no tokenizer files") as err:
             load_tokenizer(str(tmp_path / name))
         assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
-
-
-def test_paper_standin_tokenizers_are_those_of_their_families(paper_standins):
-    """The stand-ins load by path as the hub's models do: T5's SentencePiece tokenizer (pad 0,
-    EOS 1, unk 2, 100 extra ids after the pieces, EOS appended) and Qwen2's byte-level BPE (EOS
-    and pad <|endoftext|>, no BOS, nothing appended, the ChatML template); teacher and student of
-    a family share one, and their logits cover it (padded past it, as the hub's models)."""
-    from transformers import Qwen2Tokenizer, T5Tokenizer
-
-    sentence = "Ann has 3 apples.\n#### 3"
-    t5 = load_tokenizer(str(paper_standins.t5.teacher))
-    assert isinstance(t5, T5Tokenizer)
-    assert (t5.pad_token_id, t5.eos_token_id, t5.unk_token_id) == (0, 1, 2)
-    assert t5.convert_ids_to_tokens(len(t5) - 1) == "<extra_id_0>"
-    assert sum(token.startswith("<extra_id_") for token in t5.get_vocab()) == 100
-    assert t5(sentence)["input_ids"][-1] == 1
-    qwen = load_tokenizer(str(paper_standins.qwen2.teacher))
-    assert isinstance(qwen, Qwen2Tokenizer)
-    assert qwen.eos_token == qwen.pad_token == "<|endoftext|>" and qwen.bos_token is None
-    assert qwen.decode(qwen(sentence)["input_ids"]) == sentence
-    chat = qwen.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
-    assert chat.startswith("<|im_start|>system\n") and "<|im_start|>user\nhi<|im_end|>" in chat
-    for family, tok in (("t5", t5), ("qwen2", qwen)):
-        for role in ("teacher", "student"):
-            path = getattr(getattr(paper_standins, family), role)
-            assert load_tokenizer(str(path)).get_vocab() == tok.get_vocab()
-            assert load_model(str(path)).config.vocab_size > len(tok)

@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# its module fixtures are built once, on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("parallel")
-
 HELPER = Path(__file__).with_name("parallel_fit.py")
 
 

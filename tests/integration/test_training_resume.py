@@ -36,9 +36,6 @@ CFG = TrainConfig(
     parallel="ddp",
 )
 
-# its module fixtures are built once, on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("training_resume")
-
 
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -23,9 +23,6 @@ from ketchup.data.embedded import (
     split_key_combinations,
 )
 
-# its module fixtures are built once, on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("embedded_task")
-
 DEFAULT = EmbeddedTaskConfig(n_train=6000, n_validation=300, n_test=500, n_references=8, seed=0)
 SMALL = EmbeddedTaskConfig(n_train=400, n_validation=40, n_test=40, n_references=4, seed=3)
 

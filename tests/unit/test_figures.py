@@ -18,9 +18,6 @@ from ketchup.cli import main
 from ketchup.config import WARM_STARTED_METHODS, parse_config, split_system
 from ketchup.files import read_jsonl, write_json, write_jsonl
 
-# its module fixtures are built once, on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("figures")
-
 ROOT = Path(__file__).resolve().parents[2]
 TASK = {
     "dataset": "embedded",

@@ -18,9 +18,6 @@ from ketchup.cli import main
 from ketchup.evaluate.scoring import reference_streams
 from ketchup.files import csv_text, read_csv, read_jsonl, write_json, write_jsonl, write_text
 
-# its module fixtures are built once, on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("results")
-
 TASK = {
     "dataset": "embedded",
     "embedded": {"n_train": 10, "n_validation": 4, "n_test": 60, "n_references": 2, "seed": 0},

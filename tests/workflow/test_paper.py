@@ -8,8 +8,9 @@ judge as a dry run. A dry run counts the jobs of every task, method and K. What 
 dataset, its teacher outputs and the teacher's scores (every task's loading, prompt and metric),
 and on one task per family: for Qwen2 (the decoder-only family, which runs nowhere else end to
 end) every method and K, the variance table, the judge and the figures, every job of the task;
-for T5 the KL warm start, LLMR with each baseline and KETCHUP at every K under the paper's
-policy-gradient settings, and the variance table (T5 runs every method in the smoke study). The
+for T5 the KL warm start, LLMR and KETCHUP at the config's largest K under the paper's
+policy-gradient settings, and the variance table, which measures every K's update (T5 runs every
+method in the smoke study). The
 tables, which need every task's students, run in the smoke study; the comparison with the
 paper's numbers is tested on its own (tests/unit/test_results.py).
 """
@@ -44,14 +45,17 @@ LENGTHS = {"max_source_length": 96, "max_target_length": 40}
 # The task of each family whose students run: T5 on GSM8K (accuracy of the final answer, a
 # validation split carved from train), Qwen2 on Europarl EN-NL (BLEU, both splits carved).
 FULL_TASK = {"t5": "gsm8k", "qwen2": "europarl_en_nl"}
-# T5's students that run: the warm start and the policy-gradient systems (Qwen2 runs every one).
-POLICY_GRADIENT = ("kl", "llmr", "ketchup_k")
+
+
+# T5's students that run: the warm start, LLMR and KETCHUP at its largest K (Qwen2: every one).
+def t5_systems(study) -> list[str]:
+    return ["kl", "llmr", f"ketchup_k{max(study.distill.ks)}"]
+
+
 FIGURE_KINDS = (
     "grad_variance", "methods", "metric_vs_k", "training_curves_k", "training_curves_baselines"
 )  # fmt: skip
 
-# the stand-ins (a session fixture) are built once: with test_models, on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("paper_standins")
 GENERATION = {"max_new_tokens": 40, "batch_size": 16}
 
 
@@ -131,7 +135,7 @@ def test_paper_config_runs_end_to_end_on_standins(family, paper_standins, tmp_pa
     }, jobs
     full = FULL_TASK[family]
     every = family == "qwen2"
-    run_systems = [s for s in systems if every or s.startswith(POLICY_GRADIENT)]
+    run_systems = systems if every else t5_systems(study)
     started = time.monotonic()
     # targets first: --configfile takes every word after it
     run = snakemake(*targets(tmp_path, study, full, run_systems, every), *args, timeout=3600)
@@ -217,3 +221,32 @@ def assert_paper_outputs(workdir: Path, study, full: str, systems: list[str], ev
     assert read_jsonl(judge / "prompts.jsonl") and (judge / "dry_run.json").is_file()
     figures = {p.name for p in (results / "figures").iterdir()}
     assert figures == {f"{full}_{student}_{k}.{e}" for k in FIGURE_KINDS for e in ("png", "svg")}
+
+
+def test_paper_standin_tokenizers_are_those_of_their_families(paper_standins):
+    """The stand-ins load by path as the hub's models do: T5's SentencePiece tokenizer (pad 0,
+    EOS 1, unk 2, 100 extra ids after the pieces, EOS appended) and Qwen2's byte-level BPE (EOS
+    and pad <|endoftext|>, no BOS, nothing appended, the ChatML template); teacher and student of
+    a family share one, and their logits cover it (padded past it, as the hub's models)."""
+    from transformers import Qwen2Tokenizer, T5Tokenizer
+
+    from ketchup.models.loading import load_model, load_tokenizer
+
+    sentence = "Ann has 3 apples.\n#### 3"
+    t5 = load_tokenizer(str(paper_standins.t5.teacher))
+    assert isinstance(t5, T5Tokenizer)
+    assert (t5.pad_token_id, t5.eos_token_id, t5.unk_token_id) == (0, 1, 2)
+    assert t5.convert_ids_to_tokens(len(t5) - 1) == "<extra_id_0>"
+    assert sum(token.startswith("<extra_id_") for token in t5.get_vocab()) == 100
+    assert t5(sentence)["input_ids"][-1] == 1
+    qwen = load_tokenizer(str(paper_standins.qwen2.teacher))
+    assert isinstance(qwen, Qwen2Tokenizer)
+    assert qwen.eos_token == qwen.pad_token == "<|endoftext|>" and qwen.bos_token is None
+    assert qwen.decode(qwen(sentence)["input_ids"]) == sentence
+    chat = qwen.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat.startswith("<|im_start|>system\n") and "<|im_start|>user\nhi<|im_end|>" in chat
+    for family, tok in (("t5", t5), ("qwen2", qwen)):
+        for role in ("teacher", "student"):
+            path = getattr(getattr(paper_standins, family), role)
+            assert load_tokenizer(str(path)).get_vocab() == tok.get_vocab()
+            assert load_model(str(path)).config.vocab_size > len(tok)

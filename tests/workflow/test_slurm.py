@@ -50,7 +50,6 @@ def _missing() -> str | None:
 
 MISSING = _missing()
 pytestmark = [
-    pytest.mark.xdist_group("slurm"),  # its module fixtures built once, on one worker
     pytest.mark.slow,
     pytest.mark.slurm,
     pytest.mark.skipif(MISSING is not None, reason=f"no single-node SLURM here: {MISSING}"),
