@@ -64,13 +64,23 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+# The longest test files, longest first (measured by .ci/run's --durations): a worker that takes
+# one of them last would end long after the others.
+LONGEST_FIRST = {"test_smoke_study": 0, "test_paper": 1, "test_slurm": 2, "test_workflow": 3}
+
+
 def pytest_collection_modifyitems(config, items):
     """Modules with slow tests first (each module's tests kept together, in their order), so that
     pytest-xdist's workers start the long ones early and end together. Tests marked `gpu` need a
     CUDA device: skipped without one, so that a marker expression that replaces the default
     `-m 'not gpu'` (`pytest -m "not slow"`) still passes on a CPU."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    items.sort(
+        key=lambda item: (
+            item.module.__name__ not in slow_modules,
+            LONGEST_FIRST.get(item.module.__name__, len(LONGEST_FIRST)),
+        )
+    )
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return
