@@ -38,7 +38,9 @@ Method = Literal[
     "gkd",
     "minillm",
 ]
-Dataset = Literal["embedded", "xsum", "europarl_en_nl", "gsm8k", "dailydialog", "dart", "file"]
+Dataset = Literal[
+    "embedded", "arithmetic", "xsum", "europarl_en_nl", "gsm8k", "dailydialog", "dart", "file"
+]
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # sft, seqkd and kl train from the student's initialisation on fixed sequences; the first two
@@ -105,7 +107,7 @@ class TaskConfig:
                     f"config key '{where}.target_field': required when dataset is 'file' (or "
                     "references_field, a column with a list of references)"
                 )
-        if self.revision is not None and self.dataset in ("embedded", "file"):
+        if self.revision is not None and self.dataset in ("embedded", "arithmetic", "file"):
             raise ConfigError(
                 f"config key '{where}.revision': pins a hub dataset; dataset "
                 f"'{self.dataset}' is not loaded from the hub"

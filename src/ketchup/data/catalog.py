@@ -9,6 +9,7 @@ __all__ = ["DATASET_METRICS", "REPORTED_METRICS"]
 
 DATASET_METRICS: dict[str, str] = {
     "embedded": "bleu",
+    "arithmetic": "accuracy",
     "xsum": "rouge",
     "europarl_en_nl": "bleu",
     "gsm8k": "accuracy",

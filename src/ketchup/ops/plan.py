@@ -217,9 +217,9 @@ def _file_rows(path: Path) -> int | None:
 
 def split_sizes(task: TaskConfig) -> dict[str, int | None]:
     """Examples per split as prepare-data writes them: carved, then capped by max_examples."""
-    from ketchup.data.registry import carve_size, dataset_spec
+    from ketchup.data.registry import GENERATED, carve_size, dataset_spec
 
-    if task.dataset == "embedded":
+    if task.dataset in GENERATED:
         e = task.embedded
         rows = {"train": e.n_train, "validation": e.n_validation, "test": e.n_test}
         carved = []
