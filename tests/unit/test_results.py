@@ -363,3 +363,27 @@ def test_the_paper_table_puts_our_seed_means_beside_the_published_ones(study):
         assert float(row[-1]) == pytest.approx(record["ours"] - record["paper"], abs=0.01)
     alone, none = paper_table([cell])
     assert not none and "No task of this study is one of the paper's" in alone.notes[0]
+
+
+def test_the_papers_claimed_effect_is_its_published_ketchup_over_the_same_system():
+    from ketchup.report.tables import paper_relative_effect
+
+    # XSum ROUGE-1: KETCHUP 36.03, LLMR 35.54; the arithmetic task stands for GSM8K (25.71, 25.21)
+    assert paper_relative_effect("xsum", "llmr") == pytest.approx((100 * 0.49 / 35.54,) * 2)
+    assert paper_relative_effect("arithmetic", "llmr") == pytest.approx((100 * 0.50 / 25.21,) * 2)
+    # the restaurant task has no column in the paper: the range over its three tasks
+    low, high = paper_relative_effect("embedded", "llmr")
+    assert (low, high) == pytest.approx((100 * 0.23 / 22.72, 100 * 0.50 / 25.21))
+    assert all(np.isnan(paper_relative_effect("embedded", "sft")))  # the paper has no SFT row
+
+
+def test_a_verdict_tells_no_difference_from_too_few_seeds():
+    from ketchup.report.tables import verdict
+
+    assert verdict(0.1, 2.0, 1.5, 1.0) == "KETCHUP higher"
+    assert verdict(-3.0, -0.2, 1.5, 1.0) == "KETCHUP lower"
+    # the interval holds 0: the seeds could have seen the claimed 2% (MDE 1.5%), or could not (3%)
+    assert verdict(-0.5, 0.6, 1.5, 2.0) == "no difference of the paper's size"
+    assert verdict(-0.5, 0.6, 3.0, 2.0) == "too few seeds for the paper's effect"
+    assert verdict(-0.5, 0.6, 3.0, float("nan")).startswith("interval holds 0")
+    assert verdict(float("nan"), float("nan"), float("nan"), 2.0) == "one seed: no verdict"

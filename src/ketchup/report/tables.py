@@ -42,6 +42,41 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
     "llmr_minvar": {"xsum": 35.59, "europarl_en_nl": 22.70, "gsm8k": 25.10},
     "ketchup": {"xsum": 36.03, "europarl_en_nl": 22.95, "gsm8k": 25.71},
 }
+# The paper's column an embedded task stands in for (the restaurant task, data-to-text, has none).
+PAPER_STAND_IN = {"arithmetic": "gsm8k"}
+
+
+def paper_relative_effect(dataset: str, other: str) -> tuple[float, float]:
+    """The paper's KETCHUP over `other`, as a share (%) of `other`'s published score: (low, high).
+
+    On a task of the paper's (or its stand-in) low == high, that task's effect; on another task the
+    range over the paper's three tasks. NaN when the paper does not report `other`.
+    """
+    published = PAPER_RESULTS.get(other)
+    if published is None:
+        return math.nan, math.nan
+    ours = PAPER_RESULTS["ketchup"]
+    dataset = PAPER_STAND_IN.get(dataset, dataset)
+    columns = [dataset] if dataset in published else list(published)
+    effects = [100 * (ours[c] / published[c] - 1) for c in columns]
+    return min(effects), max(effects)
+
+
+def verdict(low: float, high: float, mde: float, claimed: float) -> str:
+    """What a paired comparison says: a difference its seed-aware interval resolves; none of the
+    claimed size, when the interval holds 0 and the MDE is below the claimed effect (the seeds had
+    80% power to see it); else too few seeds to tell (the MDE above the claimed effect)."""
+    if math.isnan(low) or math.isnan(mde):
+        return "one seed: no verdict"
+    if low > 0:
+        return "KETCHUP higher"
+    if high < 0:
+        return "KETCHUP lower"
+    if math.isnan(claimed):
+        return "interval holds 0; no published effect to size it by"
+    if mde <= claimed:
+        return "no difference of the paper's size"
+    return "too few seeds for the paper's effect"
 
 
 @dataclass
@@ -312,6 +347,9 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
             "per-seed Δ",
             "seed-aware 95% CI",
             "MDE (80% power)",
+            "MDE, % of other",
+            "paper's Δ, % of other",
+            "verdict",
             "seed-level p",
             "example-level 95% CI",
             "example-level p",
@@ -321,7 +359,13 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
             "Δ: difference of the seed means. Seed-aware: "
             f"{stats.SEED_AWARE_METHOD}. MDE: {stats.MDE_METHOD}; a |Δ| below it with an "
             "interval across 0 means too few seeds to see a difference of that size, not "
-            f"evidence of none. Seed-level p: {stats.SEED_TEST_METHOD} (with n seeds never below "
+            "evidence of none. Paper's Δ: the published KETCHUP over the same system (flan-t5-xl "
+            "-> t5-base), relative to that system's score, on the paper's task this one stands "
+            "for (arithmetic: GSM8K), else its range over XSum, EN-NL and GSM8K. Verdict: "
+            "KETCHUP higher / lower when the seed-aware interval excludes 0; else no difference "
+            "of the paper's size when the relative MDE is at most the paper's Δ (its largest "
+            "value where a range is given), too few seeds for the paper's effect when it is "
+            f"above. Seed-level p: {stats.SEED_TEST_METHOD} (with n seeds never below "
             f"2 / 2^n: 0.25 for three). Example-level: {stats.METHOD}; p: {stats.TEST_METHOD}; "
             "both treat the trained seeds as fixed.",
         ],
@@ -336,6 +380,12 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
             test = paired_test(cell.groups[best_k], cell.groups[other], cell.primary)
             per_seed = " / ".join(fmt(d) for d in test.get("seed_differences", []))
             one_seed = test["seeds"] < 2
+            other_mean, _ = cell.groups[other].mean_std(cell.primary)
+            mde = test.get("mde", math.nan)
+            mde_share = 100 * mde / abs(other_mean) if other_mean else math.nan
+            claimed_low, claimed_high = paper_relative_effect(cell.dataset, other)
+            low, high = test.get("seed_ci_low", math.nan), test.get("seed_ci_high", math.nan)
+            said = verdict(low, high, mde_share, claimed_high)
             table.rows.append(
                 [
                     cell.task,
@@ -345,7 +395,12 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
                     fmt(test["difference"]),
                     per_seed or "-",
                     fmt_ci(test.get("seed_ci_low", math.nan), test.get("seed_ci_high", math.nan)),
-                    fmt(test.get("mde", math.nan)),
+                    fmt(mde),
+                    fmt(mde_share),
+                    fmt(claimed_low)
+                    if claimed_low == claimed_high or math.isnan(claimed_low)
+                    else f"{fmt(claimed_low)}–{fmt(claimed_high)}",
+                    said,
                     "-" if one_seed else f"{test['seed_p_value']:.3f}",
                     fmt_ci(test.get("ci_low", math.nan), test.get("ci_high", math.nan)),
                     f"{test['p_value']:.4f}",
@@ -368,7 +423,11 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
                     "p_value": test["p_value"],
                     "seed_ci_low": test.get("seed_ci_low", math.nan),
                     "seed_ci_high": test.get("seed_ci_high", math.nan),
-                    "mde": test.get("mde", math.nan),
+                    "mde": mde,
+                    "mde_share": mde_share,
+                    "paper_share_low": claimed_low,
+                    "paper_share_high": claimed_high,
+                    "verdict": said,
                     "seed_p_value": math.nan if one_seed else test["seed_p_value"],
                     "seed_differences": per_seed,
                     "against": other,
