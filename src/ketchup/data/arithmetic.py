@@ -4,21 +4,21 @@ A problem is a person, a kind of item, a starting count and three or four events
 taking away a small number of items; the question asks how many are left. The target is a worked
 solution of one sentence per event, each ending in the running count, then the GSM8K answer line:
 
-    source: Mia has 12 shells. She finds 5 more. She gives 3 of them to Tom. She sells 4 of
-            them. How many shells does Mia have now?
-    target: Mia starts with 12 shells. She finds 5 more, so 12 + 5 = 17 shells. She gives 3 of
-            them to Tom, so 17 - 3 = 14 shells. She sells 4 of them, so 14 - 4 = 10 shells.
-            #### 10
+    source: Mia has 12 shells. First she finds 5 more. Then she gives 3 of them to Tom.
+            Finally she sells 4 of them. How many shells does Mia have now?
+    target: Mia starts with 12 shells. First she finds 5 more, so 12 + 5 = 17 shells. Then she
+            gives 3 of them to Tom, so 17 - 3 = 14 shells. Finally she sells 4 of them, so
+            14 - 4 = 10 shells. #### 10
 
 Every step computes on the previous step's result, so one wrong sum early in a solution carries
 to its final answer: a model's own mistakes compound over its output, which is the exposure bias
 that on-policy distillation is meant to correct, and the task is scored by the exact match of the
-final answer (`metric: accuracy`, read after '####' as for GSM8K). Solutions are 40 to 65 words.
+final answer (`metric: accuracy`, read after '####' as for GSM8K). Solutions are 40 to 70 words.
 Every number stands before a space, never against punctuation, so that a word-level tokenizer
 gives a number one token wherever it occurs.
 
 Counts stay between 0 and MAX_COUNT and each event moves them by 1 to MAX_CHANGE, so the sums a
-model must learn are a few hundred facts, and test problems (whose sources never occur in
+model must learn are about two hundred facts, and test problems (whose sources never occur in
 training or validation) recombine them. Everything is a function of the seed through
 `random.Random` streams seeded by strings, so the data are the same on every machine.
 """
@@ -34,9 +34,12 @@ if TYPE_CHECKING:
 MIN_EVENTS = 3
 MAX_EVENTS = 4
 MIN_START = 5
-MAX_START = 20
-MAX_COUNT = 30  # a running count never leaves [0, MAX_COUNT]
-MAX_CHANGE = 6  # an event adds or takes away 1 .. MAX_CHANGE items
+MAX_START = 15
+MAX_COUNT = 20  # a running count never leaves [0, MAX_COUNT]
+MAX_CHANGE = 5  # an event adds or takes away 1 .. MAX_CHANGE items
+# Each event opens with the word of its place, in the question and in the solution alike, so the
+# solution's k-th step finds the question's k-th event by that word.
+ORDER = {3: ("First", "Then", "Finally"), 4: ("First", "Then", "Next", "Finally")}
 
 # (name, pronoun)
 PEOPLE: tuple[tuple[str, str], ...] = (
@@ -101,7 +104,9 @@ def question(problem: dict) -> str:
     """The word problem: the start, one sentence per event, the question."""
     p = problem
     parts = [f"{p['name']} has {p['start']} {p['item']}."]
-    parts += [f"{p['pronoun']} {phrase}." for _, _, phrase in p["events"]]
+    order = ORDER[len(p["events"])]
+    pronoun = p["pronoun"].lower()
+    parts += [f"{o} {pronoun} {phrase}." for o, (_, _, phrase) in zip(order, p["events"])]
     parts.append(f"How many {p['item']} does {p['name']} have now?")
     return " ".join(parts)
 
@@ -111,10 +116,11 @@ def solve(problem: dict) -> tuple[str, int]:
     p = problem
     count = p["start"]
     parts = [f"{p['name']} starts with {count} {p['item']}."]
-    for sign, n, phrase in p["events"]:
+    pronoun = p["pronoun"].lower()
+    for o, (sign, n, phrase) in zip(ORDER[len(p["events"])], p["events"]):
         result = count + sign * n
         op = "+" if sign > 0 else "-"
-        parts.append(f"{p['pronoun']} {phrase}, so {count} {op} {n} = {result} {p['item']}.")
+        parts.append(f"{o} {pronoun} {phrase}, so {count} {op} {n} = {result} {p['item']}.")
         count = result
     parts.append(f"#### {count}")
     return " ".join(parts), count
