@@ -12,7 +12,8 @@ teacher and warm starts, e.g. for the long study that docs/rl_sweep.md used:
 
 (several config files are merged in order, as Snakemake merges its --configfile list).
 
-Writes under the study's results/<study>/sweep/: <lever>/<system>/seed<S>/ (the job's
+`--task` picks one of the study's tasks (default: its first), `--seeds` a subset of its seeds.
+Writes under the study's results/<study>/sweep/<task>/: <lever>/<system>/seed<S>/ (the job's
 out-dir: model, log.jsonl, then validation.jsonl and its scores), summary.{csv,md}: per lever and
 system, the mean and standard deviation over seeds of the validation metric, slot error rate and
 words per output of the selected checkpoint, the rollout length at the end of training and the
@@ -48,6 +49,12 @@ LEVERS: dict[str, tuple[dict, str]] = {
     "soft_value": ({"value": "soft"}, "LLMR's runs used the soft (log-sum-exp) value"),
     "lr_1e-5": ({"train": {"learning_rate": 1e-5}}, "the paper family trained at 1e-5 to 1e-6"),
     "lr_1e-6": ({"train": {"learning_rate": 1e-6}}, "the paper family trained at 1e-5 to 1e-6"),
+    "lr_1e-4": ({"train": {"learning_rate": 1e-4}}, "five times the default's 2e-5"),
+    "released": (
+        {"train": {"learning_rate": 1e-5, "batch_size": 8, "steps": 200, "eval_every": 8}},
+        "the released KETCHUP code: lr 1e-5, 8 rollouts per update (1 x 8 accumulation), "
+        "validation every 8 updates",
+    ),
     "greedy": ({"rollout": {"greedy": True}}, "the released KETCHUP code rolled out greedily"),
     "fixed_denom": (
         {"policy_gradient": {"normalize": "none", "denom": 10.0}},
@@ -79,13 +86,16 @@ COLUMNS = ("metric", "ser", "words", "end_length", "best_step")
 class Study:
     """The config's paths and sections, as the workflow's rules pass them to the verbs."""
 
-    def __init__(self, config_paths: list[Path], results: Path):
+    def __init__(self, config_paths: list[Path], results: Path, task: str | None = None):
         self.raw = read_config_files(*config_paths)  # later files override earlier ones
         self.study = parse_config(self.raw)  # fills the schema's defaults into self.raw
-        (self.task, task), (self.student, student) = (
-            next(iter(self.raw["tasks"].items())),
-            next(iter(self.raw["students"].items())),
-        )
+        self.task = task or next(iter(self.raw["tasks"]))
+        if self.task not in self.raw["tasks"]:
+            raise SystemExit(
+                f"--task {self.task}: not a task of the study ({', '.join(self.raw['tasks'])})"
+            )
+        task = self.raw["tasks"][self.task]
+        self.student, student = next(iter(self.raw["students"].items()))
         self.task_json, self.student_json = json.dumps(task), json.dumps(student)
         self.dir = results / self.study.study  # the workflow's results/<study>/
         self.root = self.dir / self.task
@@ -232,8 +242,14 @@ def main() -> int:
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once, one thread each")
+    parser.add_argument(
+        "--task", default=None, help="the study's task to sweep (default: its first)"
+    )
+    parser.add_argument("--seeds", default=None, help="comma-separated (default: the study's)")
     args = parser.parse_args()
-    study = Study(args.config, args.results)
+    study = Study(args.config, args.results, args.task)
+    if args.seeds:
+        study.seeds = [int(s) for s in args.seeds.split(",")]
     levers = args.levers.split(",")
     unknown = [name for name in levers if name not in LEVERS]
     if unknown:
@@ -244,7 +260,7 @@ def main() -> int:
     missing = [str(study.warm_start(s)) for s in study.seeds if not study.warm_start(s).is_dir()]
     if missing:
         parser.error(f"build the warm starts first (see --help): missing {missing}")
-    sweep = study.dir / "sweep"
+    sweep = study.dir / "sweep" / study.task
 
     jobs = []  # (lever, system, seed, out, commands)
     for seed in study.seeds:  # the references: the warm start and the teacher, on validation
