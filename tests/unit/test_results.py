@@ -176,7 +176,16 @@ def test_tables_select_by_validation_and_trace_to_per_example_scores(study, tabl
     assert kl["seeds"] == "2"
 
     tests = [r for r in records if r["row"].startswith("test:") and r["student"] == "s1"]
-    assert {r["against"] for r in tests} == {"llmr", "kl"}
+    # KETCHUP against LLMR and the best baseline (KL here), then LLMR against its KL warm start
+    pairs = [(r["system"], r["against"]) for r in tests]
+    assert pairs == [("ketchup_k4", "llmr"), ("ketchup_k4", "kl"), ("llmr", "kl")]
+    means = {
+        r["row"]: float(r["mean"])
+        for r in records
+        if r["student"] == "s1" and r["metric"] == "bleu"
+    }
+    llmr_vs_kl = next(r for r in tests if r["system"] == "llmr")
+    assert float(llmr_vs_kl["mean"]) == pytest.approx(means["llmr"] - means["kl"], abs=1e-3)
     for r in tests:
         assert 0 < float(r["p_value"]) <= 1
     vs_llmr = next(r for r in tests if r["against"] == "llmr")
@@ -375,13 +384,17 @@ def test_the_papers_claimed_effect_is_its_published_ketchup_over_the_same_system
     low, high = paper_relative_effect("embedded", "llmr")
     assert (low, high) == pytest.approx((100 * 0.23 / 22.72, 100 * 0.50 / 25.21))
     assert all(np.isnan(paper_relative_effect("embedded", "sft")))  # the paper has no SFT row
+    # LLMR over its KL warm start on EN-NL: 22.72 against 22.35
+    assert paper_relative_effect("europarl_en_nl", "kl", "llmr") == pytest.approx(
+        (100 * 0.37 / 22.35,) * 2
+    )
 
 
 def test_a_verdict_tells_no_difference_from_too_few_seeds():
     from ketchup.report.tables import verdict
 
-    assert verdict(0.1, 2.0, 1.5, 1.0) == "KETCHUP higher"
-    assert verdict(-3.0, -0.2, 1.5, 1.0) == "KETCHUP lower"
+    assert verdict(0.1, 2.0, 1.5, 1.0) == "higher"
+    assert verdict(-3.0, -0.2, 1.5, 1.0) == "lower"
     # the interval holds 0: the seeds could have seen the claimed 2% (MDE 1.5%), or could not (3%)
     assert verdict(-0.5, 0.6, 1.5, 2.0) == "no difference of the paper's size"
     assert verdict(-0.5, 0.6, 3.0, 2.0) == "too few seeds for the paper's effect"

@@ -46,16 +46,15 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
 PAPER_STAND_IN = {"arithmetic": "gsm8k"}
 
 
-def paper_relative_effect(dataset: str, other: str) -> tuple[float, float]:
-    """The paper's KETCHUP over `other`, as a share (%) of `other`'s published score: (low, high).
+def paper_relative_effect(dataset: str, other: str, method: str = "ketchup") -> tuple[float, float]:
+    """The paper's `method` over `other`, as a share (%) of `other`'s published score: (low, high).
 
     On a task of the paper's (or its stand-in) low == high, that task's effect; on another task the
-    range over the paper's three tasks. NaN when the paper does not report `other`.
+    range over the paper's three tasks. NaN when the paper does not report both.
     """
-    published = PAPER_RESULTS.get(other)
-    if published is None:
+    published, ours = PAPER_RESULTS.get(other), PAPER_RESULTS.get(method)
+    if published is None or ours is None:
         return math.nan, math.nan
-    ours = PAPER_RESULTS["ketchup"]
     dataset = PAPER_STAND_IN.get(dataset, dataset)
     columns = [dataset] if dataset in published else list(published)
     effects = [100 * (ours[c] / published[c] - 1) for c in columns]
@@ -63,15 +62,16 @@ def paper_relative_effect(dataset: str, other: str) -> tuple[float, float]:
 
 
 def verdict(low: float, high: float, mde: float, claimed: float) -> str:
-    """What a paired comparison says: a difference its seed-aware interval resolves; none of the
+    """What a paired comparison says: a difference its seed-aware interval resolves (the first
+    system higher or lower); none of the
     claimed size, when the interval holds 0 and the MDE is below the claimed effect (the seeds had
     80% power to see it); else too few seeds to tell (the MDE above the claimed effect)."""
     if math.isnan(low) or math.isnan(mde):
         return "one seed: no verdict"
     if low > 0:
-        return "KETCHUP higher"
+        return "higher"
     if high < 0:
-        return "KETCHUP lower"
+        return "lower"
     if math.isnan(claimed):
         return "interval holds 0; no published effect to size it by"
     if mde <= claimed:
@@ -334,16 +334,32 @@ def _main_notes(group: Sequence[Cell]) -> list[str]:
     return notes
 
 
+def compared_pairs(cell: Cell) -> list[tuple[str, str]]:
+    """(system, other) pairs of the significance table: KETCHUP at its best K against LLMR and the
+    best non-RL baseline (the paper's claim), then LLMR and KETCHUP against the KL student they
+    start from (does the on-policy phase move its warm start?)."""
+    best_k = cell.best_k_system()
+    if best_k is None:
+        return []
+    pairs = [(best_k, "llmr"), (best_k, cell.best_baseline()), ("llmr", "kl"), (best_k, "kl")]
+    return [
+        (a, b)
+        for a, b in dict.fromkeys(pairs)
+        if b and a != b and a in cell.groups and b in cell.groups
+    ]
+
+
 def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> Table:
-    """KETCHUP (best K) against LLMR and the best non-RL baseline on the primary metric."""
+    """Paired comparisons on the primary metric: `compared_pairs` of every cell."""
     table = Table(
-        "KETCHUP at its best K against LLMR and the best non-RL baseline (paired, test split)",
+        "KETCHUP at its best K against LLMR and the best non-RL baseline, and the on-policy "
+        "systems against their KL warm start (paired, test split)",
         [
             "Task",
             "Metric",
-            "KETCHUP",
+            "System",
             "Against",
-            "Δ (KETCHUP − other)",
+            "Δ (system − other)",
             "per-seed Δ",
             "seed-aware 95% CI",
             "MDE (80% power)",
@@ -359,38 +375,36 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
             "Δ: difference of the seed means. Seed-aware: "
             f"{stats.SEED_AWARE_METHOD}. MDE: {stats.MDE_METHOD}; a |Δ| below it with an "
             "interval across 0 means too few seeds to see a difference of that size, not "
-            "evidence of none. Paper's Δ: the published KETCHUP over the same system (flan-t5-xl "
+            "evidence of none. Paper's Δ: the published system over the other (flan-t5-xl "
             "-> t5-base), relative to that system's score, on the paper's task this one stands "
             "for (arithmetic: GSM8K), else its range over XSum, EN-NL and GSM8K. Verdict: "
-            "KETCHUP higher / lower when the seed-aware interval excludes 0; else no difference "
+            "higher / lower when the seed-aware interval excludes 0; else no difference "
             "of the paper's size when the relative MDE is at most the paper's Δ (its largest "
             "value where a range is given), too few seeds for the paper's effect when it is "
-            f"above. Seed-level p: {stats.SEED_TEST_METHOD} (with n seeds never below "
+            "above. KL is the warm start LLMR and KETCHUP train from, so their rows against it "
+            "are what the on-policy phase adds. "
+            f"Seed-level p: {stats.SEED_TEST_METHOD} (with n seeds never below "
             f"2 / 2^n: 0.25 for three). Example-level: {stats.METHOD}; p: {stats.TEST_METHOD}; "
             "both treat the trained seeds as fixed.",
         ],
     )
     for cell in group:
-        best_k = cell.best_k_system()
-        if best_k is None:
-            continue
-        for other in dict.fromkeys(s for s in ("llmr", cell.best_baseline()) if s):
-            if other not in cell.groups:
-                continue
-            test = paired_test(cell.groups[best_k], cell.groups[other], cell.primary)
+        for system, other in compared_pairs(cell):
+            test = paired_test(cell.groups[system], cell.groups[other], cell.primary)
             per_seed = " / ".join(fmt(d) for d in test.get("seed_differences", []))
             one_seed = test["seeds"] < 2
             other_mean, _ = cell.groups[other].mean_std(cell.primary)
             mde = test.get("mde", math.nan)
             mde_share = 100 * mde / abs(other_mean) if other_mean else math.nan
-            claimed_low, claimed_high = paper_relative_effect(cell.dataset, other)
+            method = "ketchup" if system.startswith("ketchup") else system
+            claimed_low, claimed_high = paper_relative_effect(cell.dataset, other, method)
             low, high = test.get("seed_ci_low", math.nan), test.get("seed_ci_high", math.nan)
             said = verdict(low, high, mde_share, claimed_high)
             table.rows.append(
                 [
                     cell.task,
                     cell.primary.label,
-                    f"K={best_k[9:]}",
+                    _label(cell, system),
                     _label(cell, other),
                     fmt(test["difference"]),
                     per_seed or "-",
@@ -411,8 +425,8 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
                 {
                     "task": cell.task,
                     "student": cell.student,
-                    "row": f"test:{best_k}_vs_{other}",
-                    "system": best_k,
+                    "row": f"test:{system}_vs_{other}",
+                    "system": system,
                     "metric": cell.primary.name,
                     "mean": test["difference"],
                     "std": math.nan,
