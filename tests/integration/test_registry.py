@@ -563,7 +563,7 @@ def test_unknown_suffix_is_named(tmp_path):
 def test_unknown_dataset_lists_the_known_ones():
     task = dataclasses.replace(make_task("xsum"), dataset="wikitext")
     with pytest.raises(
-        ConfigError, match=r"unknown dataset 'wikitext'; known datasets: embedded, xsum"
+        ConfigError, match=r"unknown dataset 'wikitext'; known datasets: embedded, arithmetic, xsum"
     ):
         load_task("t", task)
     with pytest.raises(ConfigError, match="unknown dataset"):

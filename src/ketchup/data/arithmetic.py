@@ -106,7 +106,8 @@ def question(problem: dict) -> str:
     parts = [f"{p['name']} has {p['start']} {p['item']}."]
     order = ORDER[len(p["events"])]
     pronoun = p["pronoun"].lower()
-    parts += [f"{o} {pronoun} {phrase}." for o, (_, _, phrase) in zip(order, p["events"])]
+    events = zip(order, p["events"], strict=True)
+    parts += [f"{o} {pronoun} {phrase}." for o, (_, _, phrase) in events]
     parts.append(f"How many {p['item']} does {p['name']} have now?")
     return " ".join(parts)
 
@@ -117,7 +118,7 @@ def solve(problem: dict) -> tuple[str, int]:
     count = p["start"]
     parts = [f"{p['name']} starts with {count} {p['item']}."]
     pronoun = p["pronoun"].lower()
-    for o, (sign, n, phrase) in zip(ORDER[len(p["events"])], p["events"]):
+    for o, (sign, n, phrase) in zip(ORDER[len(p["events"])], p["events"], strict=True):
         result = count + sign * n
         op = "+" if sign > 0 else "-"
         parts.append(f"{o} {pronoun} {phrase}, so {count} {op} {n} = {result} {p['item']}.")
