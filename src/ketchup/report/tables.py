@@ -63,9 +63,9 @@ def paper_relative_effect(dataset: str, other: str, method: str = "ketchup") -> 
 
 def verdict(low: float, high: float, mde: float, claimed: float) -> str:
     """What a paired comparison says: a difference its seed-aware interval resolves (the first
-    system higher or lower); none of the
-    claimed size, when the interval holds 0 and the MDE is below the claimed effect (the seeds had
-    80% power to see it); else too few seeds to tell (the MDE above the claimed effect)."""
+    system higher or lower); none of the claimed size, when the interval holds 0 and the MDE is
+    at most the claimed effect (the seeds had 80% power to see it); else too few seeds to tell
+    (the MDE above the claimed effect)."""
     if math.isnan(low) or math.isnan(mde):
         return "one seed: no verdict"
     if low > 0:
@@ -379,7 +379,7 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
             "-> t5-base), relative to that system's score, on the paper's task this one stands "
             "for (arithmetic: GSM8K), else its range over XSum, EN-NL and GSM8K. Verdict: "
             "higher / lower when the seed-aware interval excludes 0; else no difference "
-            "of the paper's size when the relative MDE is at most the paper's Δ (its largest "
+            "of the paper's size when the relative MDE is at most the paper's Δ (its smallest "
             "value where a range is given), too few seeds for the paper's effect when it is "
             "above. KL is the warm start LLMR and KETCHUP train from, so their rows against it "
             "are what the on-policy phase adds. "
@@ -399,7 +399,7 @@ def significance_table(group: Sequence[Cell], records: list[dict[str, Any]]) -> 
             method = "ketchup" if system.startswith("ketchup") else system
             claimed_low, claimed_high = paper_relative_effect(cell.dataset, other, method)
             low, high = test.get("seed_ci_low", math.nan), test.get("seed_ci_high", math.nan)
-            said = verdict(low, high, mde_share, claimed_high)
+            said = verdict(low, high, mde_share, claimed_low)
             table.rows.append(
                 [
                     cell.task,
