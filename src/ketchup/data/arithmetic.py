@@ -25,8 +25,11 @@ training or validation) recombine them. Everything is a function of the seed thr
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import TYPE_CHECKING
+
+from ketchup.data.draws import distinct_draws, random_stream
 
 if TYPE_CHECKING:
     from ketchup.config import EmbeddedTaskConfig
@@ -67,11 +70,6 @@ LOSSES: tuple[str, ...] = (
 )
 
 DEFAULT_PROMPT = "{source}"
-
-
-def random_stream(seed: int, split: str) -> random.Random:
-    """The random stream of one split (a string seed is hashed with SHA-512, not `hash()`)."""
-    return random.Random(f"ketchup-arithmetic/{split}/{seed}")
 
 
 def sample_problem(rng: random.Random) -> dict:
@@ -140,31 +138,26 @@ def generate(cfg: EmbeddedTaskConfig) -> dict[str, list[dict]]:
     seen: set[str] = set()  # membership only: sources of the splits drawn so far
     out: dict[str, list[dict]] = {}
     for split in ("train", "validation", "test"):
-        rng = random_stream(cfg.seed, split)
+        rng = random_stream("arithmetic", cfg.seed, split)
+        problems = distinct_draws(
+            functools.partial(sample_problem, rng),
+            question,
+            sizes[split],
+            f"arithmetic {split} problems",
+            exclude=seen,
+        )
         examples: list[dict] = []
-        sources: set[str] = set()
-        for _ in range(100 * sizes[split] + 1000):
-            if len(examples) == sizes[split]:
-                break
-            problem = sample_problem(rng)
-            source = question(problem)
-            if source in sources or source in seen:
-                continue
-            sources.add(source)
+        for i, problem in enumerate(problems):
             solution, answer = solve(problem)
             examples.append(
                 {
-                    "id": f"arithmetic-{split}-{len(examples):05d}",
-                    "source": source,
+                    "id": f"arithmetic-{split}-{i:05d}",
+                    "source": question(problem),
                     "target": solution,
                     "references": [solution],
                     "meta": {"answer": str(answer), "steps": len(problem["events"])},
                 }
             )
-        if len(examples) < sizes[split]:
-            raise ValueError(
-                f"arithmetic task: cannot draw {sizes[split]} distinct {split} problems"
-            )
-        seen |= sources
+        seen |= {example["source"] for example in examples}
         out[split] = examples
     return out

@@ -25,8 +25,10 @@ import functools
 import itertools
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from ketchup.data.draws import distinct_draws, random_stream
 
 if TYPE_CHECKING:
     from ketchup.config import EmbeddedTaskConfig
@@ -232,15 +234,6 @@ _ARTICLE = re.compile(r"\b([Aa]) (?=[AEIOUaeiou])")
 # Records and sources
 
 
-def random_stream(seed: int, purpose: str) -> random.Random:
-    """An independent random stream for one purpose (a split, the held-out combinations).
-
-    A string seed is hashed with SHA-512 by `random.seed` (not with `hash()`), so the stream is
-    the same in every run and Python version.
-    """
-    return random.Random(f"ketchup-embedded/{purpose}/{seed}")
-
-
 def key_combinations() -> list[tuple[str, ...]]:
     """Every attribute-key combination a record may have, in canonical order."""
     return [
@@ -257,7 +250,7 @@ def split_key_combinations(seed: int) -> dict[str, list[tuple[str, ...]]]:
     validation and half for test; the rest are training combinations. Stratifying by size keeps
     short and long records in every split.
     """
-    rng = random_stream(seed, "key-combinations")
+    rng = random_stream("embedded", seed, "key-combinations")
     splits: dict[str, list[tuple[str, ...]]] = {"train": [], "validation": [], "test": []}
     for size in range(MIN_ATTRIBUTES, MAX_ATTRIBUTES + 1):
         combos = list(itertools.combinations(ATTRIBUTES, size))
@@ -460,24 +453,8 @@ def slot_error_rate(record: dict, text: str) -> float:
 # The task
 
 
-def _split_records(
-    rng: random.Random, combos: Sequence[tuple[str, ...]], n: int, split: str
-) -> Iterator[dict[str, str]]:
-    """`n` records with distinct sources, drawn lazily.
-
-    Lazily, so that the caller's renderings interleave with the draws: the first k records of a
-    split (and their references) are then the same whatever the split's size.
-    """
-    sources: set[str] = set()  # membership only
-    for _ in range(100 * n + 1000):
-        record = sample_record(rng, rng.choice(combos))
-        source = linearise(record)
-        if source not in sources:
-            sources.add(source)
-            yield record
-            if len(sources) == n:
-                return
-    raise ValueError(f"embedded task: cannot draw {n} distinct {split} records")
+def _draw_record(rng: random.Random, combos: Sequence[tuple[str, ...]]) -> dict[str, str]:
+    return sample_record(rng, rng.choice(combos))
 
 
 def generate(cfg: EmbeddedTaskConfig) -> dict[str, list[dict]]:
@@ -492,10 +469,16 @@ def generate(cfg: EmbeddedTaskConfig) -> dict[str, list[dict]]:
     sizes = {"train": cfg.n_train, "validation": cfg.n_validation, "test": cfg.n_test}
     out: dict[str, list[dict]] = {}
     for split in ("train", "validation", "test"):
-        rng = random_stream(cfg.seed, split)
+        rng = random_stream("embedded", cfg.seed, split)
         n_refs = 1 if split == "train" else cfg.n_references
         examples = []
-        for i, record in enumerate(_split_records(rng, combos[split], sizes[split], split)):
+        records = distinct_draws(
+            functools.partial(_draw_record, rng, combos[split]),
+            linearise,
+            sizes[split],
+            f"embedded {split} records",
+        )
+        for i, record in enumerate(records):
             references = render_distinct(record, rng, n_refs)
             examples.append(
                 {
