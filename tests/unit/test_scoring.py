@@ -9,7 +9,8 @@ import pytest
 import sacrebleu
 
 from ketchup.config import TaskConfig, from_dict, section_schema, validate_with_defaults
-from ketchup.evaluate.metrics import rouge_scores
+from ketchup.data.registry import task_selection_metric
+from ketchup.evaluate.metrics import rouge_scores, validation_score
 from ketchup.evaluate.scoring import (
     ACCURACY,
     BLEU,
@@ -107,6 +108,18 @@ def test_task_metrics_by_task():
     assert primary_metric(_task(dataset="xsum")).name == "rouge1"
     assert [m.name for m in task_metrics(_task(dataset="gsm8k"))] == ["accuracy", "words"]
     assert SLOT_ERROR_RATE.higher_is_better is False and WORDS.higher_is_better is None
+
+
+def test_selection_metric_is_the_first_reported_score_unless_configured():
+    assert task_selection_metric(_task(dataset="xsum")) == "rouge1"
+    assert task_selection_metric(_task(dataset="embedded")) == "bleu"
+    assert task_selection_metric(_task(dataset="arithmetic")) == "accuracy"
+    assert task_selection_metric(_task(dataset="xsum", selection_metric="rouge2")) == "rouge2"
+    outputs = ["the cheap cottage", "a pub"]
+    examples = [{"references": ["the cheap cottage near"]}, {"references": ["a pub by the river"]}]
+    rouge = rouge_scores(outputs, [ex["references"] for ex in examples])
+    assert validation_score("rouge", outputs, examples) == rouge["rouge1"]
+    assert validation_score("rouge2", outputs, examples) == rouge["rouge2"]
 
 
 def test_missing_column_and_length_mismatch_are_named():

@@ -24,3 +24,9 @@ REPORTED_METRICS: dict[str, tuple[str, ...]] = {
     "rouge": ("rouge1", "rouge2", "rougeL"),
     "accuracy": ("accuracy",),
 }
+
+
+def first_reported(metric: str) -> str:
+    """The score a task metric selects by (its first reported one: rouge -> rouge1); a score
+    that is no family (chrf, rouge2, ...) stands for itself."""
+    return REPORTED_METRICS.get(metric, (metric,))[0]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ketchup.config import SPLITS, ConfigError
 from ketchup.data import arithmetic, embedded
-from ketchup.data.catalog import DATASET_METRICS
+from ketchup.data.catalog import DATASET_METRICS, first_reported
 from ketchup.files import CorruptFileError, check_jsonl, check_utf8
 from ketchup.models import hub
 
@@ -341,7 +341,7 @@ def task_selection_metric(task: TaskConfig) -> str:
     else the task's first reported metric (BLEU, ROUGE-1, accuracy)."""
     if task.selection_metric is not None:
         return task.selection_metric
-    return {"rouge": "rouge1"}.get(task_metric(task), task_metric(task))
+    return first_reported(task_metric(task))
 
 
 def resolved_task(task: TaskConfig) -> dict[str, Any]:

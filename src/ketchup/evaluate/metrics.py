@@ -63,10 +63,11 @@ def validation_score(metric: str, outputs: Sequence[str], examples: Sequence[dic
     ROUGE-1, as the released KETCHUP code selects, accuracy -> accuracy)."""
     import sacrebleu
 
+    from ketchup.data.catalog import first_reported
     from ketchup.evaluate.scoring import reference_streams
 
     references = [ex["references"] for ex in examples]
-    metric = {"rouge": "rouge1"}.get(metric, metric)
+    metric = first_reported(metric)
     if metric == "bleu":
         return corpus_bleu(outputs, references)
     if metric == "chrf":
