@@ -511,17 +511,49 @@ def test_onpolicy_resume_matches_an_uninterrupted_run(
     assert strip == again
 
 
+def _killed_and_resumed(command, tmp_path, kill):
+    """Run `command(out)` to the end in tmp_path/whole; start it again in tmp_path/killed, `kill`
+    the job once its first checkpoint is on disk, check that it died without a model, and rerun
+    it to the end. Returns both out-dirs and the step the rerun says it resumed at."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def finish(out):
+        done = subprocess.run(command(out), capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    finish(whole)
+    job = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL)
+    checkpoint = killed / "checkpoint" / "trainer_state.pt"
+    while not checkpoint.exists() and job.poll() is None:
+        time.sleep(0.005)
+    kill(job)
+    assert job.wait() == -signal.SIGKILL, "the job ended before it could be killed"
+    assert not (killed / "model").exists()
+    stdout = finish(killed)
+    assert "resuming from " in stdout, stdout
+    resumed_at = int(stdout.split("resuming from ")[1].split(" at step ")[1].split()[0])
+    return whole, killed, resumed_at
+
+
+def _train_steps(out_dir) -> list[int]:
+    return [r["step"] for r in read_jsonl(out_dir / "log.jsonl") if r["kind"] == "train"]
+
+
 def test_sigkilled_job_resumes_from_its_checkpoint_to_the_same_model(
     prepared, teacher_dir, archs, warm_start, tmp_path
 ):
     """`kill -9` of a real `ketchup distill` process (llmr: sampled rollouts, so the RNG state
     matters) after its first checkpoint; the rerun resumes there and ends bit-identical to an
     uninterrupted run."""
-    import os
     import signal
-    import subprocess
     import sys
-    import time
 
     import torch
 
@@ -531,29 +563,13 @@ def test_sigkilled_job_resumes_from_its_checkpoint_to_the_same_model(
         argv = _onpolicy_argv(prepared, teacher_dir, archs, warm_start, "llmr", out, onpolicy)
         return [sys.executable, "-m", "ketchup", *argv]
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def finish(out):
-        done = subprocess.run(command(out), capture_output=True, text=True, env=env, timeout=600)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    finish(tmp_path / "whole")
-    killed = tmp_path / "killed"
-    job = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL)
-    checkpoint = killed / "checkpoint" / "trainer_state.pt"
-    while not checkpoint.exists() and job.poll() is None:
-        time.sleep(0.005)
-    job.send_signal(signal.SIGKILL)
-    assert job.wait() == -signal.SIGKILL, "the job ended before it could be killed"
-    assert not (killed / "model").exists()
-    stdout = finish(killed)
-    resumed_at = int(stdout.split("resuming from ")[1].split(" at step ")[1].split()[0])
-    assert 10 <= resumed_at < 60, stdout
-    a, b = _weights(tmp_path / "whole" / "model"), _weights(killed / "model")
+    whole, killed, resumed_at = _killed_and_resumed(
+        command, tmp_path, lambda job: job.send_signal(signal.SIGKILL)
+    )
+    assert 10 <= resumed_at < 60
+    a, b = _weights(whole / "model"), _weights(killed / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    train = [r["step"] for r in read_jsonl(killed / "log.jsonl") if r["kind"] == "train"]
-    assert train == list(range(1, 61))
+    assert _train_steps(killed) == list(range(1, 61))
 
 
 def descendants(pid: int) -> list[int]:
@@ -584,45 +600,28 @@ def test_a_two_process_job_killed_and_resumed_ends_as_an_uninterrupted_one(
     process its own RNG stream) and ends with the model an uninterrupted run writes."""
     import os
     import signal
-    import subprocess
     import sys
-    import time
 
     import torch
 
     train = {**ONPOLICY["train"], "steps": 8, "eval_every": 4, "parallel": mode}
     onpolicy = {**ONPOLICY, "train": train}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def command(out):
         argv = _onpolicy_argv(prepared, teacher_dir, archs, warm_start, "llmr", out, onpolicy)
         launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         return [sys.executable, *launcher, "-m", "ketchup", *argv]
 
-    def finish(out):
-        done = subprocess.run(command(out), capture_output=True, text=True, env=env, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return done.stdout
+    def kill(job):  # both processes (own sessions), then the launcher
+        for pid in (*descendants(job.pid), job.pid):
+            os.kill(pid, signal.SIGKILL)
 
-    finish(tmp_path / "whole")
-    killed = tmp_path / "killed"
-    job = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL)
-    checkpoint = killed / "checkpoint" / "trainer_state.pt"
-    while not checkpoint.exists() and job.poll() is None:
-        time.sleep(0.005)
-    for pid in (*descendants(job.pid), job.pid):  # both processes (own sessions), the launcher
-        os.kill(pid, signal.SIGKILL)
-    assert job.wait() == -signal.SIGKILL, "the job ended before it could be killed"
-    assert not (killed / "model").exists()
-    stdout = finish(killed)
-    assert "resuming from " in stdout, stdout
-    resumed_at = int(stdout.split("resuming from ")[1].split(" at step ")[1].split()[0])
-    assert 4 <= resumed_at < 8, stdout
-    a, b = _weights(tmp_path / "whole" / "model"), _weights(killed / "model")
+    whole, killed, resumed_at = _killed_and_resumed(command, tmp_path, kill)
+    assert 4 <= resumed_at < 8
+    a, b = _weights(whole / "model"), _weights(killed / "model")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
-    train_steps = [r["step"] for r in read_jsonl(killed / "log.jsonl") if r["kind"] == "train"]
-    assert train_steps == list(range(1, 9))
+    assert _train_steps(killed) == list(range(1, 9))
 
 
 def test_a_teacher_sharded_over_two_processes_scores_as_a_replicated_one(
